@@ -1,0 +1,200 @@
+"""Data sources named by `KIND:PATH[SLICE]` specs, read into sequences of example dicts.
+
+An example is `{"text": str}` (per-token data) or `{"text": str, "label": int}` (per-sequence
+data). Kinds:
+
+- `text:FILE` one document (UTF-8); a slice selects characters (`text:input.txt[:90%]`).
+- `lines:FILE` one example per non-empty line; `LABEL TEXT` when labels are needed.
+- `jsonl:FILE` `.jsonl` or `.jsonl.gz`, one JSON object per line with text and label fields.
+- `tfds:NAME/SPLIT` a prepared TFDS dataset in ArrayRecord format, read with random access
+  through `tfds.data_source` (no TensorFlow); NAME may hold a config (`glue/sst2/train`).
+- `synthetic:NAME` a generated task (`pipeline.synthetic`).
+
+Every error names the flag, and the file and line where there is one.
+"""
+
+import dataclasses
+import gzip
+import json
+import os
+import re
+from collections.abc import Sequence
+
+from pipeline import synthetic
+from pipeline.errors import DataError
+from pipeline.slicing import slice_range
+
+KINDS = ("text", "lines", "jsonl", "tfds", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  kind: str
+  path: str
+  slice: str | None  # e.g. "[:90%]"
+  flag: str  # the flag it came from, for error messages
+
+  def __str__(self):
+    return f"{self.kind}:{self.path}{self.slice or ''}"
+
+
+def parse_spec(spec: str, flag: str) -> SourceSpec:
+  """Parses `KIND:PATH[SLICE]`; `flag` names where the spec came from."""
+  kind, sep, rest = spec.partition(":")
+  if not sep or not rest:
+    raise DataError(f"--{flag}={spec!r}: expected KIND:PATH[SLICE] with KIND one of {', '.join(KINDS)}")
+  if kind not in KINDS:
+    raise DataError(f"--{flag}={spec!r}: unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
+  match = re.match(r"^(.*?)(\[[^\[\]]*\])?$", rest)
+  path, slice_text = match.group(1), match.group(2)
+  if not path:
+    raise DataError(f"--{flag}={spec!r}: missing path or name after {kind}:")
+  if kind == "synthetic" and path not in synthetic.TASKS:
+    raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASKS)}")
+  return SourceSpec(kind, path, slice_text, flag)
+
+
+def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",
+                  label_field: str = "label", tfds_data_dir: str | None = None) -> Sequence[dict]:
+  """Reads the examples a spec names (a list, or a lazy random-access view for TFDS)."""
+  if spec.kind == "tfds":
+    return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
+  if spec.kind == "synthetic":
+    examples = synthetic.TASKS[spec.path]()
+    if with_labels and "label" not in examples[0]:
+      raise DataError(f"--{spec.flag}={spec}: synthetic task {spec.path!r} has no labels; use it with --task=lm")
+  elif spec.kind == "text":
+    if with_labels:
+      raise DataError(f"--{spec.flag}={spec}: a text: source is one unlabelled document; use lines: or jsonl: for --task=classify")
+    text = _read_text(spec)
+    chars = slice_range(spec.slice, len(text), f"--{spec.flag}")
+    if not chars:
+      raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(text)} characters")
+    return [{"text": text[chars.start:chars.stop]}]
+  elif spec.kind == "lines":
+    examples = _lines_examples(spec, with_labels)
+  else:
+    examples = _jsonl_examples(spec, with_labels, text_field, label_field)
+  selected = slice_range(spec.slice, len(examples), f"--{spec.flag}")
+  if not selected:
+    raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(examples)} examples")
+  return examples[selected.start:selected.stop]
+
+
+def _check_file(spec: SourceSpec) -> None:
+  if not os.path.isfile(spec.path):
+    raise DataError(f"--{spec.flag}: no such file: {spec.path}")
+  if os.path.getsize(spec.path) == 0:
+    raise DataError(f"--{spec.flag}: empty file: {spec.path}")
+
+
+def _decode(data: bytes, path: str) -> str:
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def _read_text(spec: SourceSpec) -> str:
+  _check_file(spec)
+  opener = gzip.open if spec.path.endswith(".gz") else open
+  with opener(spec.path, "rb") as f:
+    return _decode(f.read(), spec.path)
+
+
+def _numbered_lines(spec: SourceSpec):
+  for number, line in enumerate(_read_text(spec).splitlines(), start=1):
+    if line.strip():
+      yield number, line
+
+
+def _parse_label(value, where: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, str)):
+    raise DataError(f"{where}: label {value!r} is not an integer")
+  try:
+    label = int(value)
+  except ValueError:
+    raise DataError(f"{where}: label {value!r} is not an integer") from None
+  if label < 0:
+    raise DataError(f"{where}: label {label} is negative; labels are class indices 0..C-1")
+  return label
+
+
+def _lines_examples(spec: SourceSpec, with_labels: bool) -> list[dict]:
+  examples = []
+  for number, line in _numbered_lines(spec):
+    if not with_labels:
+      examples.append({"text": line})
+      continue
+    label, _, text = line.strip().partition(" ")
+    examples.append({"text": text, "label": _parse_label(label, f"{spec.path}:{number}")})
+  return _nonempty(examples, spec)
+
+
+def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> list[dict]:
+  examples = []
+  for number, line in _numbered_lines(spec):
+    where = f"{spec.path}:{number}"
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+      raise DataError(f"{where}: expected a JSON object with a string field {text_field!r}")
+    example = {"text": record[text_field]}
+    if with_labels:
+      if label_field not in record:
+        raise DataError(f"{where}: no label field {label_field!r}")
+      example["label"] = _parse_label(record[label_field], where)
+    examples.append(example)
+  return _nonempty(examples, spec)
+
+
+def _nonempty(examples: list[dict], spec: SourceSpec) -> list[dict]:
+  if not examples:
+    raise DataError(f"--{spec.flag}: no examples in {spec.path}")
+  return examples
+
+
+class _TfdsExamples(Sequence):
+  """A random-access view of a TFDS data source as example dicts (decoded on access)."""
+
+  def __init__(self, source, with_labels: bool, text_field: str, label_field: str, where: str):
+    self._source, self._with_labels = source, with_labels
+    self._text_field, self._label_field, self._where = text_field, label_field, where
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    record = self._source[index]
+    text = record[self._text_field]
+    example = {"text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)}
+    if self._with_labels:
+      example["label"] = _parse_label(int(record[self._label_field]), f"{self._where} record {index}")
+    return example
+
+
+def _tfds_examples(spec, with_labels, text_field, label_field, data_dir) -> Sequence[dict]:
+  import tensorflow_datasets as tfds  # Imported here: it is slow to import and only tfds: needs it.
+
+  name, sep, split = spec.path.rpartition("/")
+  if not sep or not name or not split:
+    raise DataError(f"--{spec.flag}={spec}: expected tfds:NAME/SPLIT, e.g. tfds:imdb_reviews/train")
+  try:
+    source = tfds.data_source(name, split=split + (spec.slice or ""), data_dir=data_dir)
+  except Exception as e:  # TFDS raises many types; the user needs the name and the reason.
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataError(f"--{spec.flag}={spec}: cannot open TFDS dataset {name!r} split {split!r}"
+                    f" in {data_dir or 'the default data dir'}: {reason}") from None
+  features = source.dataset_info.features
+  for field in [text_field] + ([label_field] if with_labels else []):
+    if field not in features:
+      raise DataError(f"--{spec.flag}={spec}: TFDS dataset {name!r} has no field {field!r};"
+                      f" it has {', '.join(features.keys())}")
+  if len(source) == 0:
+    raise DataError(f"--{spec.flag}={spec}: no examples")
+  return _TfdsExamples(source, with_labels, text_field, label_field, str(spec))

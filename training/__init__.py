@@ -1,0 +1,1 @@
+"""Models, objectives, train/eval steps, checkpoints and the training loop."""

@@ -1,0 +1,106 @@
+"""A run's configuration: one frozen dataclass, filled from flags by `training.train`.
+
+Functions take a `Config` (or its fields), never flags, so tests and other entry points build
+one directly. The defaults are those of the flags.
+"""
+
+import dataclasses
+
+TASKS = ("lm", "classify")
+MODELS = ("lstm", "gru", "rnn")
+POOLINGS = ("last", "mean")
+LR_DECAYS = ("none", "cosine")
+
+# With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
+DEFAULT_DATA = {
+    "lm": ("synthetic:copy[:90%]", "synthetic:copy[90%:]"),
+    "classify": ("synthetic:recall[:90%]", "synthetic:recall[90%:]"),
+}
+
+# The fields that fix the parameters' shapes: a resume must not change them.
+MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
+                "tokenizer", "vocab_size", "num_classes", "pooling")
+
+
+class ConfigError(ValueError):
+  """An invalid flag or combination of flags; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # Objective and model.
+  task: str = "lm"
+  model: str = "lstm"
+  num_layers: int = 1
+  hidden_size: int = 128
+  embed_size: int = 32
+  dropout: float = 0.0
+  head_widths: tuple[int, ...] = (128,)
+  pooling: str = "last"
+  num_classes: int = 0  # 0: one more than the largest training label
+  unroll: int = 1
+  # Data.
+  train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
+  eval_data: str = ""
+  tokenizer: str = "char"
+  vocab_size: int = 0  # 0: every token of the training data
+  text_field: str = "text"
+  label_field: str = "label"
+  tfds_data_dir: str = ""
+  data_workers: int = 2
+  batch_size: int = 32  # global, over all devices and processes
+  seq_len: int = 64
+  carry_state: bool = True
+  # Optimisation.
+  num_steps: int = 1000
+  learning_rate: float = 3e-3
+  warmup_steps: int = 0
+  lr_decay: str = "none"
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  seed: int = 0
+  # Reporting and checkpoints.
+  log_every: int = 50
+  eval_every: int = 250  # 0: only at the end
+  eval_steps: int = 0  # 0: the whole eval set
+  checkpoint_every: int = 250
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+
+  def data_specs(self) -> tuple[str, str]:
+    """(train spec, eval spec); the defaults only when no data flag is given."""
+    if not self.train_data:
+      return DEFAULT_DATA[self.task] if not self.eval_data else ("", self.eval_data)
+    return self.train_data, self.eval_data
+
+  def model_fields(self) -> dict:
+    return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+
+def _require(condition: bool, flag: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"--{flag}: {message}")
+
+
+def validate(config: Config, device_count: int = 1) -> None:
+  """Raises `ConfigError` naming the first invalid flag."""
+  for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
+                        ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word"))):
+    value = getattr(config, flag)
+    _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
+  for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",
+               "log_every", "checkpoint_every", "keep_checkpoints", "unroll", "data_workers"):
+    _require(getattr(config, flag) > 0, flag, f"must be positive, got {getattr(config, flag)}")
+  for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps"):
+    _require(getattr(config, flag) >= 0, flag, f"must be >= 0, got {getattr(config, flag)}")
+  _require(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
+  _require(config.learning_rate > 0, "learning_rate", f"must be positive, got {config.learning_rate}")
+  _require(all(w > 0 for w in config.head_widths), "head_widths", "widths must be positive")
+  _require(config.num_classes != 1, "num_classes", "a classifier needs at least 2 classes")
+  _require(config.vocab_size == 0 or config.vocab_size > 3, "vocab_size",
+           "must leave room beyond the 3 special tokens")
+  _require(config.batch_size % device_count == 0, "batch_size",
+           f"the global batch of {config.batch_size} does not divide by the {device_count} devices;"
+           f" use a multiple of {device_count}")
+  _require(bool(config.train_data) or not config.eval_data, "train_data",
+           "--eval_data was given without --train_data")

@@ -1,0 +1,59 @@
+"""What a run reports: `metrics.jsonl` rows, `summary.json`, and a parameter fingerprint."""
+
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+
+
+def param_fingerprint(params) -> str:
+  """SHA-256 of every parameter's path, dtype, shape and bytes, in a fixed (sorted) order.
+
+  Two runs with the same fingerprint ended with bit-identical parameters.
+  """
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    array = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+class MetricsLog:
+  """Appends one JSON object per log event to `metrics.jsonl`.
+
+  On resume, rows logged after the restored step (by a run that crashed before its next
+  checkpoint) are dropped, so the file reads as if the run had never stopped.
+  """
+
+  def __init__(self, path: str, resume_step: int, enabled: bool = True):
+    self.path, self.enabled = path, enabled
+    self._rows = []
+    if enabled and os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        self._rows = [row for row in map(json.loads, filter(str.strip, f))
+                      if row["step"] <= resume_step]
+      _write_atomically(path, "".join(json.dumps(row) + "\n" for row in self._rows))
+
+  def last_train_loss(self) -> float | None:
+    """The latest train loss already in the file (for a run resumed at its last step)."""
+    return next((row["loss"] for row in reversed(self._rows) if row["split"] == "train"), None)
+
+  def write(self, row: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_json(path: str, value: dict) -> None:
+  _write_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def _write_atomically(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -1,0 +1,148 @@
+"""Recurrent models: an embedding and a stack of scanned recurrent layers, and two heads.
+
+- `LanguageModel`: logits [B, T, V] at every position (per-token objective); takes and
+  returns the carried state so that training can continue it across windows.
+- `SequenceClassifier`: logits [B, C] from each sequence's last real state (or the mean of
+  its states), through an MLP head.
+
+Both keep the shared part under the name `encoder`, so that a language model's encoder can
+initialise a classifier (pretraining, then fine-tuning per sequence).
+
+The carried state of a stack is one array `carry [L, S, B, H]`: layer, state part (h, or h
+and c), batch row, unit. One array is simple to checkpoint and to shard on its batch axis.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from training.cells import CELLS
+
+
+def zero_carry(cell: str, num_layers: int, batch_size: int, hidden_size: int) -> jax.Array:
+  """The initial state: zeros [L, S, B, H]."""
+  return jnp.zeros((num_layers, CELLS[cell].num_states, batch_size, hidden_size), jnp.float32)
+
+
+class RecurrentLayer(nn.Module):
+  """One recurrent layer scanned over time, with masking and optional state resets."""
+  cell: str
+  hidden_size: int
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, inputs, mask, carry, resets=None):
+    """inputs [B, T, D], mask [B, T] bool, carry [S, B, H], resets [B, T] bool or None.
+
+    Where `mask` is False the step leaves the state as it was and outputs zeros, so a padded
+    batch computes exactly what its unpadded rows would. Where `resets` is True the state is
+    zeroed before that step (a new sequence starts inside the row). Returns
+    (outputs [B, T, H], final carry [S, B, H]).
+    """
+    cell = CELLS[self.cell]
+    width = cell.num_gates * self.hidden_size
+    w_x = self.param("W_x", nn.initializers.lecun_normal(), (inputs.shape[-1], width))
+    b = self.param("b", lambda _rng: cell.input_bias(self.hidden_size, cell.num_gates))
+    recurrent = {"W_h": self.param("W_h", nn.initializers.orthogonal(), (self.hidden_size, width))}
+    if cell.has_recurrent_bias:
+      recurrent["b_h"] = self.param("b_h", nn.initializers.zeros_init(), (width,))
+
+    # Hoisted out of the scan: one [B*T, D] x [D, G*H] matmul instead of T small ones.
+    x_proj = inputs @ w_x + b
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)
+    xs = (time_major(x_proj), time_major(mask), None if resets is None else time_major(resets))
+
+    def step(state, x):
+      x_proj_t, mask_t, reset_t = x
+      if reset_t is not None:
+        state = tuple(jnp.where(reset_t[:, None], 0.0, s) for s in state)
+      updated = cell.step(recurrent, state, x_proj_t)
+      state = tuple(jnp.where(mask_t[:, None], u, s) for u, s in zip(updated, state))
+      return state, jnp.where(mask_t[:, None], state[0], 0.0)
+
+    final, outputs = jax.lax.scan(step, tuple(carry), xs, unroll=self.unroll)
+    return time_major(outputs), jnp.stack(final)
+
+
+class Encoder(nn.Module):
+  """Token embedding and a stack of recurrent layers, with dropout between them."""
+  vocab_size: int
+  embed_size: int
+  hidden_size: int
+  num_layers: int
+  cell: str
+  dropout_rate: float = 0.0
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
+    """tokens [B, T] int, mask [B, T] bool, carry [L, S, B, H] -> (outputs [B, T, H], carry)."""
+    x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    final = []
+    for layer in range(self.num_layers):
+      x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll,
+                                      name=f"layer_{layer}")(x, mask, carry[layer], resets)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      final.append(layer_carry)
+    return x, jnp.stack(final)
+
+
+class LanguageModel(nn.Module):
+  """Next-token logits at every position."""
+  vocab_size: int
+  embed_size: int
+  hidden_size: int
+  num_layers: int
+  cell: str
+  dropout_rate: float = 0.0
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
+    """Returns (logits [B, T, V], carry [L, S, B, H])."""
+    outputs, carry = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
+                             self.cell, self.dropout_rate, self.unroll, name="encoder")(
+                                 tokens, mask, carry, resets, train=train)
+    return nn.Dense(self.vocab_size, name="lm_head")(outputs), carry
+
+
+class SequenceClassifier(nn.Module):
+  """Class logits per sequence from its last real state (or mean state) and an MLP head."""
+  vocab_size: int
+  embed_size: int
+  hidden_size: int
+  num_layers: int
+  cell: str
+  num_classes: int
+  head_widths: Sequence[int] = (128,)
+  pooling: str = "last"  # "last" or "mean"
+  dropout_rate: float = 0.0
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, tokens, mask, *, train: bool):
+    """tokens [B, T], mask [B, T] -> logits [B, C]."""
+    carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
+    outputs, _ = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
+                         self.cell, self.dropout_rate, self.unroll, name="encoder")(
+                             tokens, mask, carry, train=train)
+    features = pool(outputs, mask, self.pooling)
+    for i, width in enumerate(self.head_widths):
+      features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
+      features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+    return nn.Dense(self.num_classes, name="head_out")(features)
+
+
+def pool(outputs, mask, pooling: str):
+  """Per-sequence features [B, H] from outputs [B, T, H]: the last real step's, or the mean."""
+  if pooling == "last":
+    # The output at each row's last real position; a row with no tokens gives zeros.
+    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    return jnp.take_along_axis(outputs, last[:, None, None], axis=1)[:, 0]
+  if pooling == "mean":
+    weights = mask.astype(outputs.dtype)[..., None]
+    return (outputs * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+  raise ValueError(f"unknown pooling {pooling!r}")

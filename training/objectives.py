@@ -1,0 +1,61 @@
+"""The two ways to train a recurrent net, as losses over one batch.
+
+Each returns *sums* (not means) in a small dict: the loss summed over what it is averaged
+over, and `weight`, that count. Sums add up across batches, devices and hosts; the mean is
+taken once, at the end (`finalize_metrics`), so that a padded batch or device never weighs
+as much as a full one.
+
+- per token (`lm`): next-token cross-entropy at every real position, averaged over real
+  tokens;
+- per sequence (`classify`): cross-entropy of one label per sequence, averaged over real
+  examples, with the number of correct predictions for accuracy.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def token_cross_entropy(logits, targets, mask) -> dict:
+  """logits [B, T, V], targets [B, T] int, mask [B, T] bool -> sums over real tokens."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  weights = mask.astype(jnp.float32)
+  return {"loss_sum": (losses * weights).sum(), "weight": weights.sum()}
+
+
+def sequence_cross_entropy(logits, labels, example_mask) -> dict:
+  """logits [B, C], labels [B] int, example_mask [B] bool -> sums over real examples."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  weights = example_mask.astype(jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {"loss_sum": (losses * weights).sum(), "weight": weights.sum(),
+          "correct_sum": (correct * weights).sum()}
+
+
+def lm_loss(model, params, batch, carry, rngs, train: bool):
+  """Per-token objective. Returns (sums, carry after the window)."""
+  # Rows that start a new stream (first window of an epoch, or no carrying) start from zeros.
+  carry = jnp.where(batch["resets"][None, None, :, None], 0.0, carry)
+  logits, carry = model.apply({"params": params}, batch["inputs"], batch["mask"], carry,
+                              train=train, rngs=rngs)
+  return token_cross_entropy(logits, batch["targets"], batch["mask"]), carry
+
+
+def classify_loss(model, params, batch, carry, rngs, train: bool):
+  """Per-sequence objective. Returns (sums, None): nothing is carried between batches."""
+  del carry
+  logits = model.apply({"params": params}, batch["inputs"], batch["mask"], train=train, rngs=rngs)
+  return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
+
+
+OBJECTIVES = {"lm": lm_loss, "classify": classify_loss}
+
+
+def finalize_metrics(sums: dict) -> dict:
+  """Means from summed metrics: `loss` (nats), and `accuracy` where predictions were counted."""
+  sums = jax.device_get(sums)
+  weight = max(float(sums["weight"]), 1.0)
+  metrics = {"loss": float(sums["loss_sum"]) / weight}
+  if "correct_sum" in sums:
+    metrics["accuracy"] = float(sums["correct_sum"]) / weight
+  return metrics

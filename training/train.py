@@ -1,0 +1,99 @@
+r"""Trains a recurrent model: `python -m training.train --workdir=DIR [flags]`.
+
+With no data flags it trains on a generated task (per token by default, `--task=classify` for
+per sequence). Running the same command on the same workdir resumes from its last checkpoint.
+Experiments are flag files: `--flagfile=configs/NAME.flags`.
+"""
+
+import logging as python_logging
+import sys
+
+from absl import app, flags, logging
+
+from pipeline.errors import DataError
+from training.config import LR_DECAYS, MODELS, POOLINGS, TASKS, Config, ConfigError
+
+_D = Config()  # The flags' defaults are the config's.
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the vocabulary.",
+                               required=True)
+# Enum flags are plain strings checked by `config.validate`, so that every bad value gets the
+# same one-line error instead of absl's usage dump.
+flags.DEFINE_string("task", _D.task, f"Objective: {' | '.join(TASKS)} (per token | per sequence).")
+flags.DEFINE_string("model", _D.model, f"Recurrent cell: {' | '.join(MODELS)}.")
+flags.DEFINE_integer("num_layers", _D.num_layers, "Stacked recurrent layers.")
+flags.DEFINE_integer("hidden_size", _D.hidden_size, "Units per recurrent layer.")
+flags.DEFINE_integer("embed_size", _D.embed_size, "Token embedding width.")
+flags.DEFINE_float("dropout", _D.dropout, "Dropout rate on embeddings, between layers and in the head.")
+flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
+                  "Hidden widths of the classifier's MLP head (the class count is added).")
+flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} state.")
+flags.DEFINE_integer("num_classes", _D.num_classes, "Classes; 0 infers 1 + the largest training label.")
+flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteration.")
+flags.DEFINE_string("train_data", _D.train_data,
+                    "KIND:PATH[SLICE] with KIND text|lines|jsonl|tfds|synthetic; empty: generated task.")
+flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the evaluation data; empty: none"
+                    " (or the generated task's held-out part when --train_data is empty too).")
+flags.DEFINE_string("tokenizer", _D.tokenizer, "char | word.")
+flags.DEFINE_integer("vocab_size", _D.vocab_size, "Keep the most frequent tokens; 0 keeps all.")
+flags.DEFINE_string("text_field", _D.text_field, "Text field of jsonl: and tfds: records.")
+flags.DEFINE_string("label_field", _D.label_field, "Label field of jsonl: and tfds: records.")
+flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "TFDS data directory; empty: TFDS's default.")
+flags.DEFINE_integer("data_workers", _D.data_workers, "Threads preparing batches ahead of the trainer.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (rows, over all devices).")
+flags.DEFINE_integer("seq_len", _D.seq_len, "Tokens per row: window length (lm) or truncation (classify).")
+flags.DEFINE_bool("carry_state", _D.carry_state,
+                  "lm: carry the hidden state from one window to the next (truncated BPTT).")
+flags.DEFINE_integer("num_steps", _D.num_steps, "Training steps in all (a resumed run counts those done).")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate of AdamW.")
+flags.DEFINE_integer("warmup_steps", _D.warmup_steps, "Linear warm-up steps.")
+flags.DEFINE_string("lr_decay", _D.lr_decay, f"Learning-rate decay after warm-up: {' | '.join(LR_DECAYS)}.")
+flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW weight decay.")
+flags.DEFINE_float("grad_clip", _D.grad_clip, "Clip gradients to this global norm; 0 disables.")
+flags.DEFINE_integer("seed", _D.seed, "Seed of parameters, dropout and data order.")
+flags.DEFINE_integer("log_every", _D.log_every, "Steps between train rows in metrics.jsonl.")
+flags.DEFINE_integer("eval_every", _D.eval_every, "Steps between evaluations; 0: only at the end.")
+flags.DEFINE_integer("eval_steps", _D.eval_steps, "Eval batches per evaluation; 0: the whole eval set.")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints (and one at the end).")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
+flags.DEFINE_bool("async_checkpointing", _D.async_checkpointing, "Save checkpoints in the background.")
+
+FLAGS = flags.FLAGS
+
+# Libraries whose INFO lines (Orbax logs every save step by step) would bury the progress lines;
+# their warnings and errors still show.
+_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorflow_datasets/", "/etils/")
+
+
+def _quiet_library_info(record) -> bool:
+  return record.levelno >= python_logging.WARNING or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+
+
+def config_from_flags() -> Config:
+  values = {name: FLAGS[name].value for name in Config.__dataclass_fields__}
+  try:
+    values["head_widths"] = tuple(int(width) for width in values["head_widths"])
+  except ValueError:
+    raise ConfigError(f"--head_widths={','.join(values['head_widths'])}: expected integers") from None
+  return Config(**values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_logger().addFilter(_quiet_library_info)
+  python_logging.getLogger("jax._src.xla_bridge").setLevel(python_logging.WARNING)  # "no TPU found"
+  # Imported here so that `--help` and flag errors do not pay for importing JAX.
+  from training.trainer import train_and_evaluate
+
+  try:
+    summary = train_and_evaluate(config_from_flags(), _WORKDIR.value)
+  except (ConfigError, DataError) as e:
+    # A mistake in flags or data: one line naming the culprit, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("summary: %s", summary)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""The train state, the optimiser, and the pure train and eval steps."""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that decides the next step, and so everything a checkpoint holds (with the
+  data iterator's position)."""
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s), so resuming repeats it exactly
+  carry: Any  # per-token training: hidden state [L, S, B, H] carried to the next window; else None
+
+
+def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
+                   weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+  """AdamW with optional linear warm-up and cosine decay, after global-norm clipping."""
+  if lr_decay == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                  max(num_steps, warmup_steps + 1))
+  elif warmup_steps > 0:
+    schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  else:
+    schedule = learning_rate
+  transforms = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  return optax.chain(*transforms, optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def create_train_state(rng, model, optimizer, init_inputs: dict, carry) -> TrainState:
+  """Initialises parameters from `rng` on a dummy batch of the right shapes."""
+  init_rng, state_rng = jax.random.split(rng)
+  args = (init_inputs["inputs"], init_inputs["mask"]) + (() if carry is None else (carry,))
+  params = model.init({"params": init_rng}, *args, train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    rng=state_rng, carry=carry)
+
+
+def train_step(state: TrainState, batch: dict, *, model, optimizer, objective):
+  """One update on one batch. Returns (new state, metric sums for this batch)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
+    return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, carry)
+
+  (_, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if carry is not None:
+    # Truncated BPTT: the next window starts from this state, but gradients stop here.
+    carry = jax.lax.stop_gradient(carry)
+  metrics = dict(sums, real_tokens=batch["mask"].sum(dtype=jnp.float32),
+                 fed_tokens=jnp.float32(batch["mask"].size),
+                 grad_norm_sum=optax.global_norm(grads), steps=jnp.float32(1))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=carry), metrics
+
+
+def eval_step(params, batch: dict, carry, *, model, objective):
+  """Metric sums on one batch without dropout; returns (sums, carry for the next window)."""
+  return objective(model, params, batch, carry, {}, False)
+
+
+def bind_steps(*, model, optimizer, objective):
+  """The two steps with their static parts bound, ready for `jax.jit`."""
+  return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
+          functools.partial(eval_step, model=model, objective=objective))

@@ -1,0 +1,174 @@
+"""The training loop: data, model and steps wired together, with evaluation, checkpoints and
+reports. `train_and_evaluate(config, workdir)` is the whole job."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from training import parallel
+from training.checkpoints import Checkpointer
+from training.config import Config, ConfigError, validate
+from training.data import RunData, prepare_data
+from training.metrics_log import MetricsLog, param_fingerprint, write_json
+from training.models import LanguageModel, SequenceClassifier, zero_carry
+from training.objectives import OBJECTIVES, finalize_metrics
+from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def build_model(config: Config, vocab_size: int, num_classes: int):
+  common = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
+                num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
+                unroll=config.unroll)
+  if config.task == "lm":
+    return LanguageModel(**common)
+  return SequenceClassifier(num_classes=num_classes, head_widths=tuple(config.head_widths),
+                            pooling=config.pooling, **common)
+
+
+def check_run_config(config: Config, workdir: str) -> None:
+  """Refuses to resume a workdir whose model was made with other model flags."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  current = json.loads(json.dumps(config.model_fields()))  # tuples as lists, as saved
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    for name, value in current.items():
+      if name in saved and saved[name] != value:
+        raise ConfigError(f"--{name}={value} differs from {saved[name]} of the run in {workdir};"
+                          " resume with the same model flags or use a new --workdir")
+  elif jax.process_index() == 0:
+    write_json(path, {**current, "full_config": json.loads(json.dumps(config.__dict__))})
+
+
+def _state_shardings(abstract_state: TrainState, mesh) -> TrainState:
+  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  if abstract_state.carry is None:
+    return shardings
+  return shardings.replace(carry=parallel.carry_sharding(mesh))
+
+
+def _add(total, new):
+  return new if total is None else jax.tree.map(jnp.add, total, new)
+
+
+def evaluate(eval_fn, params, data: RunData, config: Config, mesh) -> dict:
+  """Metrics over the eval set (or its first `eval_steps` batches)."""
+  carry = None
+  if config.task == "lm":
+    carry = jax.device_put(zero_carry(config.model, config.num_layers, config.batch_size,
+                                      config.hidden_size), parallel.carry_sharding(mesh))
+  totals = None
+  for index, local_batch in enumerate(data.eval_batches()):
+    if config.eval_steps and index >= config.eval_steps:
+      break
+    sums, carry = eval_fn(params, parallel.global_batch(local_batch, mesh), carry)
+    totals = _add(totals, sums)
+  return finalize_metrics(totals)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+  """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns the summary."""
+  validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  check_run_config(config, workdir)
+  data = prepare_data(config, workdir)
+  mesh = parallel.make_mesh()
+
+  model = build_model(config, len(data.vocab), data.num_classes)
+  optimizer = make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
+                             warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
+                             weight_decay=config.weight_decay, grad_clip=config.grad_clip)
+  objective = OBJECTIVES[config.task]
+  train_step, eval_step = bind_steps(model=model, optimizer=optimizer, objective=objective)
+
+  def init_state(rng):
+    carry = None
+    if config.task == "lm":
+      carry = zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size)
+    dummy = {"inputs": jnp.zeros((config.batch_size, config.seq_len), jnp.int32),
+             "mask": jnp.ones((config.batch_size, config.seq_len), bool)}
+    return create_train_state(rng, model, optimizer, dummy, carry)
+
+  rng = jax.random.PRNGKey(config.seed)
+  state_shardings = _state_shardings(jax.eval_shape(init_state, rng), mesh)
+  state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+  train_fn = jax.jit(train_step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                     out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0)
+  eval_fn = jax.jit(eval_step)
+
+  train_batches = data.train_batches()
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                              async_save=config.async_checkpointing)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(start_step, state, train_batches)
+    logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead)
+
+  step, pending, window_start, last_train = start_step, None, time.perf_counter(), None
+  run_start, run_start_step = window_start, start_step
+  try:
+    while step < config.num_steps:
+      state, metrics = train_fn(state, parallel.global_batch(next(train_batches), mesh))
+      step += 1
+      pending = _add(pending, metrics)
+      if step % config.log_every == 0 or step == config.num_steps:
+        now = time.perf_counter()
+        last_train = _log_train(metrics_log, step, pending, now - window_start,
+                                (now - run_start) / (step - run_start_step) * (config.num_steps - step),
+                                config.num_steps)
+        pending, window_start = None, now
+      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+        if data.eval_batches is not None:
+          _log_eval(metrics_log, step, evaluate(eval_fn, state.params, data, config, mesh))
+        window_start = time.perf_counter()  # Evaluation time is not training throughput.
+      if step % config.checkpoint_every == 0 or step == config.num_steps:
+        checkpointer.save(state, train_batches)
+    checkpointer.save(state, train_batches)  # A no-op unless the run was already complete.
+  finally:
+    checkpointer.wait_until_finished()  # Never exit with a save half done.
+    checkpointer.close()
+
+  eval_metrics = {}
+  if data.eval_batches is not None:
+    eval_metrics = evaluate(eval_fn, state.params, data, config, mesh)
+    _log_eval(metrics_log, step, eval_metrics)
+  summary = {
+      "step": step,
+      "train_loss": last_train["loss"] if last_train else metrics_log.last_train_loss(),
+      "eval": eval_metrics,
+      "param_fingerprint": param_fingerprint(state.params),
+  }
+  if is_lead:
+    write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _log_train(metrics_log, step, sums, seconds, eta_seconds, num_steps) -> dict:
+  sums = jax.device_get(sums)
+  row = {"step": step, "split": "train", **finalize_metrics(sums),
+         "tokens_per_sec": float(sums["real_tokens"]) / max(seconds, 1e-9),
+         "padding_efficiency": float(sums["real_tokens"]) / max(float(sums["fed_tokens"]), 1.0),
+         "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0)}
+  metrics_log.write(row)
+  accuracy = f"  acc {row['accuracy']:.3f}" if "accuracy" in row else ""
+  logging.info("step %d/%d  loss %.4f%s  %.0f tok/s  eta %s", step, num_steps, row["loss"],
+               accuracy, row["tokens_per_sec"], _format_duration(eta_seconds))
+  return row
+
+
+def _log_eval(metrics_log, step, metrics) -> None:
+  metrics_log.write({"step": step, "split": "eval", **metrics})
+  logging.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
