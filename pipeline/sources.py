@@ -170,7 +170,9 @@ class _TfdsExamples(Sequence):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return [self[i] for i in range(*index.indices(len(self)))]
-    record = self._source[index]
+    if not -len(self) <= index < len(self):
+      raise IndexError(index)
+    record = self._source[index % len(self)]
     text = record[self._text_field]
     example = {"text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)}
     if self._with_labels:
@@ -185,12 +187,14 @@ def _tfds_examples(spec, with_labels, text_field, label_field, data_dir) -> Sequ
   if not sep or not name or not split:
     raise DataError(f"--{spec.flag}={spec}: expected tfds:NAME/SPLIT, e.g. tfds:imdb_reviews/train")
   try:
-    source = tfds.data_source(name, split=split + (spec.slice or ""), data_dir=data_dir)
+    # `tfds.builder` finds catalog datasets and, read-only, those `pipeline.prepare` wrote.
+    builder = tfds.builder(name, data_dir=data_dir)
+    source = builder.as_data_source(split=split + (spec.slice or ""))
   except Exception as e:  # TFDS raises many types; the user needs the name and the reason.
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise DataError(f"--{spec.flag}={spec}: cannot open TFDS dataset {name!r} split {split!r}"
                     f" in {data_dir or 'the default data dir'}: {reason}") from None
-  features = source.dataset_info.features
+  features = builder.info.features
   for field in [text_field] + ([label_field] if with_labels else []):
     if field not in features:
       raise DataError(f"--{spec.flag}={spec}: TFDS dataset {name!r} has no field {field!r};"

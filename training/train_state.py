@@ -59,7 +59,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective):
     carry = jax.lax.stop_gradient(carry)
   metrics = dict(sums, real_tokens=batch["mask"].sum(dtype=jnp.float32),
                  fed_tokens=jnp.float32(batch["mask"].size),
-                 grad_norm_sum=optax.global_norm(grads), steps=jnp.float32(1))
+                 grad_norm_sum=optax.tree.norm(grads), steps=jnp.float32(1))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=carry), metrics
 
 

@@ -1,0 +1,122 @@
+"""The trainer end to end: exact resume, reports, errors, and the default job learning."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from training.config import Config, ConfigError
+from training.trainer import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = Config(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=16, dropout=0.1,
+              num_steps=40, log_every=5, eval_every=0, eval_steps=2, checkpoint_every=10,
+              async_checkpointing=True)
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, task):
+  config = dataclasses.replace(TINY, task=task)
+  whole = train_and_evaluate(config, str(tmp_path / "whole"))
+  first_half = train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert first_half["param_fingerprint"] != whole["param_fingerprint"]
+  assert resumed["param_fingerprint"] == whole["param_fingerprint"]
+  assert resumed["eval"] == whole["eval"] and resumed["train_loss"] == whole["train_loss"]
+  # The resumed run's metrics.jsonl reads like the uninterrupted one's (throughput aside).
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows
+                        if r["split"] == "train"]
+  assert strip(read_rows(tmp_path / "resumed")) == strip(read_rows(tmp_path / "whole"))
+
+
+def test_same_flags_and_seed_give_the_same_run_and_another_seed_does_not(tmp_path):
+  config = dataclasses.replace(TINY, num_steps=10)
+  a = train_and_evaluate(config, str(tmp_path / "a"))
+  b = train_and_evaluate(config, str(tmp_path / "b"))
+  c = train_and_evaluate(dataclasses.replace(config, seed=1), str(tmp_path / "c"))
+  assert a == b and a["param_fingerprint"] != c["param_fingerprint"]
+
+
+def test_carrying_the_state_changes_training(tmp_path):
+  config = dataclasses.replace(TINY, num_steps=10, dropout=0.0)
+  carried = train_and_evaluate(config, str(tmp_path / "carried"))
+  reset = train_and_evaluate(dataclasses.replace(config, carry_state=False), str(tmp_path / "reset"))
+  assert carried["param_fingerprint"] != reset["param_fingerprint"]
+
+
+def test_reports_and_checkpoints_on_disk(tmp_path):
+  workdir = str(tmp_path / "run")
+  summary = train_and_evaluate(dataclasses.replace(TINY, task="classify", eval_every=20), workdir)
+  rows = read_rows(workdir)
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == list(range(5, 41, 5))
+  assert all({"loss", "accuracy", "tokens_per_sec", "padding_efficiency"} <= r.keys() for r in train_rows)
+  assert [(r["step"], sorted(r)) for r in rows if r["split"] == "eval"] == [
+      (20, ["accuracy", "loss", "split", "step"]), (40, ["accuracy", "loss", "split", "step"])]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f) == summary
+  assert summary["step"] == 40 and len(summary["param_fingerprint"]) == 64
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30", "40"]  # keeps 3
+  assert os.path.exists(os.path.join(workdir, "vocab.json"))
+
+
+def test_resume_with_other_model_flags_is_refused_and_leaves_the_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(dataclasses.replace(TINY, num_steps=10), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(ConfigError, match=r"--hidden_size=32 differs from 16 .* use a new --workdir"):
+    train_and_evaluate(dataclasses.replace(TINY, num_steps=20, hidden_size=32), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def run_cli(*flags, timeout=300):
+  return subprocess.run([sys.executable, "-m", "training.train", *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--model=transformer", "error: --model: unknown value 'transformer'"),
+    ("--task=regress", "error: --task: unknown value 'regress'"),
+    ("--train_data=csv:x.csv", "error: --train_data='csv:x.csv': unknown data kind 'csv'"),
+    ("--train_data=text:/no/such.txt", "error: --train_data: no such file: /no/such.txt"),
+])
+def test_bad_flags_give_one_line_and_no_traceback(tmp_path, flag, message):
+  result = run_cli(f"--workdir={tmp_path}", flag)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_default_job_learns_its_generated_task(tmp_path, task):
+  """The README's first command, as a user runs it (per-token and per-sequence)."""
+  result = run_cli(f"--workdir={tmp_path}", f"--task={task}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_rows(tmp_path)
+  first_loss = rows[0]["loss"]
+  final_eval = [r for r in rows if r["split"] == "eval"][-1]
+  assert final_eval["step"] == 1000
+  if task == "lm":
+    # Starts near ln(vocab) ~ 2.5; a model without memory cannot go below ~1.9 nats/char.
+    assert first_loss > 2.0 and final_eval["loss"] < 1.5
+  else:
+    assert final_eval["accuracy"] > 0.95 and final_eval["loss"] < 0.2 * first_loss
+  assert "step 1000/1000" in result.stderr and "eta" in result.stderr
+
+
+def test_flagfile_sets_flags(tmp_path):
+  flagfile = tmp_path / "tiny.flags"
+  flagfile.write_text("--hidden_size=8\n--embed_size=4\n--batch_size=4\n--seq_len=8\n--num_steps=3\n"
+                      "--log_every=1\n--eval_steps=1\n")
+  result = run_cli(f"--workdir={tmp_path / 'run'}", f"--flagfile={flagfile}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [r["step"] for r in read_rows(tmp_path / "run") if r["split"] == "train"] == [1, 2, 3]
