@@ -37,7 +37,7 @@ class Checkpointer:
   def save(self, state: TrainState, data_iterator) -> None:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
-      return  # Already saved at this step (e.g. the end of a run that was resumed at its end).
+      return  # Already saved (a run resumed at a checkpoint step saves that step again).
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_tree(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)

@@ -136,7 +136,6 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         window_start = time.perf_counter()  # Evaluation time is not training throughput.
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         checkpointer.save(state, train_batches)
-    checkpointer.save(state, train_batches)  # A no-op unless the run was already complete.
   finally:
     checkpointer.wait_until_finished()  # Never exit with a save half done.
     checkpointer.close()

@@ -1,0 +1,42 @@
+"""Data parallelism on one host: 4 CPU devices train to the same losses as 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
+         "--dropout=0.1", "--num_steps=20", "--log_every=5", "--eval_every=10", "--eval_steps=3",
+         "--checkpoint_every=10"]
+
+
+def train(workdir, task, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={workdir}",
+                           f"--task={task}", *FLAGS], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_four_devices_match_one_device(tmp_path, task):
+  one = train(tmp_path / "one", task, devices=1)
+  four = train(tmp_path / "four", task, devices=4)
+  assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in four]
+  for a, b in zip(one, four):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+
+
+def test_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--batch_size=6"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --batch_size: the global batch of 6 does not divide by the 4 devices; use a multiple of 4")
