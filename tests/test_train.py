@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,19 @@ def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path
   strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows
                         if r["split"] == "train"]
   assert strip(read_rows(tmp_path / "resumed")) == strip(read_rows(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_resuming_from_a_mid_run_checkpoint_matches(tmp_path, task):
+  """Checkpoint 20 is saved (asynchronously) while training goes on: what it holds, the data
+  position included, must be step 20's, not a later one's."""
+  config = dataclasses.replace(TINY, task=task, keep_checkpoints=5)
+  whole = train_and_evaluate(config, str(tmp_path / "run"))
+  checkpoints = tmp_path / "run" / "checkpoints"
+  for step in ("30", "40"):  # as if the run had crashed at step 25
+    shutil.rmtree(checkpoints / step)
+  resumed = train_and_evaluate(config, str(tmp_path / "run"))
+  assert resumed["param_fingerprint"] == whole["param_fingerprint"]
 
 
 def test_same_flags_and_seed_give_the_same_run_and_another_seed_does_not(tmp_path):

@@ -37,7 +37,7 @@ class Checkpointer:
   def save(self, state: TrainState, data_iterator) -> None:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
-      return  # Already saved (a run resumed at a checkpoint step saves that step again).
+      return  # Orbax refuses to write a step twice; saving the same step again changes nothing.
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_as_tree(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
