@@ -20,6 +20,8 @@ import os
 import re
 from collections.abc import Sequence
 
+from absl import logging
+
 from pipeline import synthetic
 from pipeline.errors import DataError
 from pipeline.slicing import slice_range
@@ -55,8 +57,14 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
 
 
 def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",
-                  label_field: str = "label", tfds_data_dir: str | None = None) -> Sequence[dict]:
-  """Reads the examples a spec names (a list, or a lazy random-access view for TFDS)."""
+                  label_field: str = "label", tfds_data_dir: str | None = None,
+                  utf8_errors: str = "strict") -> Sequence[dict]:
+  """Reads the examples a spec names (a list, or a lazy random-access view for TFDS).
+
+  File examples carry `where` (`FILE:LINE`) so that later checks can name their line.
+  `utf8_errors="replace"` turns bytes that are not UTF-8 into U+FFFD with a warning;
+  `"strict"` refuses them.
+  """
   if spec.kind == "tfds":
     return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
   if spec.kind == "synthetic":
@@ -66,15 +74,15 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   elif spec.kind == "text":
     if with_labels:
       raise DataError(f"--{spec.flag}={spec}: a text: source is one unlabelled document; use lines: or jsonl: for --task=classify")
-    text = _read_text(spec)
+    text = _read_text(spec, utf8_errors)
     chars = slice_range(spec.slice, len(text), f"--{spec.flag}")
     if not chars:
       raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(text)} characters")
     return [{"text": text[chars.start:chars.stop]}]
   elif spec.kind == "lines":
-    examples = _lines_examples(spec, with_labels)
+    examples = _lines_examples(spec, with_labels, utf8_errors)
   else:
-    examples = _jsonl_examples(spec, with_labels, text_field, label_field)
+    examples = _jsonl_examples(spec, with_labels, text_field, label_field, utf8_errors)
   selected = slice_range(spec.slice, len(examples), f"--{spec.flag}")
   if not selected:
     raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(examples)} examples")
@@ -88,23 +96,32 @@ def _check_file(spec: SourceSpec) -> None:
     raise DataError(f"--{spec.flag}: empty file: {spec.path}")
 
 
-def _decode(data: bytes, path: str) -> str:
+def _decode(data: bytes, path: str, utf8_errors: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
-    raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})") from None
+    where = f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})"
+    if utf8_errors != "replace":
+      raise DataError(f"{where}; pass --utf8_errors=replace to replace such bytes") from None
+    text = data.decode("utf-8", errors="replace")
+    logging.warning("%s; replaced %d such characters with U+FFFD", where, text.count("\ufffd"))
+    return text
 
 
-def _read_text(spec: SourceSpec) -> str:
+def _read_text(spec: SourceSpec, utf8_errors: str) -> str:
   _check_file(spec)
   opener = gzip.open if spec.path.endswith(".gz") else open
-  with opener(spec.path, "rb") as f:
-    return _decode(f.read(), spec.path)
+  try:
+    with opener(spec.path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
+    raise DataError(f"{spec.path}: cannot read ({e})") from None
+  return _decode(data, spec.path, utf8_errors)
 
 
-def _numbered_lines(spec: SourceSpec):
-  for number, line in enumerate(_read_text(spec).splitlines(), start=1):
+def _numbered_lines(spec: SourceSpec, utf8_errors: str):
+  for number, line in enumerate(_read_text(spec, utf8_errors).splitlines(), start=1):
     if line.strip():
       yield number, line
 
@@ -121,20 +138,22 @@ def _parse_label(value, where: str) -> int:
   return label
 
 
-def _lines_examples(spec: SourceSpec, with_labels: bool) -> list[dict]:
+def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str) -> list[dict]:
   examples = []
-  for number, line in _numbered_lines(spec):
+  for number, line in _numbered_lines(spec, utf8_errors):
+    where = f"{spec.path}:{number}"
     if not with_labels:
-      examples.append({"text": line})
+      examples.append({"text": line, "where": where})
       continue
     label, _, text = line.strip().partition(" ")
-    examples.append({"text": text, "label": _parse_label(label, f"{spec.path}:{number}")})
+    examples.append({"text": text, "label": _parse_label(label, where), "where": where})
   return _nonempty(examples, spec)
 
 
-def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> list[dict]:
+def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
+                    utf8_errors: str) -> list[dict]:
   examples = []
-  for number, line in _numbered_lines(spec):
+  for number, line in _numbered_lines(spec, utf8_errors):
     where = f"{spec.path}:{number}"
     try:
       record = json.loads(line)
@@ -142,7 +161,7 @@ def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_
       raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
       raise DataError(f"{where}: expected a JSON object with a string field {text_field!r}")
-    example = {"text": record[text_field]}
+    example = {"text": record[text_field], "where": where}
     if with_labels:
       if label_field not in record:
         raise DataError(f"{where}: no label field {label_field!r}")
@@ -174,7 +193,8 @@ class _TfdsExamples(Sequence):
       raise IndexError(index)
     record = self._source[index % len(self)]
     text = record[self._text_field]
-    example = {"text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)}
+    example = {"text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text),
+               "where": f"{self._where} record {index}"}
     if self._with_labels:
       example["label"] = _parse_label(int(record[self._label_field]), f"{self._where} record {index}")
     return example

@@ -26,7 +26,7 @@ def copy_documents(num_documents: int = 40_000) -> list[dict]:
   documents = []
   for _ in range(num_documents):
     word = "".join(rng.choice(letters, size=rng.integers(4, 13)))
-    documents.append({"text": f"{word}={word}"})
+    documents.append({"text": f"{word}={word}", "where": f"synthetic:copy document {len(documents)}"})
   return documents
 
 
@@ -37,7 +37,8 @@ def recall_examples(num_examples: int = 20_000, num_classes: int = 3) -> list[di
   for _ in range(num_examples):
     label = int(rng.integers(num_classes))
     noise = "".join(rng.choice(letters, size=rng.integers(9, 40)))
-    examples.append({"text": letters[label] + noise, "label": label})
+    examples.append({"text": letters[label] + noise, "label": label,
+                     "where": f"synthetic:recall example {len(examples)}"})
   return examples
 
 

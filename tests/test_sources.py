@@ -11,7 +11,9 @@ from pipeline.slicing import slice_range
 
 
 def read(spec, with_labels=False, **kwargs):
-  return list(sources.read_examples(sources.parse_spec(spec, "train_data"), with_labels=with_labels, **kwargs))
+  """Examples without their `where` (tested on its own below)."""
+  examples = sources.read_examples(sources.parse_spec(spec, "train_data"), with_labels=with_labels, **kwargs)
+  return [{k: v for k, v in example.items() if k != "where"} for example in examples]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -97,10 +99,21 @@ def test_bad_json_and_bad_bytes_name_file_and_line(tmp_path):
   path.write_text('{"text": "fine", "label": 1}\n{"text": "no label"}\n')
   with pytest.raises(DataError, match=r"data.jsonl:2: no label field 'label'"):
     read(f"jsonl:{path}", with_labels=True)
+
+
+def test_bytes_that_are_not_utf8_are_refused_or_replaced_as_asked(tmp_path):
   binary = tmp_path / "latin1.txt"
-  binary.write_bytes("line one\ncaf\xe9\n".encode("latin-1"))
-  with pytest.raises(DataError, match=r"latin1.txt:2: not valid UTF-8"):
+  binary.write_bytes("1 line one\n0 caf\xe9\n".encode("latin-1"))
+  with pytest.raises(DataError, match=r"latin1.txt:2: not valid UTF-8 .*--utf8_errors=replace"):
     read(f"text:{binary}")
+  assert read(f"lines:{binary}", with_labels=True, utf8_errors="replace")[1] == {"text": "caf\ufffd", "label": 0}
+
+
+def test_file_examples_know_their_line(tmp_path):
+  path = tmp_path / "train.txt"
+  path.write_text("1 a\n\n0 b\n")
+  examples = sources.read_examples(sources.parse_spec(f"lines:{path}[1:]", "train_data"), with_labels=True)
+  assert [e["where"] for e in examples] == [f"{path}:3"]
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -6,11 +6,18 @@ iterator-state file per process). Orbax writes to a temporary directory and rena
 complete, so a crash mid-save never leaves a checkpoint that `latest_step` would pick.
 """
 
+import contextlib
 import dataclasses
+import gc
+import os
+import shutil
+import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from training.train_state import TrainState
 
@@ -20,10 +27,36 @@ def _as_tree(state: TrainState) -> dict:
   return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
 
 
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was expected; the message names the checkpoint."""
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  if not text:
+    return type(error).__name__
+  return text.splitlines()[0].split(" See full TensorStore details")[0][:300]
+
+
+@contextlib.contextmanager
+def _collecting_failed_reads():
+  """Collects the read coroutines a failed restore left behind, without printing each one's
+  traceback ("Exception ignored in ..."): the failure was already reported in one line."""
+  try:
+    yield
+  finally:
+    previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+      gc.collect()
+    finally:
+      sys.unraisablehook = previous
+
+
 class Checkpointer:
   """Saves and restores (train state, data iterator) pairs under one directory."""
 
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool):
+    self.directory = directory
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True))
@@ -50,6 +83,56 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return TrainState(**restored["state"])
+
+  def restore_readable(self, template: TrainState, data_iterator, *, restore_step: int,
+                       set_aside_dir: str) -> tuple[TrainState | None, int]:
+    """Restores `restore_step`, or else the latest checkpoint that can be read.
+
+    A checkpoint that cannot be read is moved to `set_aside_dir` (never deleted) and the one
+    before it is tried; with `restore_step`, the checkpoints after it are set aside too, so
+    that the run can write those steps again. Returns (state, step), or (None, 0) when there
+    is no checkpoint.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if restore_step:
+      if restore_step not in steps:
+        raise CheckpointError(f"--restore_step={restore_step}: no checkpoint at that step in"
+                              f" {self.directory} (there are: {sorted(steps) or 'none'})")
+      candidates, newer = [restore_step], [s for s in steps if s > restore_step]
+    else:
+      candidates, newer = steps, []
+    unreadable = []
+    for step in candidates:
+      try:
+        with _collecting_failed_reads():
+          state = self.restore(step, template, data_iterator)
+      except Exception as e:  # Orbax and TensorStore raise many types for a damaged checkpoint.
+        unreadable.append((step, _first_line(e)))
+        logging.warning("Checkpoint %s cannot be read: %s", os.path.join(self.directory, str(step)),
+                        unreadable[-1][1])
+        continue
+      self._set_aside([s for s, _ in unreadable] + newer, set_aside_dir)
+      return state, step
+    if unreadable:
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(
+          f"step {s}: {reason}" for s, reason in unreadable) + " (use --restore_step or a new --workdir)")
+    return None, 0
+
+  def _set_aside(self, steps: list[int], set_aside_dir: str) -> None:
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      os.makedirs(set_aside_dir, exist_ok=True)
+      for step in steps:
+        target = os.path.join(set_aside_dir, str(step))
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = os.path.join(set_aside_dir, f"{step}.{suffix}"), suffix + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        logging.warning("Moved checkpoint step %d aside to %s", step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints set aside")
+    self._manager.reload()
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

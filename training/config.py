@@ -10,6 +10,9 @@ TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean")
 LR_DECAYS = ("none", "cosine")
+BATCHINGS = ("pad",)
+ON_NONFINITE = ("stop", "skip")
+UTF8_ERRORS = ("strict", "replace")
 
 # With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
 DEFAULT_DATA = {
@@ -48,6 +51,8 @@ class Config:
   label_field: str = "label"
   tfds_data_dir: str = ""
   data_workers: int = 2
+  utf8_errors: str = "strict"  # or "replace" (with a warning naming the file and line)
+  batching: str = "pad"
   batch_size: int = 32  # global, over all devices and processes
   seq_len: int = 64
   carry_state: bool = True
@@ -66,6 +71,10 @@ class Config:
   checkpoint_every: int = 250
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
+  restore_step: int = 0  # 0: the latest readable checkpoint
+  # Faults.
+  on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the update
+  inject_nan_at_step: int = 0  # testing aid: make step N's loss NaN (0: never)
 
   def data_specs(self) -> tuple[str, str]:
     """(train spec, eval spec); the defaults only when no data flag is given."""
@@ -85,13 +94,16 @@ def _require(condition: bool, flag: str, message: str) -> None:
 def validate(config: Config, device_count: int = 1) -> None:
   """Raises `ConfigError` naming the first invalid flag."""
   for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
-                        ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word"))):
+                        ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word")),
+                        ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
+                        ("utf8_errors", UTF8_ERRORS)):
     value = getattr(config, flag)
     _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
   for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",
                "log_every", "checkpoint_every", "keep_checkpoints", "unroll", "data_workers"):
     _require(getattr(config, flag) > 0, flag, f"must be positive, got {getattr(config, flag)}")
-  for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps"):
+  for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps", "restore_step",
+               "inject_nan_at_step"):
     _require(getattr(config, flag) >= 0, flag, f"must be >= 0, got {getattr(config, flag)}")
   _require(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
   _require(config.learning_rate > 0, "learning_rate", f"must be positive, got {config.learning_rate}")

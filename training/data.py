@@ -37,7 +37,8 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   with_labels = config.task == "classify"
   read = lambda spec, flag: sources.read_examples(
       sources.parse_spec(spec, flag), with_labels=with_labels, text_field=config.text_field,
-      label_field=config.label_field, tfds_data_dir=config.tfds_data_dir or None)
+      label_field=config.label_field, tfds_data_dir=config.tfds_data_dir or None,
+      utf8_errors=config.utf8_errors)
   train_examples = read(train_spec, "train_data")
   eval_examples = read(eval_spec, "eval_data") if eval_spec else None
   vocab = _load_or_build_vocabulary(train_examples, config, os.path.join(workdir, VOCAB_FILE))
@@ -60,10 +61,11 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   num_classes = config.num_classes or 1 + max(example["label"] for example in train_examples)
   if num_classes < 2:
     raise DataError(f"--train_data={train_spec}: every label is 0; a classifier needs 2 or more classes")
-  for spec, examples in ((train_spec, train_examples), (eval_spec, eval_examples or [])):
-    bad = next((e["label"] for e in examples if e["label"] >= num_classes), None)
+  for examples in (train_examples, eval_examples or []):
+    bad = next((e for e in examples if e["label"] >= num_classes), None)
     if bad is not None:
-      raise DataError(f"{spec}: label {bad} is out of range for {num_classes} classes (--num_classes)")
+      raise DataError(f"{bad['where']}: label {bad['label']} is out of range for {num_classes} classes"
+                      f" ({'--num_classes' if config.num_classes else 'inferred from --train_data'})")
   if len(train_examples) < config.batch_size:
     raise DataError(f"--train_data={train_spec}: {len(train_examples)} examples cannot fill one"
                     f" batch of --batch_size={config.batch_size}")

@@ -34,8 +34,7 @@ class MetricsLog:
     self._rows = []
     if enabled and os.path.exists(path):
       with open(path, encoding="utf-8") as f:
-        self._rows = [row for row in map(json.loads, filter(str.strip, f))
-                      if row["step"] <= resume_step]
+        self._rows = [row for row in map(_parse_row, f) if row and row["step"] <= resume_step]
       _write_atomically(path, "".join(json.dumps(row) + "\n" for row in self._rows))
 
   def last_train_loss(self) -> float | None:
@@ -46,6 +45,14 @@ class MetricsLog:
     if self.enabled:
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def _parse_row(line: str) -> dict | None:
+  """A row, or None for a blank line or the half-written last line of a killed run."""
+  try:
+    return json.loads(line) if line.strip() else None
+  except json.JSONDecodeError:
+    return None
 
 
 def write_json(path: str, value: dict) -> None:

@@ -11,7 +11,8 @@ import sys
 from absl import app, flags, logging
 
 from pipeline.errors import DataError
-from training.config import LR_DECAYS, MODELS, POOLINGS, TASKS, Config, ConfigError
+from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, POOLINGS, TASKS, UTF8_ERRORS,
+                             Config, ConfigError)
 
 _D = Config()  # The flags' defaults are the config's.
 
@@ -40,6 +41,9 @@ flags.DEFINE_string("text_field", _D.text_field, "Text field of jsonl: and tfds:
 flags.DEFINE_string("label_field", _D.label_field, "Label field of jsonl: and tfds: records.")
 flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "TFDS data directory; empty: TFDS's default.")
 flags.DEFINE_integer("data_workers", _D.data_workers, "Threads preparing batches ahead of the trainer.")
+flags.DEFINE_string("utf8_errors", _D.utf8_errors, f"Bytes that are not UTF-8: {' | '.join(UTF8_ERRORS)}"
+                    " (refuse, or replace with U+FFFD and warn with file and line).")
+flags.DEFINE_string("batching", _D.batching, f"How sequences become batches: {' | '.join(BATCHINGS)}.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (rows, over all devices).")
 flags.DEFINE_integer("seq_len", _D.seq_len, "Tokens per row: window length (lm) or truncation (classify).")
 flags.DEFINE_bool("carry_state", _D.carry_state,
@@ -57,6 +61,11 @@ flags.DEFINE_integer("eval_steps", _D.eval_steps, "Eval batches per evaluation; 
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints (and one at the end).")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
 flags.DEFINE_bool("async_checkpointing", _D.async_checkpointing, "Save checkpoints in the background.")
+flags.DEFINE_integer("restore_step", _D.restore_step, "Resume from this checkpoint step; 0: the latest"
+                     " readable one (an unreadable one is set aside and the previous one used).")
+flags.DEFINE_string("on_nonfinite", _D.on_nonfinite, f"A non-finite loss or gradient: {' | '.join(ON_NONFINITE)}"
+                    " (stop the run naming the step, keeping the last checkpoint; or skip that update).")
+flags.DEFINE_integer("inject_nan_at_step", _D.inject_nan_at_step, "Testing aid: make this step's loss NaN.")
 
 FLAGS = flags.FLAGS
 
@@ -86,12 +95,18 @@ def main(argv):
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
   from training.trainer import train_and_evaluate
 
+  from training.checkpoints import CheckpointError
+  from training.trainer import TrainingError
+
   try:
     summary = train_and_evaluate(config_from_flags(), _WORKDIR.value)
   except (ConfigError, DataError) as e:
     # A mistake in flags or data: one line naming the culprit, no traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (CheckpointError, TrainingError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   logging.info("summary: %s", summary)
 
 

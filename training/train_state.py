@@ -43,24 +43,41 @@ def create_train_state(rng, model, optimizer, init_inputs: dict, carry) -> Train
                     rng=state_rng, carry=carry)
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, objective):
-  """One update on one batch. Returns (new state, metric sums for this batch)."""
+def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0):
+  """One update on one batch. Returns (new state, metric sums for this batch).
+
+  A step whose loss or gradients are not finite leaves the state as it was (but counts the
+  step, so the data moves on) and reports itself in `nonfinite` / `first_nonfinite_step_min`:
+  the loop then stops or carries on, as `--on_nonfinite` says. Either way no NaN reaches the
+  parameters, and so none reaches a checkpoint.
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  step_number = state.step + 1  # 1-based, as logged
 
   def loss_fn(params):
     sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
-    return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, carry)
+    loss = sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0)
+    if inject_nan_at_step:
+      loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
+    return loss, (sums, carry)
 
-  (_, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state = keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state)
   if carry is not None:
     # Truncated BPTT: the next window starts from this state, but gradients stop here.
-    carry = jax.lax.stop_gradient(carry)
+    carry = keep_if_finite(jax.lax.stop_gradient(carry), state.carry)
+  sums = {name: jnp.where(finite, value, 0.0) for name, value in sums.items()}
   metrics = dict(sums, real_tokens=batch["mask"].sum(dtype=jnp.float32),
                  fed_tokens=jnp.float32(batch["mask"].size),
-                 grad_norm_sum=optax.tree.norm(grads), steps=jnp.float32(1))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, carry=carry), metrics
+                 grad_norm_sum=jnp.where(finite, grad_norm, 0.0), steps=finite.astype(jnp.float32),
+                 nonfinite=1.0 - finite.astype(jnp.float32),
+                 first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number))
+  return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry), metrics
 
 
 def eval_step(params, batch: dict, carry, *, model, objective):
@@ -68,7 +85,8 @@ def eval_step(params, batch: dict, carry, *, model, objective):
   return objective(model, params, batch, carry, {}, False)
 
 
-def bind_steps(*, model, optimizer, objective):
+def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0):
   """The two steps with their static parts bound, ready for `jax.jit`."""
-  return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
+  return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
+                            inject_nan_at_step=inject_nan_at_step),
           functools.partial(eval_step, model=model, objective=objective))

@@ -2,6 +2,7 @@
 reports. `train_and_evaluate(config, workdir)` is the whole job."""
 
 import json
+import math
 import os
 import time
 
@@ -11,6 +12,8 @@ from absl import logging
 
 from training import parallel
 from training.checkpoints import Checkpointer
+from training.preemption import PreemptionWatch
+from training.workdir import check_writable, free_bytes, require_free_space
 from training.config import Config, ConfigError, validate
 from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
@@ -54,7 +57,10 @@ def _state_shardings(abstract_state: TrainState, mesh) -> TrainState:
 
 
 def _add(total, new):
-  return new if total is None else jax.tree.map(jnp.add, total, new)
+  """Accumulates metric sums; `*_min` entries keep their minimum instead."""
+  if total is None:
+    return new
+  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
 
 
 def evaluate(eval_fn, params, data: RunData, config: Config, mesh) -> dict:
@@ -77,10 +83,22 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+def _checkpoint_bytes(state) -> int:
+  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
-  """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns the summary."""
+  """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns the summary.
+
+  A run stopped by SIGTERM or Ctrl-C saves a checkpoint at the step it reached and returns
+  `{"step": ..., "preempted": True}` without evaluating; the same call resumes it.
+  """
   validate(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
   is_lead = jax.process_index() == 0
   check_run_config(config, workdir)
   data = prepare_data(config, workdir)
@@ -91,7 +109,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                              warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
                              weight_decay=config.weight_decay, grad_clip=config.grad_clip)
   objective = OBJECTIVES[config.task]
-  train_step, eval_step = bind_steps(model=model, optimizer=optimizer, objective=objective)
+  train_step, eval_step = bind_steps(model=model, optimizer=optimizer, objective=objective,
+                                     inject_nan_at_step=config.inject_nan_at_step)
 
   def init_state(rng):
     carry = None
@@ -102,7 +121,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     return create_train_state(rng, model, optimizer, dummy, carry)
 
   rng = jax.random.PRNGKey(config.seed)
-  state_shardings = _state_shardings(jax.eval_shape(init_state, rng), mesh)
+  abstract_state = jax.eval_shape(init_state, rng)
+  require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(abstract_state))
+  state_shardings = _state_shardings(abstract_state, mesh)
   state = jax.jit(init_state, out_shardings=state_shardings)(rng)
   train_fn = jax.jit(train_step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                      out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0)
@@ -111,35 +132,53 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   train_batches = data.train_batches()
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(start_step, state, train_batches)
+  restored, start_step = checkpointer.restore_readable(
+      state, train_batches, restore_step=config.restore_step,
+      set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"))
+  if restored is not None:
+    state = restored
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead)
 
   step, pending, window_start, last_train = start_step, None, time.perf_counter(), None
   run_start, run_start_step = window_start, start_step
+  preemption = PreemptionWatch()
+  preempted = False
   try:
     while step < config.num_steps:
       state, metrics = train_fn(state, parallel.global_batch(next(train_batches), mesh))
       step += 1
       pending = _add(pending, metrics)
-      if step % config.log_every == 0 or step == config.num_steps:
+      preempted = preemption.should_stop(step)
+      log_now = step % config.log_every == 0 or step == config.num_steps or preempted
+      save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
+      if log_now or save_now:
+        # Checked before anything is saved, so a checkpoint never follows a non-finite step
+        # that the run was told to stop at.
+        _check_finite(pending, config.on_nonfinite, checkpointer)
+      if log_now:
         now = time.perf_counter()
         last_train = _log_train(metrics_log, step, pending, now - window_start,
                                 (now - run_start) / (step - run_start_step) * (config.num_steps - step),
                                 config.num_steps)
         pending, window_start = None, now
-      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+      if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
+          and not preempted):
         if data.eval_batches is not None:
           _log_eval(metrics_log, step, evaluate(eval_fn, state.params, data, config, mesh))
         window_start = time.perf_counter()  # Evaluation time is not training throughput.
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
+      if save_now:
         checkpointer.save(state, train_batches)
+      if preempted:
+        break
   finally:
+    preemption.close()
     checkpointer.wait_until_finished()  # Never exit with a save half done.
     checkpointer.close()
 
+  if preempted:
+    logging.warning("Stopped at step %d; checkpoint saved. Run the same command to resume.", step)
+    return {"step": step, "preempted": True}
   eval_metrics = {}
   if data.eval_batches is not None:
     eval_metrics = evaluate(eval_fn, state.params, data, config, mesh)
@@ -153,6 +192,20 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _check_finite(pending, on_nonfinite: str, checkpointer: Checkpointer) -> None:
+  nonfinite, first = jax.device_get((pending["nonfinite"], pending["first_nonfinite_step_min"]))
+  if not nonfinite:
+    return
+  if on_nonfinite == "skip":
+    logging.warning("Skipped %d update(s) with a non-finite loss or gradient (the first at step %d).",
+                    int(nonfinite), int(first))
+    return
+  latest = checkpointer.latest_step()
+  raise TrainingError(f"step {int(first)}: the loss or gradients are not finite; stopped. The last"
+                      f" checkpoint ({'step ' + str(latest) if latest else 'none yet'}) is intact;"
+                      " lower --learning_rate or --grad_clip, or pass --on_nonfinite=skip")
 
 
 def _log_train(metrics_log, step, sums, seconds, eta_seconds, num_steps) -> dict:
