@@ -57,9 +57,13 @@ def sequence_batches(examples: Sequence[dict], vocab: Vocabulary, *, batch_size:
   and repeated forever; evaluation data is read once in order, the last batch padded.
   `batch_size` is per process.
   """
-  dataset = grain.MapDataset.source(examples)[shard_index::shard_count]
+  dataset = grain.MapDataset.source(examples)
   if train:
     dataset = dataset.shuffle(seed=seed).repeat()
+  # Shuffled first (the same order on every process), then split by stride: the processes'
+  # batch k together hold exactly the examples of a single process's batch k, so the job
+  # computes the same thing on any number of processes. Each process reads only its share.
+  dataset = dataset[shard_index::shard_count]
   dataset = dataset.map(EncodeExample(vocab, seq_len))
   dataset = dataset.batch(batch_size, drop_remainder=train, batch_fn=StackAndPadBatch(batch_size))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

@@ -48,6 +48,16 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   assert len(shards[0]) == 12 and len(shards[1]) == 11
 
 
+def test_processes_batch_k_together_hold_a_single_process_batch_k():
+  make = lambda index, count, size: iter(sequence_batches(EXAMPLES, VOCAB, batch_size=size, seq_len=10,
+                                                          train=True, seed=3, shard_index=index, shard_count=count))
+  whole = make(0, 1, 6)
+  parts = [make(0, 2, 3), make(1, 2, 3)]
+  for _ in range(10):  # several epochs of 23 examples
+    expected = sorted(decoded_rows(next(whole)))
+    assert sorted(decoded_rows(next(parts[0])) + decoded_rows(next(parts[1]))) == expected
+
+
 def stream(n=100):
   return np.arange(3, 3 + n, dtype=np.int32)
 

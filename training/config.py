@@ -13,6 +13,7 @@ LR_DECAYS = ("none", "cosine")
 BATCHINGS = ("pad",)
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
+PARALLELISMS = ("jit", "shard_map")
 
 # With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
 DEFAULT_DATA = {
@@ -54,6 +55,7 @@ class Config:
   utf8_errors: str = "strict"  # or "replace" (with a warning naming the file and line)
   batching: str = "pad"
   batch_size: int = 32  # global, over all devices and processes
+  parallelism: str = "jit"  # or "shard_map": the same step written per device
   seq_len: int = 64
   carry_state: bool = True
   # Optimisation.
@@ -96,7 +98,7 @@ def validate(config: Config, device_count: int = 1) -> None:
   for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
                         ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word")),
                         ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
-                        ("utf8_errors", UTF8_ERRORS)):
+                        ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS)):
     value = getattr(config, flag)
     _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
   for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",

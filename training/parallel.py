@@ -38,3 +38,34 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Arra
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, rows)
           for name, rows in local_batch.items()}
+
+
+def state_specs(abstract_state):
+  """PartitionSpecs of a train state: everything replicated but the carried state's rows."""
+  specs = jax.tree.map(lambda _: P(), abstract_state)
+  if abstract_state.carry is None:
+    return specs
+  return specs.replace(carry=P(None, None, DATA_AXIS, None))
+
+
+def shardings_of(specs, mesh):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def compile_train_step(step_fn, abstract_state, mesh, parallelism: str):
+  """The train step, jitted once with explicit shardings.
+
+  `jit`: `step_fn` sees global arrays and XLA partitions it. `shard_map`: `step_fn` (bound with
+  `axis_name=DATA_AXIS`) runs per device on its rows and reduces explicitly.
+  """
+  specs = state_specs(abstract_state)
+  state_shardings = shardings_of(specs, mesh)
+  if parallelism == "shard_map":
+    # check_vma=False: the step reduces explicitly (psum of gradients and counts). With the
+    # check on, autodiff would also psum the gradient of every replicated parameter by itself,
+    # and the explicit psum would then count each device's gradient once per device.
+    step_fn = jax.shard_map(step_fn, mesh=mesh, in_specs=(specs, P(DATA_AXIS)), out_specs=(specs, P()),
+                            check_vma=False)
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)

@@ -35,7 +35,10 @@ class PreemptionWatch:
 
   def should_stop(self, step: int) -> bool:
     if self._multiprocess:
-      return multihost_utils.reached_preemption_sync_point(step)
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # The preemption service is off (jax_enable_preemption_service).
+        return False
     return self._requested.is_set()
 
   def close(self) -> None:

@@ -6,13 +6,15 @@ Experiments are flag files: `--flagfile=configs/NAME.flags`.
 """
 
 import logging as python_logging
+import os
 import sys
 
 from absl import app, flags, logging
 
 from pipeline.errors import DataError
-from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, POOLINGS, TASKS, UTF8_ERRORS,
-                             Config, ConfigError)
+from launch import distributed
+from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS, TASKS,
+                             UTF8_ERRORS, Config, ConfigError)
 
 _D = Config()  # The flags' defaults are the config's.
 
@@ -45,6 +47,8 @@ flags.DEFINE_string("utf8_errors", _D.utf8_errors, f"Bytes that are not UTF-8: {
                     " (refuse, or replace with U+FFFD and warn with file and line).")
 flags.DEFINE_string("batching", _D.batching, f"How sequences become batches: {' | '.join(BATCHINGS)}.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (rows, over all devices).")
+flags.DEFINE_string("parallelism", _D.parallelism, f"Data-parallel train step: {' | '.join(PARALLELISMS)}"
+                    " (XLA partitions a global step | the step written per device with explicit psums).")
 flags.DEFINE_integer("seq_len", _D.seq_len, "Tokens per row: window length (lm) or truncation (classify).")
 flags.DEFINE_bool("carry_state", _D.carry_state,
                   "lm: carry the hidden state from one window to the next (truncated BPTT).")
@@ -66,6 +70,11 @@ flags.DEFINE_integer("restore_step", _D.restore_step, "Resume from this checkpoi
 flags.DEFINE_string("on_nonfinite", _D.on_nonfinite, f"A non-finite loss or gradient: {' | '.join(ON_NONFINITE)}"
                     " (stop the run naming the step, keeping the last checkpoint; or skip that update).")
 flags.DEFINE_integer("inject_nan_at_step", _D.inject_nan_at_step, "Testing aid: make this step's loss NaN.")
+
+# Multi-process jobs (see launch/): all three, or none (then the cluster's environment decides).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 
 FLAGS = flags.FLAGS
 
@@ -92,6 +101,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_logger().addFilter(_quiet_library_info)
   python_logging.getLogger("jax._src.xla_bridge").setLevel(python_logging.WARNING)  # "no TPU found"
+  try:
+    how = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ)
+  except distributed.LaunchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  import jax
+
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others speak only of trouble.
+  logging.info("Started (%s): process %d of %d, %d devices in all", how, jax.process_index(),
+               jax.process_count(), jax.device_count())
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
   from training.trainer import train_and_evaluate
 

@@ -43,25 +43,36 @@ def create_train_state(rng, model, optimizer, init_inputs: dict, carry) -> Train
                     rng=state_rng, carry=carry)
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0):
+def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
+               axis_name: str | None = None):
   """One update on one batch. Returns (new state, metric sums for this batch).
+
+  Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
+  all-reduce. Under `jax.shard_map` the batch is this device's rows and `axis_name` is the
+  data axis: each device divides its loss sum by the *global* weight (real tokens or
+  sequences), so that the `psum` of the devices' gradients is the gradient of the global mean
+  and a device holding mostly padding weighs no more than its real tokens.
 
   A step whose loss or gradients are not finite leaves the state as it was (but counts the
   step, so the data moves on) and reports itself in `nonfinite` / `first_nonfinite_step_min`:
   the loop then stops or carries on, as `--on_nonfinite` says. Either way no NaN reaches the
   parameters, and so none reaches a checkpoint.
   """
+  total = (lambda tree: jax.tree.map(lambda x: jax.lax.psum(x, axis_name), tree)) if axis_name else (lambda tree: tree)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name:
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))  # own mask per device
   step_number = state.step + 1  # 1-based, as logged
 
   def loss_fn(params):
     sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
-    loss = sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0)
+    loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
     if inject_nan_at_step:
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
 
   (loss, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss, grads, sums = total(loss), total(grads), total(sums)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -72,8 +83,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
     # Truncated BPTT: the next window starts from this state, but gradients stop here.
     carry = keep_if_finite(jax.lax.stop_gradient(carry), state.carry)
   sums = {name: jnp.where(finite, value, 0.0) for name, value in sums.items()}
-  metrics = dict(sums, real_tokens=batch["mask"].sum(dtype=jnp.float32),
-                 fed_tokens=jnp.float32(batch["mask"].size),
+  metrics = dict(sums, real_tokens=total(batch["mask"].sum(dtype=jnp.float32)),
+                 fed_tokens=total(jnp.float32(batch["mask"].size)),
                  grad_norm_sum=jnp.where(finite, grad_norm, 0.0), steps=finite.astype(jnp.float32),
                  nonfinite=1.0 - finite.astype(jnp.float32),
                  first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number))
@@ -85,8 +96,8 @@ def eval_step(params, batch: dict, carry, *, model, objective):
   return objective(model, params, batch, carry, {}, False)
 
 
-def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0):
-  """The two steps with their static parts bound, ready for `jax.jit`."""
+def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None):
+  """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
-                            inject_nan_at_step=inject_nan_at_step),
+                            inject_nan_at_step=inject_nan_at_step, axis_name=axis_name),
           functools.partial(eval_step, model=model, objective=objective))

@@ -19,7 +19,7 @@ from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
-from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer
+from training.train_state import bind_steps, create_train_state, make_optimizer
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -49,13 +49,6 @@ def check_run_config(config: Config, workdir: str) -> None:
     write_json(path, {**current, "full_config": json.loads(json.dumps(config.__dict__))})
 
 
-def _state_shardings(abstract_state: TrainState, mesh) -> TrainState:
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
-  if abstract_state.carry is None:
-    return shardings
-  return shardings.replace(carry=parallel.carry_sharding(mesh))
-
-
 def _add(total, new):
   """Accumulates metric sums; `*_min` entries keep their minimum instead."""
   if total is None:
@@ -67,8 +60,9 @@ def evaluate(eval_fn, params, data: RunData, config: Config, mesh) -> dict:
   """Metrics over the eval set (or its first `eval_steps` batches)."""
   carry = None
   if config.task == "lm":
-    carry = jax.device_put(zero_carry(config.model, config.num_layers, config.batch_size,
-                                      config.hidden_size), parallel.carry_sharding(mesh))
+    # Made by a jitted function so that every process builds its part of one global array.
+    carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size),
+                    out_shardings=parallel.carry_sharding(mesh))()
   totals = None
   for index, local_batch in enumerate(data.eval_batches()):
     if config.eval_steps and index >= config.eval_steps:
@@ -109,8 +103,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                              warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
                              weight_decay=config.weight_decay, grad_clip=config.grad_clip)
   objective = OBJECTIVES[config.task]
-  train_step, eval_step = bind_steps(model=model, optimizer=optimizer, objective=objective,
-                                     inject_nan_at_step=config.inject_nan_at_step)
+  train_step, eval_step = bind_steps(
+      model=model, optimizer=optimizer, objective=objective, inject_nan_at_step=config.inject_nan_at_step,
+      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None)
 
   def init_state(rng):
     carry = None
@@ -123,10 +118,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(abstract_state))
-  state_shardings = _state_shardings(abstract_state, mesh)
-  state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-  train_fn = jax.jit(train_step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
-                     out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0)
+  state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
+  train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
   eval_fn = jax.jit(eval_step)
 
   train_batches = data.train_batches()
