@@ -1,2 +1,2 @@
-"""Starting jobs: on one machine today (`python -m training.train`); multi-process launchers
-(`launch.local`, SLURM, Kubernetes, Cloud TPU) build on `jax.distributed` next (issue 4)."""
+"""Starting jobs: joining `jax.distributed` (`distributed`), N processes on one machine
+(`python -m launch.local`), and cluster launchers (SLURM, Kubernetes JobSet, Cloud TPU VM)."""
