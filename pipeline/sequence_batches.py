@@ -1,70 +1,132 @@
-"""Per-sequence batches: one labelled example per row, padded to `seq_len`.
+"""Per-sequence batches from a batch plan (`pipeline.batch_plans`): pad, bucket or pack.
 
-Batch: `inputs [B, T]` int32 token ids (0 = padding), `mask [B, T]` bool (real tokens),
-`labels [B]` int32, `example_mask [B]` bool (False for rows that only pad the last
-evaluation batch to the full batch size, so that every batch has one shape).
+Batch (B rows, W tokens wide, at most S sequences per row; S = 1 unless packing):
+- `inputs [B, W]` int32 token ids (0 = padding), `mask [B, W]` bool (real tokens);
+- `segment_ids [B, W]` int32: 1..S for the sequence a token belongs to, 0 for padding (the
+  recurrent state restarts where the segment id changes);
+- `segment_ends [B, S]` int32: the position of each sequence's last token;
+- `labels [B, S]` int32 and `example_mask [B, S]` bool (False where a slot holds no sequence).
+
+Every process computes the same plan and builds only its rows of each global batch, so all
+processes agree on every batch's shape. To plan, every process tokenises every example once
+(lengths decide the buckets and rows); the batches themselves are built lazily, in worker threads.
 """
 
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
 
 import grain
 import numpy as np
 
-from pipeline.tokenizers import PAD, Vocabulary
+from pipeline import batch_plans
+from pipeline.errors import DataError
+from pipeline.tokenizers import UNK, Vocabulary
+
+BATCHINGS = ("pad", "bucket", "pack")
 
 
-class EncodeExample:
-  """Maps `{"text", "label"}` to fixed-length token ids, truncating to `seq_len`."""
-
-  def __init__(self, vocab: Vocabulary, seq_len: int):
-    self.vocab, self.seq_len = vocab, seq_len
-
-  def __call__(self, example: dict) -> dict:
-    ids = self.vocab.encode(example["text"])[:self.seq_len]
-    inputs = np.full(self.seq_len, PAD, np.int32)
-    inputs[:len(ids)] = ids
-    return {"inputs": inputs, "length": np.int32(len(ids)), "label": np.int32(example["label"])}
+def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
+  """Token ids of every example; an example with no tokens is read as one `<unk>`."""
+  encoded = []
+  for example in examples:
+    ids = vocab.encode(example["text"])
+    encoded.append(ids if len(ids) else np.array([UNK], np.int32))
+  return encoded
 
 
-class StackAndPadBatch:
-  """Stacks encoded examples into a batch of exactly `batch_size` rows."""
+class PlannedBatches:
+  """Random access to the batches of consecutive epochs' plans (this process's rows)."""
 
-  def __init__(self, batch_size: int):
-    self.batch_size = batch_size
+  def __init__(self, token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch: Callable[[int], list],
+               *, repeat: bool, segments_per_row: int, shard_index: int, shard_count: int):
+    self._token_ids, self._labels = token_ids, labels
+    self._plan_for_epoch, self._repeat = plan_for_epoch, repeat
+    self._segments = segments_per_row
+    self._shard_index, self._shard_count = shard_index, shard_count
+    self._lock = threading.Lock()
+    self._plans: dict[int, list] = {}
+    self._epoch_starts = [0]  # index of each planned epoch's first batch
 
-  def __call__(self, examples: Sequence[dict]) -> dict:
-    num_real = len(examples)
-    seq_len = examples[0]["inputs"].shape[0]
-    inputs = np.full((self.batch_size, seq_len), PAD, np.int32)
-    lengths = np.zeros(self.batch_size, np.int32)
-    labels = np.zeros(self.batch_size, np.int32)
-    for row, example in enumerate(examples):
-      inputs[row], lengths[row], labels[row] = example["inputs"], example["length"], example["label"]
-    return {
-        "inputs": inputs,
-        "mask": np.arange(seq_len)[None, :] < lengths[:, None],
-        "labels": labels,
-        "example_mask": np.arange(self.batch_size) < num_real,
-    }
+  def __len__(self):
+    return sys.maxsize if self._repeat else len(self._plan(0))
+
+  def _plan(self, epoch: int) -> list:
+    with self._lock:  # Grain reads from several threads.
+      if epoch not in self._plans:
+        self._plans[epoch] = self._plan_for_epoch(epoch)
+        for old in [e for e in self._plans if e < epoch - 1]:
+          del self._plans[old]  # keep memory flat over long runs
+      return self._plans[epoch]
+
+  def _locate(self, index: int) -> tuple[int, int]:
+    epoch = 0
+    while True:
+      with self._lock:
+        known = len(self._epoch_starts) > epoch + 1
+        start = self._epoch_starts[epoch]
+      if not known:
+        size = len(self._plan(epoch))
+        if size == 0:
+          raise DataError("a batch plan came out empty")
+        with self._lock:
+          if len(self._epoch_starts) == epoch + 1:
+            self._epoch_starts.append(start + size)
+      with self._lock:
+        end = self._epoch_starts[epoch + 1]
+      if index < end:
+        return epoch, index - start
+      epoch += 1
+
+  def __getitem__(self, index: int) -> dict:
+    if not self._repeat and index >= len(self):
+      raise IndexError(index)
+    epoch, position = self._locate(index)
+    planned = self._plan(epoch)[position]
+    return self._build(planned.width, planned.rows[self._shard_index::self._shard_count])
+
+  def _build(self, width: int, rows: Sequence[tuple[int, ...]]) -> dict:
+    size, segments = len(rows), self._segments
+    inputs = np.zeros((size, width), np.int32)
+    segment_ids = np.zeros((size, width), np.int32)
+    segment_ends = np.zeros((size, segments), np.int32)
+    labels = np.zeros((size, segments), np.int32)
+    example_mask = np.zeros((size, segments), bool)
+    for r, row in enumerate(rows):
+      position = 0
+      for s, example in enumerate(row):
+        ids = self._token_ids[example][:width - position]  # truncated to what fits
+        inputs[r, position:position + len(ids)] = ids
+        segment_ids[r, position:position + len(ids)] = s + 1
+        position += len(ids)
+        segment_ends[r, s], labels[r, s], example_mask[r, s] = position - 1, self._labels[example], True
+    return {"inputs": inputs, "mask": segment_ids > 0, "segment_ids": segment_ids,
+            "segment_ends": segment_ends, "labels": labels, "example_mask": example_mask}
 
 
-def sequence_batches(examples: Sequence[dict], vocab: Vocabulary, *, batch_size: int, seq_len: int,
-                     train: bool, seed: int, shard_index: int = 0, shard_count: int = 1,
+def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, seq_len: int, seed: int,
+                       shuffle: bool, boundaries: list[int], batch_tokens: int, max_segments: int,
+                       row_multiple: int) -> tuple[Callable[[int], list], int]:
+  """(epoch -> plan, sequences per row) for a batching mode."""
+  if batching == "pad":
+    return (lambda epoch: batch_plans.pad_plan(len(lengths), batch_size=batch_size, seq_len=seq_len, seed=seed,
+                                               epoch=epoch, shuffle=shuffle)), 1
+  if batching == "bucket":
+    sizes = batch_plans.bucket_batch_sizes(boundaries, batch_size, batch_tokens, row_multiple)
+    return (lambda epoch: batch_plans.bucket_plan(lengths, boundaries=boundaries, batch_sizes=sizes, seed=seed,
+                                                  epoch=epoch, shuffle=shuffle)), 1
+  if batching == "pack":
+    return (lambda epoch: batch_plans.pack_plan(lengths, batch_size=batch_size, seq_len=seq_len,
+                                                max_segments=max_segments, seed=seed, epoch=epoch,
+                                                shuffle=shuffle)), max_segments
+  raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(BATCHINGS)}")
+
+
+def sequence_batches(token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch, *, train: bool,
+                     segments_per_row: int, shard_index: int = 0, shard_count: int = 1,
                      num_threads: int = 2) -> grain.IterDataset:
-  """Batches of this process's share of `examples`.
-
-  Training data is shuffled with `seed` (the same on every process), reshuffled every epoch
-  and repeated forever; evaluation data is read once in order, the last batch padded.
-  `batch_size` is per process.
-  """
-  dataset = grain.MapDataset.source(examples)
-  if train:
-    dataset = dataset.shuffle(seed=seed).repeat()
-  # Shuffled first (the same order on every process), then split by stride: the processes'
-  # batch k together hold exactly the examples of a single process's batch k, so the job
-  # computes the same thing on any number of processes. Each process reads only its share.
-  dataset = dataset[shard_index::shard_count]
-  dataset = dataset.map(EncodeExample(vocab, seq_len))
-  dataset = dataset.batch(batch_size, drop_remainder=train, batch_fn=StackAndPadBatch(batch_size))
-  return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=max(2, 2 * num_threads)))
+  """This process's batches: training repeats epochs (each planned anew), evaluation is one epoch."""
+  source = PlannedBatches(token_ids, labels, plan_for_epoch, repeat=train, segments_per_row=segments_per_row,
+                          shard_index=shard_index, shard_count=shard_count)
+  return grain.MapDataset.source(source).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads)))

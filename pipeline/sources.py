@@ -121,7 +121,10 @@ def _read_text(spec: SourceSpec, utf8_errors: str) -> str:
 
 
 def _numbered_lines(spec: SourceSpec, utf8_errors: str):
-  for number, line in enumerate(_read_text(spec, utf8_errors).splitlines(), start=1):
+  # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and others, which
+  # occur inside the texts (and inside JSON strings) of real corpora such as IMDB.
+  for number, line in enumerate(_read_text(spec, utf8_errors).split("\n"), start=1):
+    line = line.removesuffix("\r")
     if line.strip():
       yield number, line
 

@@ -1,4 +1,4 @@
-"""Grain batches: shapes, coverage, contiguous lanes, process shards, iterator state round trips."""
+"""Grain batches in every mode: coverage, shapes, contiguous lanes, process shards, iterator state."""
 
 import itertools
 
@@ -6,56 +6,92 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.sequence_batches import sequence_batches
+from pipeline.batch_plans import optimal_boundaries
+from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import token_stream, window_batches
 from pipeline.tokenizers import EOS, PAD, Vocabulary
 
 EXAMPLES = [{"text": "x" * (1 + i % 7) + "y" * (i % 3), "label": i % 3} for i in range(23)]
 VOCAB = Vocabulary.build([e["text"] for e in EXAMPLES], "char")
+MODES = ["pad", "bucket", "pack"]
 
 
-def decoded_rows(batch):
-  return [VOCAB.decode(row[mask]) for row, mask, real in zip(batch["inputs"], batch["mask"], batch["example_mask"])
-          if real]
+def batches_for(batching, *, train=False, batch_size=4, seq_len=8, seed=0, shard_index=0, shard_count=1,
+                examples=EXAMPLES, boundaries=None):
+  token_ids = encode_all(examples, VOCAB)
+  lengths = np.array([len(ids) for ids in token_ids])
+  plan, segments = make_plan_function(
+      lengths, batching=batching, batch_size=batch_size, seq_len=seq_len, seed=seed, shuffle=train,
+      boundaries=boundaries or optimal_boundaries(lengths, 3, seq_len), batch_tokens=0, max_segments=3,
+      row_multiple=1)
+  dataset = sequence_batches(token_ids, np.array([e["label"] for e in examples]), plan, train=train,
+                             segments_per_row=segments, shard_index=shard_index, shard_count=shard_count)
+  return iter(dataset), len(plan(0))
 
 
-def test_eval_batches_hold_every_example_once_with_a_padded_last_batch():
-  batches = list(sequence_batches(EXAMPLES, VOCAB, batch_size=5, seq_len=6, train=False, seed=0))
-  assert len(batches) == 5 and all(b["inputs"].shape == (5, 6) for b in batches)
-  assert batches[-1]["example_mask"].tolist() == [True, True, True, False, False]
-  texts = [t for b in batches for t in decoded_rows(b)]
-  assert texts == [e["text"][:6] for e in EXAMPLES]  # in order, truncated to seq_len
-  labels = [l for b in batches for l, real in zip(b["labels"], b["example_mask"]) if real]
-  assert labels == [e["label"] for e in EXAMPLES]
+def sequences_in(batch):
+  """(text, label) of every sequence in a batch, read back through its segment ids."""
+  found = []
+  for r in range(batch["inputs"].shape[0]):
+    for s in np.flatnonzero(batch["example_mask"][r]):
+      ids = batch["inputs"][r][batch["segment_ids"][r] == s + 1]
+      assert batch["segment_ends"][r, s] == np.flatnonzero(batch["segment_ids"][r] == s + 1)[-1]
+      found.append((VOCAB.decode(ids), int(batch["labels"][r, s])))
+  return found
+
+
+def expected_sequences(width=8):
+  return sorted((e["text"][:width], e["label"]) for e in EXAMPLES)
+
+
+@pytest.mark.parametrize("batching", MODES)
+def test_eval_batches_hold_every_sequence_once(batching):
+  iterator, _ = batches_for(batching)
+  batches = list(iterator)
+  assert sorted(s for b in batches for s in sequences_in(b)) == expected_sequences()
+  widths = {b["inputs"].shape[1] for b in batches}
+  assert {"pad": widths == {8}, "bucket": len(widths) <= 3, "pack": widths == {8}}[batching], widths
+  assert all(b["inputs"].shape[0] == 4 for b in batches)
   assert all((b["inputs"][~b["mask"]] == PAD).all() for b in batches)
 
 
-def test_training_order_is_a_seeded_permutation_per_epoch():
-  def epoch_texts(seed):
-    batches = sequence_batches(EXAMPLES, VOCAB, batch_size=1, seq_len=10, train=True, seed=seed)
-    return [decoded_rows(b)[0] for b in itertools.islice(batches, 2 * len(EXAMPLES))]
-  first = epoch_texts(0)
-  assert sorted(first[:23]) == sorted(sorted(e["text"] for e in EXAMPLES))
-  assert sorted(first[23:]) == sorted(first[:23]) and first[23:] != first[:23]  # reshuffled
-  assert first == epoch_texts(0) and first != epoch_texts(1)
+@pytest.mark.parametrize("batching", MODES)
+def test_each_training_epoch_holds_every_sequence_once_and_is_reshuffled(batching):
+  iterator, per_epoch = batches_for(batching, train=True)
+  epochs = [[sequences_in(next(iterator)) for _ in range(per_epoch)] for _ in range(2)]
+  for epoch in epochs:
+    assert sorted(s for batch in epoch for s in batch) == expected_sequences()
+  assert epochs[0] != epochs[1]
+  again, _ = batches_for(batching, train=True)
+  assert [sequences_in(next(again)) for _ in range(per_epoch)] == epochs[0]  # same seed, same order
 
 
-def test_process_shards_are_disjoint_and_cover_the_data():
-  shards = [[t for b in sequence_batches(EXAMPLES, VOCAB, batch_size=4, seq_len=10, train=False, seed=0,
-                                         shard_index=i, shard_count=2) for t in decoded_rows(b)]
+def test_bucket_batches_pad_only_to_their_bucket_and_truncate_to_the_last():
+  iterator, _ = batches_for("bucket", boundaries=[3, 5], seq_len=8)
+  for batch in iterator:
+    width = batch["inputs"].shape[1]
+    lengths = batch["mask"].sum(axis=1)[batch["example_mask"][:, 0]]
+    assert width in (3, 5) and (lengths <= width).all()
+    if width == 5:
+      assert (lengths > 3).all()
+
+
+@pytest.mark.parametrize("batching", MODES)
+def test_process_shards_are_disjoint_and_cover_the_data(batching):
+  shards = [sorted(s for b in batches_for(batching, shard_index=i, shard_count=2)[0] for s in sequences_in(b))
             for i in range(2)]
-  assert sorted(shards[0] + shards[1]) == sorted(e["text"] for e in EXAMPLES)
-  assert len(shards[0]) == 12 and len(shards[1]) == 11
+  assert sorted(shards[0] + shards[1]) == expected_sequences()
 
 
-def test_processes_batch_k_together_hold_a_single_process_batch_k():
-  make = lambda index, count, size: iter(sequence_batches(EXAMPLES, VOCAB, batch_size=size, seq_len=10,
-                                                          train=True, seed=3, shard_index=index, shard_count=count))
-  whole = make(0, 1, 6)
-  parts = [make(0, 2, 3), make(1, 2, 3)]
-  for _ in range(10):  # several epochs of 23 examples
-    expected = sorted(decoded_rows(next(whole)))
-    assert sorted(decoded_rows(next(parts[0])) + decoded_rows(next(parts[1]))) == expected
+@pytest.mark.parametrize("batching", MODES)
+def test_processes_batch_k_together_hold_a_single_process_batch_k(batching):
+  whole, _ = batches_for(batching, train=True, seed=3)
+  parts = [batches_for(batching, train=True, seed=3, shard_index=i, shard_count=2)[0] for i in range(2)]
+  for _ in range(20):  # several epochs
+    expected = next(whole)
+    got = [next(part) for part in parts]
+    assert all(g["inputs"].shape == (2, expected["inputs"].shape[1]) for g in got)  # same shape everywhere
+    assert sorted(sequences_in(got[0]) + sequences_in(got[1])) == sorted(sequences_in(expected))
 
 
 def stream(n=100):
@@ -121,9 +157,9 @@ def _assert_state_round_trip(make_iterator, skip=7, compare=5):
       np.testing.assert_array_equal(want[key], got[key])
 
 
-def test_iterator_state_round_trip_mid_epoch_for_sequences():
-  _assert_state_round_trip(lambda: iter(sequence_batches(EXAMPLES, VOCAB, batch_size=3, seq_len=8, train=True,
-                                                         seed=4)), skip=9)  # 9 batches: into epoch 2
+@pytest.mark.parametrize("batching", MODES)
+def test_iterator_state_round_trip_mid_epoch_for_sequences(batching):
+  _assert_state_round_trip(lambda: batches_for(batching, train=True, batch_size=3, seed=4)[0], skip=11)
 
 
 def test_iterator_state_round_trip_mid_epoch_for_windows():

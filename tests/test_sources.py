@@ -109,6 +109,17 @@ def test_bytes_that_are_not_utf8_are_refused_or_replaced_as_asked(tmp_path):
   assert read(f"lines:{binary}", with_labels=True, utf8_errors="replace")[1] == {"text": "caf\ufffd", "label": 0}
 
 
+def test_only_newlines_separate_records(tmp_path):
+  path = tmp_path / "data.jsonl"
+  path.write_text(json.dumps({"text": "one\u2028two\x85three", "label": 1}, ensure_ascii=False) + "\r\n"
+                  + json.dumps({"text": "four", "label": 0}) + "\n", encoding="utf-8")
+  assert read(f"jsonl:{path}", with_labels=True) == [{"text": "one\u2028two\x85three", "label": 1},
+                                                     {"text": "four", "label": 0}]
+  lines = tmp_path / "lines.txt"
+  lines.write_text("1 a\u2028b\r\n0 c\n", encoding="utf-8")
+  assert read(f"lines:{lines}", with_labels=True) == [{"text": "a\u2028b", "label": 1}, {"text": "c", "label": 0}]
+
+
 def test_file_examples_know_their_line(tmp_path):
   path = tmp_path / "train.txt"
   path.write_text("1 a\n\n0 b\n")

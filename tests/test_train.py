@@ -51,6 +51,23 @@ def test_resuming_from_a_mid_run_checkpoint_matches(tmp_path, task):
   assert resumed["param_fingerprint"] == whole["param_fingerprint"]
 
 
+@pytest.mark.parametrize("batching", ["bucket", "pack"])
+def test_bucketed_and_packed_runs_resume_exactly_and_report_their_shapes(tmp_path, batching):
+  config = dataclasses.replace(TINY, task="classify", batching=batching, seq_len=48,
+                               bucket_boundaries=(20, 30, 48) if batching == "bucket" else ())
+  whole = train_and_evaluate(config, str(tmp_path / "whole"))
+  train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed == whole
+  shapes = whole["batch_shapes"]
+  if batching == "pack":
+    assert shapes == [[8, 48]] and whole["padding_efficiency"] > 0.9
+  else:
+    assert shapes == [[8, 20], [8, 30], [8, 48]]
+    assert whole["padding_efficiency"] > 0.7  # padding every sequence to 48 gives 0.52
+  assert whole["truncated_examples"] == 0
+
+
 def test_same_flags_and_seed_give_the_same_run_and_another_seed_does_not(tmp_path):
   config = dataclasses.replace(TINY, num_steps=10)
   a = train_and_evaluate(config, str(tmp_path / "a"))

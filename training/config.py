@@ -10,7 +10,7 @@ TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean")
 LR_DECAYS = ("none", "cosine")
-BATCHINGS = ("pad",)
+BATCHINGS = ("pad", "bucket", "pack")
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
 PARALLELISMS = ("jit", "shard_map")
@@ -53,7 +53,10 @@ class Config:
   tfds_data_dir: str = ""
   data_workers: int = 2
   utf8_errors: str = "strict"  # or "replace" (with a warning naming the file and line)
-  batching: str = "pad"
+  batching: str = "pad"  # classify: "pad" to seq_len, "bucket" by length, or "pack" rows
+  bucket_boundaries: tuple[int, ...] = ()  # bucket: () chooses up to 8 from the data's lengths
+  batch_tokens: int = 0  # bucket: rows per batch = batch_tokens // width (0: --batch_size rows)
+  max_segments: int = 32  # pack: sequences per row at most
   batch_size: int = 32  # global, over all devices and processes
   parallelism: str = "jit"  # or "shard_map": the same step written per device
   seq_len: int = 64
@@ -116,5 +119,15 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(config.batch_size % device_count == 0, "batch_size",
            f"the global batch of {config.batch_size} does not divide by the {device_count} devices;"
            f" use a multiple of {device_count}")
+  _require(config.max_segments > 0, "max_segments", f"must be positive, got {config.max_segments}")
+  _require(config.batch_tokens >= 0, "batch_tokens", f"must be >= 0, got {config.batch_tokens}")
+  boundaries = list(config.bucket_boundaries)
+  _require(boundaries == sorted(set(boundaries)) and all(0 < b <= config.seq_len for b in boundaries)
+           and len(boundaries) <= 8, "bucket_boundaries",
+           f"need at most 8 increasing lengths in 1..--seq_len={config.seq_len}, got {boundaries}")
+  _require(config.batching == "pad" or config.task == "classify", "batching",
+           f"{config.batching} applies to --task=classify; per-token data is read in contiguous lanes"
+           " with no padding to remove")
+  _require(config.batch_tokens == 0 or config.batching == "bucket", "batch_tokens", "needs --batching=bucket")
   _require(bool(config.train_data) or not config.eval_data, "train_data",
            "--eval_data was given without --train_data")

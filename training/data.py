@@ -5,16 +5,16 @@ saved in the workdir; a resumed run loads it, so token ids never shift under a c
 """
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
-from pipeline import sources
+from pipeline import batch_plans, sources
 from pipeline.errors import DataError
-from pipeline.sequence_batches import sequence_batches
+from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
@@ -29,6 +29,7 @@ class RunData:
   train_batches: Callable[[], object]  # a fresh, checkpointable Grain iterator
   eval_batches: Callable[[], Iterator[dict]] | None  # one pass over this process's eval share
   eval_spec: str
+  truncated_examples: int = 0  # training sequences cut to the row width (classify)
 
 
 def prepare_data(config: Config, workdir: str) -> RunData:
@@ -42,14 +43,12 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   train_examples = read(train_spec, "train_data")
   eval_examples = read(eval_spec, "eval_data") if eval_spec else None
   vocab = _load_or_build_vocabulary(train_examples, config, os.path.join(workdir, VOCAB_FILE))
-  local_batch = config.batch_size // process_count
-  common = dict(batch_size=local_batch, seq_len=config.seq_len, shard_index=process_index,
-                shard_count=process_count, num_threads=config.data_workers)
 
   if config.task == "lm":
     train_tokens = token_stream(train_examples, vocab)
     eval_tokens = token_stream(eval_examples, vocab) if eval_examples is not None else None
-    lm_args = dict(common, batch_size=config.batch_size, carry_state=config.carry_state)
+    lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
+                   shard_index=process_index, shard_count=process_count, num_threads=config.data_workers)
     train = lambda: iter(window_batches(train_tokens, train=True, what="--train_data", **lm_args))
     evaluate = None if eval_tokens is None else (
         lambda: iter(window_batches(eval_tokens, train=False, what="--eval_data", **lm_args)))
@@ -69,23 +68,33 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   if len(train_examples) < config.batch_size:
     raise DataError(f"--train_data={train_spec}: {len(train_examples)} examples cannot fill one"
                     f" batch of --batch_size={config.batch_size}")
-  train = lambda: iter(sequence_batches(train_examples, vocab, train=True, seed=config.seed, **common))
+
+  train_ids = encode_all(train_examples, vocab)
+  train_lengths = np.array([len(ids) for ids in train_ids])
+  boundaries = list(config.bucket_boundaries) or batch_plans.optimal_boundaries(
+      train_lengths, batch_plans.MAX_BUCKETS, config.seq_len)
+  width = boundaries[-1] if config.batching == "bucket" else config.seq_len
+  truncated = int((train_lengths > width).sum())
+  if truncated:
+    logging.warning("%d of %d training sequences are longer than %d tokens and are truncated to it",
+                    truncated, len(train_ids), width)
+
+  def batches(token_ids, labels, train: bool):
+    lengths = np.array([len(ids) for ids in token_ids])
+    plan_for_epoch, segments = make_plan_function(
+        lengths, batching=config.batching, batch_size=config.batch_size, seq_len=config.seq_len,
+        seed=config.seed, shuffle=train, boundaries=boundaries, batch_tokens=config.batch_tokens,
+        max_segments=config.max_segments, row_multiple=jax.device_count())
+    return lambda: iter(sequence_batches(token_ids, labels, plan_for_epoch, train=train, segments_per_row=segments,
+                                         shard_index=process_index, shard_count=process_count,
+                                         num_threads=config.data_workers))
+
+  labels_of = lambda examples: np.array([example["label"] for example in examples], np.int32)
+  train = batches(train_ids, labels_of(train_examples), train=True)
   evaluate = None
   if eval_examples is not None:
-    # Every process must run the same number of eval steps (they meet in collectives), so
-    # a process whose share is one example shorter pads with an empty batch.
-    num_batches = math.ceil(math.ceil(len(eval_examples) / process_count) / local_batch)
-    evaluate = lambda: _exactly(num_batches, iter(sequence_batches(
-        eval_examples, vocab, train=False, seed=config.seed, **common)))
-  return RunData(vocab, num_classes, train, evaluate, eval_spec)
-
-
-def _exactly(count: int, batches: Iterator[dict]) -> Iterator[dict]:
-  """`count` batches: those of `batches`, then all-padding copies of the last one."""
-  last = None
-  for _ in range(count):
-    last = next(batches, None) or {**last, "example_mask": np.zeros_like(last["example_mask"])}
-    yield last
+    evaluate = batches(encode_all(eval_examples, vocab), labels_of(eval_examples), train=False)
+  return RunData(vocab, num_classes, train, evaluate, eval_spec, truncated)
 
 
 def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: str) -> Vocabulary:

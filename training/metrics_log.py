@@ -37,14 +37,25 @@ class MetricsLog:
         self._rows = [row for row in map(_parse_row, f) if row and row["step"] <= resume_step]
       _write_atomically(path, "".join(json.dumps(row) + "\n" for row in self._rows))
 
-  def last_train_loss(self) -> float | None:
-    """The latest train loss already in the file (for a run resumed at its last step)."""
-    return next((row["loss"] for row in reversed(self._rows) if row["split"] == "train"), None)
-
   def write(self, row: dict) -> None:
     if self.enabled:
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+      self._rows.append(row)
+
+  def batching_summary(self) -> dict:
+    """The whole run's `padding_efficiency` (real / fed tokens) and the distinct `batch_shapes`
+    of its train steps, from every train row (those of runs it resumed included)."""
+    rows = [row for row in self._rows if row["split"] == "train" and "fed_tokens" in row]
+    fed = sum(row["fed_tokens"] for row in rows)
+    shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
+    return {"padding_efficiency": sum(row["real_tokens"] for row in rows) / fed if fed else None,
+            "batch_shapes": [list(shape) for shape in shapes]}
+
+  def last_train_loss(self) -> float | None:
+    """The latest train loss already in the file (for a run resumed at its last step)."""
+    return next((row["loss"] for row in reversed(self._rows) if row["split"] == "train"), None)
+
 
 
 def _parse_row(line: str) -> dict | None:

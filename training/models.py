@@ -110,7 +110,12 @@ class LanguageModel(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-  """Class logits per sequence from its last real state (or mean state) and an MLP head."""
+  """Class logits per sequence from its last real state (or mean state) and an MLP head.
+
+  A row may hold several sequences (packing): `segment_ids [B, T]` numbers them 1..S (0 for
+  padding), the state restarts where a new one begins, and `segment_ends [B, S]` says where
+  each ends. An unpacked row is one segment.
+  """
   vocab_size: int
   embed_size: int
   hidden_size: int
@@ -123,26 +128,29 @@ class SequenceClassifier(nn.Module):
   unroll: int = 1
 
   @nn.compact
-  def __call__(self, tokens, mask, *, train: bool):
-    """tokens [B, T], mask [B, T] -> logits [B, C]."""
+  def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool):
+    """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
+    previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+    resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
     outputs, _ = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                          self.cell, self.dropout_rate, self.unroll, name="encoder")(
-                             tokens, mask, carry, train=train)
-    features = pool(outputs, mask, self.pooling)
+                             tokens, mask, carry, resets, train=train)
+    features = pool(outputs, segment_ids, segment_ends, self.pooling)
     for i, width in enumerate(self.head_widths):
       features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     return nn.Dense(self.num_classes, name="head_out")(features)
 
 
-def pool(outputs, mask, pooling: str):
-  """Per-sequence features [B, H] from outputs [B, T, H]: the last real step's, or the mean."""
+def pool(outputs, segment_ids, segment_ends, pooling: str):
+  """Per-sequence features [B, S, H] from outputs [B, T, H]: each sequence's last state, or the
+  mean of its states."""
   if pooling == "last":
-    # The output at each row's last real position; a row with no tokens gives zeros.
-    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
-    return jnp.take_along_axis(outputs, last[:, None, None], axis=1)[:, 0]
+    return jnp.take_along_axis(outputs, segment_ends[..., None], axis=1)
   if pooling == "mean":
-    weights = mask.astype(outputs.dtype)[..., None]
-    return (outputs * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+    slots = jnp.arange(1, segment_ends.shape[1] + 1)
+    members = (segment_ids[..., None] == slots).astype(outputs.dtype)  # [B, T, S]
+    sums = jnp.einsum("bts,bth->bsh", members, outputs)
+    return sums / jnp.maximum(members.sum(axis=1), 1.0)[..., None]
   raise ValueError(f"unknown pooling {pooling!r}")

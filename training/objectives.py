@@ -24,7 +24,7 @@ def token_cross_entropy(logits, targets, mask) -> dict:
 
 
 def sequence_cross_entropy(logits, labels, example_mask) -> dict:
-  """logits [B, C], labels [B] int, example_mask [B] bool -> sums over real examples."""
+  """logits [..., C], labels [...] int, example_mask [...] bool -> sums over real examples."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   weights = example_mask.astype(jnp.float32)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
@@ -44,7 +44,8 @@ def lm_loss(model, params, batch, carry, rngs, train: bool):
 def classify_loss(model, params, batch, carry, rngs, train: bool):
   """Per-sequence objective. Returns (sums, None): nothing is carried between batches."""
   del carry
-  logits = model.apply({"params": params}, batch["inputs"], batch["mask"], train=train, rngs=rngs)
+  logits = model.apply({"params": params}, batch["inputs"], batch["mask"], batch["segment_ids"],
+                       batch["segment_ends"], train=train, rngs=rngs)
   return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
 
 

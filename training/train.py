@@ -45,7 +45,12 @@ flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "TFDS data directory; emp
 flags.DEFINE_integer("data_workers", _D.data_workers, "Threads preparing batches ahead of the trainer.")
 flags.DEFINE_string("utf8_errors", _D.utf8_errors, f"Bytes that are not UTF-8: {' | '.join(UTF8_ERRORS)}"
                     " (refuse, or replace with U+FFFD and warn with file and line).")
-flags.DEFINE_string("batching", _D.batching, f"How sequences become batches: {' | '.join(BATCHINGS)}.")
+flags.DEFINE_string("batching", _D.batching, f"classify: how sequences become batches: {' | '.join(BATCHINGS)}"
+                    " (pad each to --seq_len | group by length | several per row).")
+flags.DEFINE_list("bucket_boundaries", [], "bucket: row widths (up to 8); empty: chosen from the data.")
+flags.DEFINE_integer("batch_tokens", _D.batch_tokens, "bucket: token budget per batch (rows = budget //"
+                     " width, so short buckets carry more rows); 0: --batch_size rows.")
+flags.DEFINE_integer("max_segments", _D.max_segments, "pack: sequences per row at most.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (rows, over all devices).")
 flags.DEFINE_string("parallelism", _D.parallelism, f"Data-parallel train step: {' | '.join(PARALLELISMS)}"
                     " (XLA partitions a global step | the step written per device with explicit psums).")
@@ -89,10 +94,11 @@ def _quiet_library_info(record) -> bool:
 
 def config_from_flags() -> Config:
   values = {name: FLAGS[name].value for name in Config.__dataclass_fields__}
-  try:
-    values["head_widths"] = tuple(int(width) for width in values["head_widths"])
-  except ValueError:
-    raise ConfigError(f"--head_widths={','.join(values['head_widths'])}: expected integers") from None
+  for name in ("head_widths", "bucket_boundaries"):
+    try:
+      values[name] = tuple(int(value) for value in values[name])
+    except ValueError:
+      raise ConfigError(f"--{name}={','.join(values[name])}: expected integers") from None
   return Config(**values)
 
 

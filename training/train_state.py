@@ -34,11 +34,10 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
   return optax.chain(*transforms, optax.adamw(schedule, weight_decay=weight_decay))
 
 
-def create_train_state(rng, model, optimizer, init_inputs: dict, carry) -> TrainState:
-  """Initialises parameters from `rng` on a dummy batch of the right shapes."""
+def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:
+  """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes."""
   init_rng, state_rng = jax.random.split(rng)
-  args = (init_inputs["inputs"], init_inputs["mask"]) + (() if carry is None else (carry,))
-  params = model.init({"params": init_rng}, *args, train=False)["params"]
+  params = model.init({"params": init_rng}, *init_args, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     rng=state_rng, carry=carry)
 

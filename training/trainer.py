@@ -111,9 +111,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     carry = None
     if config.task == "lm":
       carry = zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size)
-    dummy = {"inputs": jnp.zeros((config.batch_size, config.seq_len), jnp.int32),
-             "mask": jnp.ones((config.batch_size, config.seq_len), bool)}
-    return create_train_state(rng, model, optimizer, dummy, carry)
+    tokens = jnp.zeros((config.batch_size, config.seq_len), jnp.int32)
+    mask = jnp.ones((config.batch_size, config.seq_len), bool)
+    if config.task == "lm":
+      args = (tokens, mask, carry)
+    else:
+      args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
+    return create_train_state(rng, model, optimizer, args, carry)
 
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
@@ -134,12 +138,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead)
 
   step, pending, window_start, last_train = start_step, None, time.perf_counter(), None
+  window_shapes = set()  # global batch shapes the train step saw since the last log
   run_start, run_start_step = window_start, start_step
   preemption = PreemptionWatch()
   preempted = False
   try:
     while step < config.num_steps:
-      state, metrics = train_fn(state, parallel.global_batch(next(train_batches), mesh))
+      batch = parallel.global_batch(next(train_batches), mesh)
+      window_shapes.add(tuple(batch["inputs"].shape))
+      state, metrics = train_fn(state, batch)
       step += 1
       pending = _add(pending, metrics)
       preempted = preemption.should_stop(step)
@@ -151,10 +158,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         _check_finite(pending, config.on_nonfinite, checkpointer)
       if log_now:
         now = time.perf_counter()
-        last_train = _log_train(metrics_log, step, pending, now - window_start,
+        last_train = _log_train(metrics_log, step, pending, window_shapes, now - window_start,
                                 (now - run_start) / (step - run_start_step) * (config.num_steps - step),
                                 config.num_steps)
-        pending, window_start = None, now
+        pending, window_start, window_shapes = None, now, set()
       if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
           and not preempted):
         if data.eval_batches is not None:
@@ -181,6 +188,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       "train_loss": last_train["loss"] if last_train else metrics_log.last_train_loss(),
       "eval": eval_metrics,
       "param_fingerprint": param_fingerprint(state.params),
+      **metrics_log.batching_summary(),
+      "truncated_examples": data.truncated_examples,
   }
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
@@ -201,12 +210,15 @@ def _check_finite(pending, on_nonfinite: str, checkpointer: Checkpointer) -> Non
                       " lower --learning_rate or --grad_clip, or pass --on_nonfinite=skip")
 
 
-def _log_train(metrics_log, step, sums, seconds, eta_seconds, num_steps) -> dict:
+def _log_train(metrics_log, step, sums, batch_shapes, seconds, eta_seconds, num_steps) -> dict:
   sums = jax.device_get(sums)
+  real, fed = float(sums["real_tokens"]), float(sums["fed_tokens"])
   row = {"step": step, "split": "train", **finalize_metrics(sums),
-         "tokens_per_sec": float(sums["real_tokens"]) / max(seconds, 1e-9),
-         "padding_efficiency": float(sums["real_tokens"]) / max(float(sums["fed_tokens"]), 1.0),
-         "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0)}
+         "tokens_per_sec": real / max(seconds, 1e-9),
+         "padding_efficiency": real / max(fed, 1.0),
+         "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
+         "real_tokens": int(real), "fed_tokens": int(fed),
+         "batch_shapes": sorted(list(shape) for shape in batch_shapes)}
   metrics_log.write(row)
   accuracy = f"  acc {row['accuracy']:.3f}" if "accuracy" in row else ""
   logging.info("step %d/%d  loss %.4f%s  %.0f tok/s  eta %s", step, num_steps, row["loss"],
