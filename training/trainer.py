@@ -12,14 +12,14 @@ from absl import logging
 
 from training import parallel
 from training.checkpoints import Checkpointer
-from training.preemption import PreemptionWatch
-from training.workdir import check_writable, free_bytes, require_free_space
 from training.config import Config, ConfigError, validate
 from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
+from training.preemption import PreemptionWatch
 from training.train_state import bind_steps, create_train_state, make_optimizer
+from training.workdir import check_writable, free_bytes, require_free_space
 
 RUN_CONFIG_FILE = "run_config.json"
 
