@@ -6,12 +6,10 @@ iterator-state file per process). Orbax writes to a temporary directory and rena
 complete, so a crash mid-save never leaves a checkpoint that `latest_step` would pick.
 """
 
-import contextlib
 import dataclasses
 import gc
 import os
 import shutil
-import sys
 
 import grain
 import jax
@@ -19,6 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from training.abandoned_reads import silence_abandoned_reads
 from training.train_state import TrainState
 
 
@@ -36,20 +35,6 @@ def _first_line(error: Exception) -> str:
   if not text:
     return type(error).__name__
   return text.splitlines()[0].split(" See full TensorStore details")[0][:300]
-
-
-@contextlib.contextmanager
-def _collecting_failed_reads():
-  """Collects the read coroutines a failed restore left behind, without printing each one's
-  traceback ("Exception ignored in ..."): the failure was already reported in one line."""
-  try:
-    yield
-  finally:
-    previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-    try:
-      gc.collect()
-    finally:
-      sys.unraisablehook = previous
 
 
 class Checkpointer:
@@ -102,11 +87,12 @@ class Checkpointer:
     else:
       candidates, newer = steps, []
     unreadable = []
+    silence_abandoned_reads()  # before: a failing restore reports them while it fails
     for step in candidates:
       try:
-        with _collecting_failed_reads():
-          state = self.restore(step, template, data_iterator)
+        state = self.restore(step, template, data_iterator)
       except Exception as e:  # Orbax and TensorStore raise many types for a damaged checkpoint.
+        gc.collect()  # Let the abandoned reads go now, not in the middle of training.
         unreadable.append((step, _first_line(e)))
         logging.warning("Checkpoint %s cannot be read: %s", os.path.join(self.directory, str(step)),
                         unreadable[-1][1])
