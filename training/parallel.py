@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+CARRY_SPEC = P(None, None, DATA_AXIS, None)  # carried state [L, S, B, H]: split by batch row
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -30,7 +31,7 @@ def batch_sharding(mesh) -> NamedSharding:
 
 def carry_sharding(mesh) -> NamedSharding:
   """The carried state [L, S, B, H] is split by batch row, like the batch it continues."""
-  return NamedSharding(mesh, P(None, None, DATA_AXIS, None))
+  return NamedSharding(mesh, CARRY_SPEC)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -45,7 +46,7 @@ def state_specs(abstract_state):
   specs = jax.tree.map(lambda _: P(), abstract_state)
   if abstract_state.carry is None:
     return specs
-  return specs.replace(carry=P(None, None, DATA_AXIS, None))
+  return specs.replace(carry=CARRY_SPEC)
 
 
 def shardings_of(specs, mesh):
