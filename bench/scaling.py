@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from launch import local
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--task=lm", "--model=lstm", "--hidden_size=256", "--embed_size=64", "--batch_size=64",
          "--seq_len=64", "--eval_every=0", "--eval_steps=1", "--checkpoint_every=100000"]
@@ -32,7 +34,7 @@ def measure(processes: int, devices: int, parallelism: str, steps: int, workdir:
   trainer = [sys.executable, "-m", "training.train", f"--workdir={workdir}", *MODEL, f"--num_steps={steps}",
              f"--log_every={log_every}", f"--parallelism={parallelism}"]
   if processes == 1:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = local.process_env(devices, dict(os.environ))
     command = trainer
   else:
     env = dict(os.environ)

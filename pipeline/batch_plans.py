@@ -16,6 +16,7 @@ import dataclasses
 
 import numpy as np
 
+BATCHINGS = ("pad", "bucket", "pack")  # the modes, one plan function each
 MAX_BUCKETS = 8
 
 

@@ -23,9 +23,6 @@ from pipeline import batch_plans
 from pipeline.errors import DataError
 from pipeline.tokenizers import UNK, Vocabulary
 
-BATCHINGS = ("pad", "bucket", "pack")
-
-
 def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
   """Token ids of every example; an example with no tokens is read as one `<unk>`."""
   encoded = []
@@ -119,7 +116,7 @@ def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, s
     return (lambda epoch: batch_plans.pack_plan(lengths, batch_size=batch_size, seq_len=seq_len,
                                                 max_segments=max_segments, seed=seed, epoch=epoch,
                                                 shuffle=shuffle)), max_segments
-  raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(BATCHINGS)}")
+  raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(batch_plans.BATCHINGS)}")
 
 
 def sequence_batches(token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch, *, train: bool,

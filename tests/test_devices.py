@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from launch import local
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
          "--dropout=0.1", "--num_steps=20", "--log_every=5", "--eval_every=10", "--eval_steps=3",
@@ -14,8 +16,7 @@ FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=
 
 
 def train(workdir, task, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
+  env = local.process_env(devices, dict(os.environ))
   result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={workdir}",
                            f"--task={task}", *FLAGS], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -34,7 +35,7 @@ def test_four_devices_match_one_device(tmp_path, task):
 
 
 def test_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = local.process_env(4, dict(os.environ))
   result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--batch_size=6"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2

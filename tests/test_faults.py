@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from launch import local
 from training.config import ConfigError
 from training.workdir import require_free_space
 
@@ -268,7 +269,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_leaves_checkpoints_alone(c
 
 def test_batch_that_does_not_divide_by_the_devices_leaves_checkpoints_alone(classify_run):
   root, workdir, checkpoints_before = classify_run
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3", JAX_PLATFORMS="cpu")
+  env = local.process_env(3, dict(os.environ))
   result = run(workdir, "--task=classify", "--tokenizer=word", f"--train_data=lines:{root / 'train.txt'}",
                "--num_steps=20", env=env)
   assert_one_line_error(result, "--batch_size: the global batch of 8 does not divide by the 3 devices")

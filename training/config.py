@@ -6,11 +6,12 @@ one directly. The defaults are those of the flags.
 
 import dataclasses
 
+from pipeline.batch_plans import BATCHINGS
+
 TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean")
 LR_DECAYS = ("none", "cosine")
-BATCHINGS = ("pad", "bucket", "pack")
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
 PARALLELISMS = ("jit", "shard_map")
