@@ -71,9 +71,11 @@ def prepare_data(config: Config, workdir: str) -> RunData:
 
   train_ids = encode_all(train_examples, vocab)
   train_lengths = np.array([len(ids) for ids in train_ids])
-  boundaries = list(config.bucket_boundaries) or batch_plans.optimal_boundaries(
-      train_lengths, batch_plans.MAX_BUCKETS, config.seq_len)
-  width = boundaries[-1] if config.batching == "bucket" else config.seq_len
+  boundaries, width = [], config.seq_len  # only bucketing has boundaries
+  if config.batching == "bucket":
+    boundaries = list(config.bucket_boundaries) or batch_plans.optimal_boundaries(
+        train_lengths, batch_plans.MAX_BUCKETS, config.seq_len)
+    width = boundaries[-1]
   truncated = int((train_lengths > width).sum())
   if truncated:
     logging.warning("%d of %d training sequences are longer than %d tokens and are truncated to it",

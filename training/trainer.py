@@ -56,13 +56,10 @@ def _add(total, new):
   return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
 
 
-def evaluate(eval_fn, params, data: RunData, config: Config, mesh) -> dict:
-  """Metrics over the eval set (or its first `eval_steps` batches)."""
-  carry = None
-  if config.task == "lm":
-    # Made by a jitted function so that every process builds its part of one global array.
-    carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size),
-                    out_shardings=parallel.carry_sharding(mesh))()
+def evaluate(eval_fn, params, data: RunData, config: Config, mesh, initial_carry) -> dict:
+  """Metrics over the eval set (or its first `eval_steps` batches); per-token evaluation
+  carries the state across windows from `initial_carry` (zeros)."""
+  carry = initial_carry
   totals = None
   for index, local_batch in enumerate(data.eval_batches()):
     if config.eval_steps and index >= config.eval_steps:
@@ -125,6 +122,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
   train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
   eval_fn = jax.jit(eval_step)
+  eval_carry = None
+  if config.task == "lm":
+    # Made by a jitted function so that every process builds its part of one global array.
+    eval_carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size,
+                                            config.hidden_size), out_shardings=parallel.carry_sharding(mesh))()
 
   train_batches = data.train_batches()
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
@@ -165,7 +167,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
           and not preempted):
         if data.eval_batches is not None:
-          _log_eval(metrics_log, step, evaluate(eval_fn, state.params, data, config, mesh))
+          _log_eval(metrics_log, step, evaluate(eval_fn, state.params, data, config, mesh, eval_carry))
         window_start = time.perf_counter()  # Evaluation time is not training throughput.
       if save_now:
         checkpointer.save(state, train_batches)
@@ -181,7 +183,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     return {"step": step, "preempted": True}
   eval_metrics = {}
   if data.eval_batches is not None:
-    eval_metrics = evaluate(eval_fn, state.params, data, config, mesh)
+    eval_metrics = evaluate(eval_fn, state.params, data, config, mesh, eval_carry)
     _log_eval(metrics_log, step, eval_metrics)
   summary = {
       "step": step,
