@@ -154,9 +154,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       preempted = preemption.should_stop(step)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
-      if log_now or save_now:
-        # Checked before anything is saved, so a checkpoint never follows a non-finite step
-        # that the run was told to stop at.
+      if log_now or (save_now and config.on_nonfinite == "stop"):
+        # Skipped steps are reported once per log window; a step that must stop the run is
+        # also caught before any save, so a checkpoint never follows it.
         _check_finite(pending, config.on_nonfinite, checkpointer)
       if log_now:
         now = time.perf_counter()
