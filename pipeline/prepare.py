@@ -17,6 +17,7 @@ from absl import app, flags
 
 from pipeline import sources
 from pipeline.errors import DataError
+from pipeline.paths import absolute
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -67,10 +68,11 @@ def main(argv):
       split, sep, spec = value.partition("=")
       if not sep or not split:
         raise DataError(f"--split={value!r}: expected SPLIT=KIND:PATH[SLICE]")
-      splits[split] = sources.read_examples(sources.parse_spec(spec, "split"), with_labels=_LABELS.value)
+      spec = sources.parse_spec(sources.with_absolute_path(spec), "split")
+      splits[split] = sources.read_examples(spec, with_labels=_LABELS.value)
     if not splits:
       raise DataError("--split: give at least one SPLIT=KIND:PATH[SLICE]")
-    print(prepare(_NAME.value, splits, data_dir=_DATA_DIR.value, with_labels=_LABELS.value))
+    print(prepare(_NAME.value, splits, data_dir=absolute(_DATA_DIR.value), with_labels=_LABELS.value))
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

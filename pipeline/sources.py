@@ -24,9 +24,12 @@ from absl import logging
 
 from pipeline import synthetic
 from pipeline.errors import DataError
+from pipeline.paths import absolute
 from pipeline.slicing import slice_range
 
 KINDS = ("text", "lines", "jsonl", "tfds", "synthetic")
+FILE_KINDS = ("text", "lines", "jsonl")  # kinds whose PATH is a file (tfds: and synthetic: name one)
+_PATH_AND_SLICE = re.compile(r"^(.*?)(\[[^\[\]]*\])?$")  # "PATH[SLICE]" -> PATH, "[SLICE]" or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +50,25 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
     raise DataError(f"--{flag}={spec!r}: expected KIND:PATH[SLICE] with KIND one of {', '.join(KINDS)}")
   if kind not in KINDS:
     raise DataError(f"--{flag}={spec!r}: unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
-  match = re.match(r"^(.*?)(\[[^\[\]]*\])?$", rest)
-  path, slice_text = match.group(1), match.group(2)
+  path, slice_text = _PATH_AND_SLICE.match(rest).groups()
   if not path:
     raise DataError(f"--{flag}={spec!r}: missing path or name after {kind}:")
   if kind == "synthetic" and path not in synthetic.TASKS:
     raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASKS)}")
   return SourceSpec(kind, path, slice_text, flag)
+
+
+def with_absolute_path(spec: str) -> str:
+  """`spec` with its file path made absolute (`lines:data/x.txt[:10]` -> `lines:/cwd/data/x.txt[:10]`).
+
+  Specs that name no file, or that do not parse (reported later, with the flag), are returned
+  unchanged.
+  """
+  kind, sep, rest = spec.partition(":")
+  path, slice_text = _PATH_AND_SLICE.match(rest).groups()
+  if not sep or kind not in FILE_KINDS or not path:
+    return spec
+  return f"{kind}:{absolute(path)}{slice_text or ''}"
 
 
 def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",

@@ -8,6 +8,7 @@ complete, so a crash mid-save never leaves a checkpoint that `latest_step` would
 
 import dataclasses
 import gc
+import logging as python_logging
 import os
 import shutil
 
@@ -15,6 +16,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from training.abandoned_reads import silence_abandoned_reads
@@ -37,11 +39,39 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0].split(" See full TensorStore details")[0][:300]
 
 
+class _SaveErrorCapture(python_logging.Filter):
+  """Keeps the cause of a failed background save and drops Orbax's tracebacks of it.
+
+  A save that fails in Orbax's background threads is logged there with a traceback (several
+  times, by several threads) while training goes on. The Checkpointer reports the failure itself,
+  in one line with its cause, so those records are dropped here and their first line kept.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.cause = None
+
+  def filter(self, record) -> bool:
+    if "/orbax/" not in record.pathname or record.levelno < python_logging.ERROR or not record.exc_info:
+      return True
+    if self.cause is None:
+      self.cause = _first_line(record.exc_info[1])
+    return False
+
+
 class Checkpointer:
-  """Saves and restores (train state, data iterator) pairs under one directory."""
+  """Saves and restores (train state, data iterator) pairs under one directory.
+
+  Saves may run in the background: `check_save()`, called after every step, turns a save that
+  failed there into a `CheckpointError` at the next step instead of a traceback that scrolls past
+  while training goes on. Earlier checkpoints are never touched by a failed save.
+  """
 
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool):
     self.directory = directory
+    self._pending_step = None  # a save started and not yet checked
+    self._errors = _SaveErrorCapture()
+    logging.get_absl_logger().addFilter(self._errors)
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True))
@@ -56,9 +86,30 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return  # Orbax refuses to write a step twice; saving the same step again changes nothing.
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_as_tree(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    self.check_save()  # Orbax waits for the previous save first: report it if it failed.
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_as_tree(state)),
+          data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    except Exception as e:  # Orbax and TensorStore raise many types.
+      raise self._save_error(step, _first_line(e)) from None
+    self._pending_step = step
+
+  def check_save(self) -> None:
+    """Raises `CheckpointError` if the last save has failed; cheap enough for every step."""
+    if self._pending_step is None or self._manager.is_saving_in_progress():
+      return
+    step, self._pending_step = self._pending_step, None
+    # A save that completed was renamed from its temporary directory to `STEP`.
+    if not (epath.Path(self.directory) / str(step)).exists():
+      raise self._save_error(step, self._errors.cause or "the checkpoint was not written")
+
+  def _save_error(self, step: int, cause: str) -> CheckpointError:
+    kept = [s for s in self._manager.all_steps() if s != step and
+            (epath.Path(self.directory) / str(s)).exists()]
+    return CheckpointError(
+        f"checkpoint {os.path.join(self.directory, str(step))} could not be saved: {cause}. Stopped;"
+        f" the earlier checkpoints ({', '.join(map(str, sorted(kept))) or 'none'}) are intact")
 
   def restore(self, step: int, template: TrainState, data_iterator) -> TrainState:
     """Restores into the shapes, dtypes and shardings of `template`; moves the iterator."""
@@ -121,7 +172,17 @@ class Checkpointer:
     self._manager.reload()
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the last save; raises `CheckpointError` if it failed (unless already reported)."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      if self._pending_step is not None:
+        raise self._save_error(self._pending_step, self._errors.cause or _first_line(e)) from None
+      return  # The failure was reported by `check_save` already.
+    self.check_save()
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      self._manager.close()
+    finally:
+      logging.get_absl_logger().removeFilter(self._errors)

@@ -7,6 +7,8 @@ one directly. The defaults are those of the flags.
 import dataclasses
 
 from pipeline.batch_plans import BATCHINGS
+from pipeline.paths import absolute
+from pipeline.sources import with_absolute_path
 
 TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
@@ -90,6 +92,12 @@ class Config:
 
   def model_fields(self) -> dict:
     return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+  def with_absolute_paths(self) -> "Config":
+    """The same config with every path flag resolved against the working directory."""
+    return dataclasses.replace(self, train_data=with_absolute_path(self.train_data),
+                               eval_data=with_absolute_path(self.eval_data),
+                               tfds_data_dir=absolute(self.tfds_data_dir))
 
 
 def _require(condition: bool, flag: str, message: str) -> None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from pipeline.paths import absolute
 from training import parallel
 from training.checkpoints import Checkpointer
 from training.config import Config, ConfigError, validate
@@ -88,8 +89,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   A run stopped by SIGTERM or Ctrl-C saves a checkpoint at the step it reached and returns
   `{"step": ..., "preempted": True}` without evaluating; the same call resumes it.
   """
+  # Relative paths (workdir, data, TFDS dir) are resolved once, here: Orbax needs absolute ones.
+  workdir, config = absolute(workdir), config.with_absolute_paths()
   validate(config, jax.device_count())
   check_writable(workdir)
+  logging.info("Workdir: %s", workdir)
   is_lead = jax.process_index() == 0
   check_run_config(config, workdir)
   data = prepare_data(config, workdir)
@@ -150,6 +154,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       window_shapes.add(tuple(batch["inputs"].shape))
       state, metrics = train_fn(state, batch)
       step += 1
+      checkpointer.check_save()  # a save that failed in the background stops the run here
       pending = _add(pending, metrics)
       preempted = preemption.should_stop(step)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted

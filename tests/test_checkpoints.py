@@ -1,0 +1,83 @@
+"""Checkpoint saves that fail: reported once, in one line, at the next check, never as a
+traceback that scrolls past while training goes on; earlier checkpoints untouched."""
+
+import logging
+import os
+import time
+
+import grain
+import jax.numpy as jnp
+import pytest
+
+from tests.test_faults import snapshot
+from training.checkpoints import CheckpointError, Checkpointer
+from training.train_state import TrainState
+
+
+def tiny_state(step: int) -> TrainState:
+  return TrainState(step=jnp.int32(step), params={"w": jnp.arange(4.0) * step}, opt_state={},
+                    rng=jnp.zeros(2, jnp.uint32), carry=None)
+
+
+def data_iterator():
+  return iter(grain.MapDataset.range(10).to_iter_dataset())
+
+
+def save_and_wait(checkpointer: Checkpointer, step: int) -> None:
+  checkpointer.save(tiny_state(step), data_iterator())
+  checkpointer.wait_until_finished()
+
+
+def test_a_save_that_fails_in_the_background_stops_with_one_line_and_keeps_earlier_ones(
+    tmp_path, monkeypatch, capfd, caplog):
+  directory = tmp_path / "checkpoints"
+  good = Checkpointer(str(directory), max_to_keep=3, async_save=True)
+  save_and_wait(good, 10)
+  good.close()
+  before = snapshot(directory / "10")
+
+  # The failure of issue 8: Orbax accepts a relative directory, then every array write fails in
+  # its background threads ("Checkpoint path should be absolute") while the caller goes on.
+  monkeypatch.chdir(tmp_path)
+  failing = Checkpointer("checkpoints", max_to_keep=3, async_save=True)
+  assert failing.all_steps() == [10]
+  failing.save(tiny_state(20), data_iterator())  # returns: the failure happens later
+  with caplog.at_level(logging.INFO), pytest.raises(CheckpointError) as error:
+    failing.wait_until_finished()
+  failing.close()
+
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"checkpoint {os.path.join('checkpoints', '20')} could not be saved: ")
+  assert "should be absolute" in message  # the cause, from Orbax's background thread
+  assert "earlier checkpoints (10) are intact" in message
+  assert snapshot(directory / "10") == before
+  assert not (directory / "20").exists()
+  printed = capfd.readouterr()
+  assert "Traceback" not in printed.out + printed.err
+  assert not any(record.exc_info for record in caplog.records if "/orbax/" in record.pathname)
+
+
+def test_check_save_reports_a_background_failure_once_the_save_has_ended(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  checkpointer = Checkpointer("checkpoints", max_to_keep=3, async_save=True)
+  checkpointer.save(tiny_state(5), data_iterator())
+  with pytest.raises(CheckpointError, match=r"checkpoints/5 could not be saved: .*earlier checkpoints \(none\)"):
+    deadline = time.time() + 60
+    while time.time() < deadline:  # what the train loop does after every step
+      checkpointer.check_save()
+      time.sleep(0.01)
+  checkpointer.check_save()  # reported once
+  checkpointer.wait_until_finished()  # and not again at the end
+  checkpointer.close()
+
+
+def test_a_good_save_passes_every_check(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3, async_save=True)
+  for step in (1, 2):
+    checkpointer.save(tiny_state(step), data_iterator())
+    checkpointer.check_save()
+  checkpointer.wait_until_finished()
+  checkpointer.check_save()
+  assert checkpointer.all_steps() == [1, 2]
+  checkpointer.close()

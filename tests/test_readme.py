@@ -1,0 +1,111 @@
+"""The README's commands, as written: the two quickstart commands on a fresh copy of the
+repository, and every other command it shows checked against the code (modules, flags, files)."""
+
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from tests.readme_commands import ROOT, after_setup, all_commands, quickstart
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+def fresh_checkout(destination) -> str:
+  """What a clone of this working tree would hold (tracked and new, not ignored, files)."""
+  if not os.path.isdir(os.path.join(ROOT, ".git")):
+    pytest.skip("not a git checkout")
+  listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                          cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+  for name in filter(None, listed):
+    source = os.path.join(ROOT, name)
+    if os.path.isfile(source):
+      os.makedirs(os.path.join(destination, os.path.dirname(name)), exist_ok=True)
+      shutil.copy2(source, os.path.join(destination, name))
+  return str(destination)
+
+
+def run_in(checkout: str, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+  assert argv[:2] == ["python", "-m"], argv
+  # The suite's interpreter stands in for the venv the command's set-up part would make.
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  return subprocess.run([sys.executable, *argv[1:]], cwd=checkout, capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_the_first_command_trains_the_default_job_in_a_fresh_checkout(tmp_path):
+  checkout = fresh_checkout(tmp_path / "repo")
+  argv = after_setup(quickstart()[0])
+  workdir = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir="))
+  assert not os.path.isabs(workdir)  # the case of issue 8: a relative workdir
+  result = run_in(checkout, argv)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-3000:]
+  assert "Traceback" not in output and "error" not in output.lower().replace("errors", "")
+  assert os.path.isfile(os.path.join(checkout, workdir, "summary.json"))
+  assert os.listdir(os.path.join(checkout, workdir, "checkpoints"))
+
+
+def test_the_second_command_installs_the_test_extra_and_runs_what_ci_runs(tmp_path):
+  command = quickstart()[1]
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+  assert 'pip install -e ".[test]"' in command and "pytest" in extras["test"][0]
+  argv = after_setup(command)
+  with open(os.path.join(ROOT, ".ci", "run")) as f:
+    assert shlex.join(argv) in f.read()  # CI runs the README's test command
+  # Running the suite inside itself would recurse: collect it in the fresh checkout instead.
+  result = run_in(fresh_checkout(tmp_path / "repo"), argv + ["--collect-only", "-q"], timeout=300)
+  assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+  assert " tests collected" in result.stdout or "tests collected" in result.stdout
+
+
+def _flag_names(argv: list[str]) -> list[str]:
+  return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+
+
+def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
+  from absl import flags
+
+  import training.train  # noqa: F401  (defines the trainer's flags)
+
+  checked = 0
+  for command in all_commands():
+    for part in command.split(" && "):
+      argv = shlex.split(part)
+      while argv and "=" in argv[0] and not argv[0].startswith("-"):
+        argv = argv[1:]  # leading VAR=value assignments
+      if "--" in argv and argv[:3] == ["python", "-m", "launch.local"]:
+        argv = argv[argv.index("--") + 1:]  # the command the launcher starts
+      if argv[:2] == ["python", "-m"]:
+        module = argv[2]
+        if module.split(".")[0] in ("training", "pipeline", "launch", "bench"):
+          assert os.path.isfile(os.path.join(ROOT, *module.split(".")) + ".py"), f"{command}: no module {module}"
+        else:
+          assert importlib.util.find_spec(module), f"{command}: {module} is not installed"
+        if module == "training.train":
+          for name in _flag_names(argv[3:]):
+            assert name in flags.FLAGS, f"{command}: unknown flag --{name}"
+          for arg in argv[3:]:
+            name, _, value = arg[2:].partition("=")
+            if name == "flagfile":
+              assert os.path.isfile(os.path.join(ROOT, value)), f"{command}: no {value}"
+            if name in ("train_data", "eval_data") and ":" in value:
+              path = value.split(":", 1)[1].split("[")[0]
+              if path.startswith("../shared/") and not os.path.isdir(SHARED):
+                continue
+              if value.split(":")[0] in ("text", "lines", "jsonl"):
+                assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no file {path} (relative to the repo root)"
+        checked += 1
+      elif argv and argv[0] in ("sbatch", "kubectl"):
+        path = argv[-1]
+        assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no {path}"
+      elif argv and argv[0].startswith("./"):
+        assert os.access(os.path.join(ROOT, argv[0]), os.X_OK), f"{command}: {argv[0]} is not executable"
+  assert checked >= 5
