@@ -1,9 +1,11 @@
 """Recurrent cells as pure functions of their parameters.
 
-Each cell is split in two so that the layer can hoist work out of the time loop:
+Each cell is split so that the layer can hoist work out of the time loop:
 - `W_x`, `b`: the input projection `x @ W_x + b`, which needs no recurrence, so the layer
   computes it for all time steps in one large matmul before the scan;
-- `step(recurrent_params, carry, x_proj_t) -> carry`: the part that must run step by step.
+- `step(recurrent_params, carry, x_proj_t) -> carry`: the part that must run step by step,
+  itself the recurrent projection `h @ W_h` and `core(carry, x_gates, h_gates)`, the gate
+  arithmetic, which the hand-written backward pass (`training.recurrence`) differentiates alone.
 
 The carry is a tuple of [B, H] arrays (`(h,)`, or `(h, c)` for the LSTM); the cell's output
 is always `carry[0]`. Gate layouts follow PyTorch's `nn.RNN`/`nn.LSTM`/`nn.GRU` (LSTM gates
@@ -17,28 +19,25 @@ import jax
 import jax.numpy as jnp
 
 
-def elman_step(params, carry, x_proj):
+def elman_core(carry, x_gates, h_gates):
   """h' = tanh(W_x x + b + W_h h)."""
-  (h,) = carry
-  return (jnp.tanh(x_proj + h @ params["W_h"]),)
+  del carry
+  return (jnp.tanh(x_gates[0] + h_gates[0]),)
 
 
-def lstm_step(params, carry, x_proj):
+def lstm_core(carry, x_gates, h_gates):
   """The standard LSTM: four gates from one fused matmul, c' = f c + i g, h' = o tanh(c')."""
-  h, c = carry
-  gates = x_proj + h @ params["W_h"]
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  _, c = carry
+  i, f, g, o = (x + h for x, h in zip(x_gates, h_gates))
   c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
   h = jax.nn.sigmoid(o) * jnp.tanh(c)
   return (h, c)
 
 
-def gru_step(params, carry, x_proj):
+def gru_core(carry, x_gates, h_gates):
   """GRU as in PyTorch/cuDNN: the reset gate scales the recurrent part of the candidate."""
   (h,) = carry
-  h_proj = h @ params["W_h"] + params["b_h"]
-  x_r, x_z, x_n = jnp.split(x_proj, 3, axis=-1)
-  h_r, h_z, h_n = jnp.split(h_proj, 3, axis=-1)
+  (x_r, x_z, x_n), (h_r, h_z, h_n) = x_gates, h_gates
   r = jax.nn.sigmoid(x_r + h_r)
   z = jax.nn.sigmoid(x_z + h_z)
   n = jnp.tanh(x_n + r * h_n)
@@ -60,13 +59,29 @@ class Cell:
   name: str
   num_gates: int  # the projections are [*, num_gates * H]
   num_states: int  # arrays in the carry: 1 (h) or 2 (h, c)
-  step: Callable
+  # core(carry, x_gates, h_gates) -> carry: the gate arithmetic of one step, given both
+  # projections split by gate (tuples of num_gates [B, H] arrays; h_proj = h @ W_h, + b_h for the
+  # GRU). Split, not [B, G*H]: XLA:CPU runs a fused loop over column slices of a row several
+  # times slower than over whole arrays.
+  core: Callable
   input_bias: Callable[[int, int], jax.Array]
   has_recurrent_bias: bool  # only the GRU's candidate needs a bias inside r * (...)
+  summed_projections: bool  # the core reads only x_proj + h_proj (Elman, LSTM; not the GRU)
+
+  def step(self, params, carry, x_proj):
+    """One whole step: carry -> carry."""
+    h_proj = carry[0] @ params["W_h"]
+    if self.has_recurrent_bias:
+      h_proj = h_proj + params["b_h"]
+    return self.core(carry, self.split(x_proj), self.split(h_proj))
+
+  def split(self, projection):
+    """[..., G*H] -> a tuple of G arrays [..., H], one per gate."""
+    return tuple(jnp.split(projection, self.num_gates, axis=-1))
 
 
 CELLS = {
-    "rnn": Cell("rnn", 1, 1, elman_step, _zeros_bias, False),
-    "lstm": Cell("lstm", 4, 2, lstm_step, _lstm_bias, False),
-    "gru": Cell("gru", 3, 1, gru_step, _zeros_bias, True),
+    "rnn": Cell("rnn", 1, 1, elman_core, _zeros_bias, False, True),
+    "lstm": Cell("lstm", 4, 2, lstm_core, _lstm_bias, False, True),
+    "gru": Cell("gru", 3, 1, gru_core, _zeros_bias, True, False),
 }

@@ -17,6 +17,7 @@ LR_DECAYS = ("none", "cosine")
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
 PARALLELISMS = ("jit", "shard_map")
+RECURRENT_BACKWARDS = ("fused", "autodiff")
 
 # With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
 DEFAULT_DATA = {
@@ -46,6 +47,7 @@ class Config:
   pooling: str = "last"
   num_classes: int = 0  # 0: one more than the largest training label
   unroll: int = 1
+  recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
   # Data.
   train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
   eval_data: str = ""
@@ -110,7 +112,8 @@ def validate(config: Config, device_count: int = 1) -> None:
   for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
                         ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word")),
                         ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
-                        ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS)):
+                        ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS),
+                        ("recurrent_backward", RECURRENT_BACKWARDS)):
     value = getattr(config, flag)
     _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
   for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",

@@ -12,6 +12,7 @@ The carried state of a stack is one array `carry [L, S, B, H]`: layer, state par
 and c), batch row, unit. One array is simple to checkpoint and to shard on its batch axis.
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from training.cells import CELLS
+from training.recurrence import scan_layer
 
 
 def zero_carry(cell: str, num_layers: int, batch_size: int, hidden_size: int) -> jax.Array:
@@ -31,15 +33,18 @@ class RecurrentLayer(nn.Module):
   cell: str
   hidden_size: int
   unroll: int = 1
+  backward: str = "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
+  time_major: bool = False  # inputs, mask, resets and outputs as [T, B, ...] (the Encoder's layout)
 
   @nn.compact
   def __call__(self, inputs, mask, carry, resets=None):
-    """inputs [B, T, D], mask [B, T] bool, carry [S, B, H], resets [B, T] bool or None.
+    """inputs [B, T, D], mask [B, T] bool, carry [S, B, H], resets [B, T] bool or None (time
+    axis first when `time_major`).
 
     Where `mask` is False the step leaves the state as it was and outputs zeros, so a padded
     batch computes exactly what its unpadded rows would. Where `resets` is True the state is
     zeroed before that step (a new sequence starts inside the row). Returns
-    (outputs [B, T, H], final carry [S, B, H]).
+    (outputs [B, T, H] (or [T, B, H]), final carry [S, B, H]).
     """
     cell = CELLS[self.cell]
     width = cell.num_gates * self.hidden_size
@@ -49,21 +54,37 @@ class RecurrentLayer(nn.Module):
     if cell.has_recurrent_bias:
       recurrent["b_h"] = self.param("b_h", nn.initializers.zeros_init(), (width,))
 
-    # Hoisted out of the scan: one [B*T, D] x [D, G*H] matmul instead of T small ones.
-    x_proj = inputs @ w_x + b
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    xs = (time_major(x_proj), time_major(mask), None if resets is None else time_major(resets))
+    to_time_major = (lambda x: x) if self.time_major else (lambda x: None if x is None else jnp.swapaxes(x, 0, 1))
+    mask, resets = to_time_major(mask), to_time_major(resets)
+    # Hoisted out of the time loop: one [T*B, D] x [D, H] matmul per gate instead of T small
+    # ones, made time-major and split by gate as the loop reads it (see `Cell.core`).
+    layout = "tbd,dh->tbh" if self.time_major else "btd,dh->tbh"
+    x_gates = tuple(jnp.einsum(layout, inputs, w) + b_gate
+                    for w, b_gate in zip(cell.split(w_x), cell.split(b)))
+    if self.backward == "autodiff":
+      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates, mask, resets, carry)
+    else:
+      run = functools.partial(scan_layer, self.cell, self.unroll, recurrent, x_gates)
+      # Full windows (every per-token window but a stream's last) take the path without masking.
+      has_padding = ~jnp.all(mask) if resets is None else ~jnp.all(mask) | jnp.any(resets)
+      outputs, final = jax.lax.cond(has_padding, lambda: run(mask, resets, carry),
+                                    lambda: run(None, None, carry))
+    return to_time_major(outputs), final
 
-    def step(state, x):
-      x_proj_t, mask_t, reset_t = x
-      if reset_t is not None:
-        state = tuple(jnp.where(reset_t[:, None], 0.0, s) for s in state)
-      updated = cell.step(recurrent, state, x_proj_t)
-      state = tuple(jnp.where(mask_t[:, None], u, s) for u, s in zip(updated, state))
-      return state, jnp.where(mask_t[:, None], state[0], 0.0)
 
-    final, outputs = jax.lax.scan(step, tuple(carry), xs, unroll=self.unroll)
-    return time_major(outputs), jnp.stack(final)
+def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry):
+  """The reference time loop (time-major), differentiated by `jax.grad`."""
+
+  def step(state, x):
+    x_gates_t, mask_t, reset_t = x
+    if reset_t is not None:
+      state = tuple(jnp.where(reset_t[:, None], 0.0, s) for s in state)
+    updated = cell.step(recurrent, state, jnp.concatenate(x_gates_t, axis=-1))
+    state = tuple(jnp.where(mask_t[:, None], u, s) for u, s in zip(updated, state))
+    return state, jnp.where(mask_t[:, None], state[0], 0.0)
+
+  final, outputs = jax.lax.scan(step, tuple(carry), (x_gates, mask, resets), unroll=unroll)
+  return outputs, jnp.stack(final)
 
 
 class Encoder(nn.Module):
@@ -75,19 +96,24 @@ class Encoder(nn.Module):
   cell: str
   dropout_rate: float = 0.0
   unroll: int = 1
+  backward: str = "fused"
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """tokens [B, T] int, mask [B, T] bool, carry [L, S, B, H] -> (outputs [B, T, H], carry)."""
+    # Time-major from the embedding to the last layer: the time loop reads [T, B, ...], and
+    # only the last layer's outputs are turned back.
+    tokens, mask = tokens.T, mask.T
+    resets = None if resets is None else resets.T
     x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     final = []
     for layer in range(self.num_layers):
-      x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll,
+      x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
                                       name=f"layer_{layer}")(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
-    return x, jnp.stack(final)
+    return jnp.swapaxes(x, 0, 1), jnp.stack(final)
 
 
 class LanguageModel(nn.Module):
@@ -99,12 +125,13 @@ class LanguageModel(nn.Module):
   cell: str
   dropout_rate: float = 0.0
   unroll: int = 1
+  backward: str = "fused"
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     outputs, carry = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                             self.cell, self.dropout_rate, self.unroll, name="encoder")(
+                             self.cell, self.dropout_rate, self.unroll, self.backward, name="encoder")(
                                  tokens, mask, carry, resets, train=train)
     return nn.Dense(self.vocab_size, name="lm_head")(outputs), carry
 
@@ -126,6 +153,7 @@ class SequenceClassifier(nn.Module):
   pooling: str = "last"  # "last" or "mean"
   dropout_rate: float = 0.0
   unroll: int = 1
+  backward: str = "fused"
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool):
@@ -134,7 +162,7 @@ class SequenceClassifier(nn.Module):
     previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
     resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
     outputs, _ = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                         self.cell, self.dropout_rate, self.unroll, name="encoder")(
+                         self.cell, self.dropout_rate, self.unroll, self.backward, name="encoder")(
                              tokens, mask, carry, resets, train=train)
     features = pool(outputs, segment_ids, segment_ends, self.pooling)
     for i, width in enumerate(self.head_widths):

@@ -13,8 +13,8 @@ from absl import app, flags, logging
 
 from pipeline.errors import DataError
 from launch import distributed
-from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS, TASKS,
-                             UTF8_ERRORS, Config, ConfigError)
+from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS,
+                             RECURRENT_BACKWARDS, TASKS, UTF8_ERRORS, Config, ConfigError)
 
 _D = Config()  # The flags' defaults are the config's.
 
@@ -33,6 +33,9 @@ flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
 flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} state.")
 flags.DEFINE_integer("num_classes", _D.num_classes, "Classes; 0 infers 1 + the largest training label.")
 flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteration.")
+flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
+                    f"Gradient of the time loop: {' | '.join(RECURRENT_BACKWARDS)} (hand-written, weight"
+                    " gradients as one matmul after the loop | jax.grad of the scan, the reference).")
 flags.DEFINE_string("train_data", _D.train_data,
                     "KIND:PATH[SLICE] with KIND text|lines|jsonl|tfds|synthetic; empty: generated task.")
 flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the evaluation data; empty: none"

@@ -28,11 +28,35 @@ RUN_CONFIG_FILE = "run_config.json"
 def build_model(config: Config, vocab_size: int, num_classes: int):
   common = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
-                unroll=config.unroll)
+                unroll=config.unroll, backward=config.recurrent_backward)
   if config.task == "lm":
     return LanguageModel(**common)
   return SequenceClassifier(num_classes=num_classes, head_widths=tuple(config.head_widths),
                             pooling=config.pooling, **common)
+
+
+def initial_state_fn(config: Config, model, optimizer):
+  """rng -> the initial TrainState (parameters from `rng`, zero carried state for lm)."""
+
+  def init_state(rng):
+    carry = None
+    if config.task == "lm":
+      carry = zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size)
+    tokens = jnp.zeros((config.batch_size, config.seq_len), jnp.int32)
+    mask = jnp.ones((config.batch_size, config.seq_len), bool)
+    if config.task == "lm":
+      args = (tokens, mask, carry)
+    else:
+      args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
+    return create_train_state(rng, model, optimizer, args, carry)
+
+  return init_state
+
+
+def make_optimizer_for(config: Config):
+  return make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
+                        warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
+                        weight_decay=config.weight_decay, grad_clip=config.grad_clip)
 
 
 def check_run_config(config: Config, workdir: str) -> None:
@@ -100,26 +124,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
 
   model = build_model(config, len(data.vocab), data.num_classes)
-  optimizer = make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
-                             warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
-                             weight_decay=config.weight_decay, grad_clip=config.grad_clip)
+  optimizer = make_optimizer_for(config)
   objective = OBJECTIVES[config.task]
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=objective, inject_nan_at_step=config.inject_nan_at_step,
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None)
 
-  def init_state(rng):
-    carry = None
-    if config.task == "lm":
-      carry = zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size)
-    tokens = jnp.zeros((config.batch_size, config.seq_len), jnp.int32)
-    mask = jnp.ones((config.batch_size, config.seq_len), bool)
-    if config.task == "lm":
-      args = (tokens, mask, carry)
-    else:
-      args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
-    return create_train_state(rng, model, optimizer, args, carry)
-
+  init_state = initial_state_fn(config, model, optimizer)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(abstract_state))

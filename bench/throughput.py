@@ -1,0 +1,278 @@
+r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one run.
+
+  pip install -e ".[bench]"        # PyTorch 2.13 (CPU build here), the peer; never a dependency
+  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--json=FILE]
+
+For each config it measures, back to back on the same machine:
+- `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
+  `../shared/data` is there, generated text otherwise), median tokens/s of its log windows after
+  the first (compilation);
+- `bare step`: the same compiled train step alone on the same batches, so `trainer / bare step`
+  is what the loop itself costs (target: within 5%);
+- `torch`: the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
+  token and the state carried across windows; per-sequence configs: the last state through the
+  same MLP head), on the same batch shapes;
+- the model's FLOPs per token (forward and backward, 3x the forward's multiply-adds x 2) and the
+  fraction of the machine's float32 matmul speed, measured in the same run, that each side reaches.
+
+Ratios are the figures to quote: both sides ran minutes apart on the same machine. Prints a
+Markdown table (and writes JSON with `--json`). On a GPU both sides use it (cuDNN for PyTorch).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from training import parallel
+from training.config import Config
+from training.data import prepare_data
+from training.objectives import OBJECTIVES
+from training.train_state import bind_steps
+from training.trainer import build_model, initial_state_fn, make_optimizer_for, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+SHAKESPEARE = os.path.join(SHARED, "tiny_shakespeare", "input.txt")
+IMDB = os.path.join(SHARED, "imdb", "train.jsonl.gz")
+
+# name -> (Config fields, what it stands for). Embedding width = hidden size, as in the issue.
+CONFIGS = {
+    "char_2x512": (dict(num_layers=2, hidden_size=512, embed_size=512, batch_size=64, seq_len=128),
+                   "char LM, 2 x 512, batch 64 x 128"),
+    "char_1x256": (dict(num_layers=1, hidden_size=256, embed_size=256, batch_size=64, seq_len=256),
+                   "char LM, 1 x 256, batch 64 x 256"),
+    "char_1x128": (dict(num_layers=1, hidden_size=128, embed_size=128, batch_size=32, seq_len=64),
+                   "char LM, 1 x 128, batch 32 x 64"),
+    "word_2x200": (dict(num_layers=2, hidden_size=200, embed_size=200, batch_size=20, seq_len=35,
+                        tokenizer="word"),
+                   "word LM (Tiny Shakespeare words), 2 x 200, batch 20 x 35"),
+    "classify_1x256": (dict(task="classify", num_layers=1, hidden_size=256, embed_size=256, batch_size=64,
+                            seq_len=512, batching="bucket", tokenizer="word", vocab_size=30000),
+                       "classifier (IMDB), 1 x 256, batch 64, bucketed, truncated at 512"),
+}
+
+
+def make_config(name: str, steps: int, backward: str) -> Config:
+  fields, _ = CONFIGS[name]
+  task = fields.get("task", "lm")
+  if task == "lm":
+    data = f"text:{SHAKESPEARE}" if os.path.exists(SHAKESPEARE) else "synthetic:copy"
+  else:
+    data = f"jsonl:{IMDB}" if os.path.exists(IMDB) else "synthetic:recall"
+  return Config(**fields, train_data=data, model="lstm", num_steps=steps, log_every=max(steps // 6, 1),
+                eval_every=0, checkpoint_every=10 * steps, learning_rate=1e-3, recurrent_backward=backward)
+
+
+def lm_flops_per_token(config: Config, vocab_size: int) -> float:
+  """Multiply-adds x 2 of the forward pass, x 3 for forward and backward."""
+  gates = 4 * config.hidden_size
+  forward = 0
+  for layer in range(config.num_layers):
+    inputs = config.embed_size if layer == 0 else config.hidden_size
+    forward += 2 * (inputs + config.hidden_size) * gates
+  if config.task == "lm":
+    forward += 2 * config.hidden_size * vocab_size
+  return 3.0 * forward
+
+
+def matmul_flops_per_sec() -> float:
+  """The machine's float32 matmul speed through XLA (the best of several runs)."""
+  n = 8192 if jax.default_backend() == "gpu" else 2048
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def measure_trainer(config: Config, workdir: str) -> dict:
+  train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  rows = [row for row in rows if row["split"] == "train"][1:]  # the first window compiles
+  real = statistics.median(row["tokens_per_sec"] for row in rows)
+  fed_per_real = sum(row["fed_tokens"] for row in rows) / sum(row["real_tokens"] for row in rows)
+  shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
+  return {"tokens_per_sec": real, "fed_tokens_per_sec": real * fed_per_real, "batch_shapes": shapes}
+
+
+def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
+  """The compiled train step alone, on batches fetched beforehand: no loop, no logging."""
+  os.makedirs(workdir, exist_ok=True)
+  data = prepare_data(config, workdir)
+  mesh = parallel.make_mesh()
+  model = build_model(config, len(data.vocab), data.num_classes)
+  optimizer = make_optimizer_for(config)
+  train_step, _ = bind_steps(model=model, optimizer=optimizer, objective=OBJECTIVES[config.task])
+  init_state = initial_state_fn(config, model, optimizer)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(init_state, rng)
+  state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
+  train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
+  iterator = data.train_batches()
+  batches = [parallel.global_batch(next(iterator), mesh) for _ in range(min(steps, 16))]
+  for batch in batches:  # compile every shape first
+    state, _ = train_fn(state, batch)
+  jax.block_until_ready(state)
+  real = 0
+  start = time.perf_counter()
+  for index in range(steps):
+    batch = batches[index % len(batches)]
+    state, _ = train_fn(state, batch)
+    real += int(np.asarray(batch["mask"]).sum())
+  jax.block_until_ready(state)
+  return {"tokens_per_sec": real / (time.perf_counter() - start)}
+
+
+def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
+  """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second)."""
+  try:
+    import torch
+  except ImportError:
+    print("PyTorch is not installed: `pip install -e \".[bench]\"` (torch==2.13.0) to compare.", file=sys.stderr)
+    return None
+  device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+  torch.manual_seed(0)
+  classify = config.task == "classify"
+
+  class Model(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = torch.nn.Embedding(vocab_size, config.embed_size)
+      self.lstm = torch.nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
+      if classify:
+        widths = [config.hidden_size, *config.head_widths]
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+          layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        self.head = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], num_classes))
+      else:
+        self.head = torch.nn.Linear(config.hidden_size, vocab_size)
+
+    def forward(self, tokens, state):
+      outputs, state = self.lstm(self.embed(tokens), state)
+      return self.head(outputs[:, -1] if classify else outputs), state
+
+  model = Model().to(device)
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  generator = torch.Generator().manual_seed(0)
+  batches = []
+  for batch_size, length in shapes:
+    tokens = torch.randint(3, vocab_size, (batch_size, length + 1), generator=generator).to(device)
+    labels = torch.randint(0, max(num_classes, 2), (batch_size,), generator=generator).to(device)
+    batches.append((tokens, labels))
+  state = None
+
+  def step(tokens, labels):
+    nonlocal state
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits, new_state = model(inputs, None if classify else state)
+    if classify:
+      loss = loss_fn(logits, labels)
+    else:
+      loss = loss_fn(logits.reshape(-1, vocab_size), targets.reshape(-1))
+      state = tuple(s.detach() for s in new_state)  # truncated BPTT: carried, not backpropagated
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the project clips too
+    optimizer.step()
+
+  for tokens, labels in batches[:3]:
+    step(tokens, labels)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  sync()
+  fed = 0
+  start = time.perf_counter()
+  for index in range(steps):
+    tokens, labels = batches[index % len(batches)]
+    step(tokens, labels)
+    fed += tokens.shape[0] * (tokens.shape[1] - 1)
+  sync()
+  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": device,
+          "version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def run_config(name: str, steps: int, backward: str, peak: float) -> dict:
+  config = make_config(name, steps, backward)
+  with tempfile.TemporaryDirectory() as tmp:
+    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
+    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
+    data = prepare_data(config, os.path.join(tmp, "trainer"))  # the trainer's saved vocabulary
+  vocab_size, num_classes = len(data.vocab), data.num_classes
+  torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps)
+  flops = lm_flops_per_token(config, vocab_size)
+  result = {"config": name, "description": CONFIGS[name][1], "recurrent_backward": backward,
+            "vocab_size": vocab_size, "flops_per_token": flops, "trainer_tokens_per_sec": trainer["tokens_per_sec"],
+            "trainer_fed_tokens_per_sec": trainer["fed_tokens_per_sec"],
+            "bare_step_tokens_per_sec": bare["tokens_per_sec"],
+            "loop_overhead": 1.0 - trainer["tokens_per_sec"] / bare["tokens_per_sec"],
+            "project_peak_fraction": flops * trainer["fed_tokens_per_sec"] / peak}
+  if torch_figures:
+    result.update(torch_tokens_per_sec=torch_figures["tokens_per_sec"], torch=torch_figures,
+                  ratio=trainer["fed_tokens_per_sec"] / torch_figures["tokens_per_sec"],
+                  torch_peak_fraction=flops * torch_figures["tokens_per_sec"] / peak)
+  return result
+
+
+def machine() -> str:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, jax {jax.__version__}"
+  return f"{device.device_kind}, jax {jax.__version__}"
+
+
+def print_table(results: list[dict], peak: float, steps: int) -> None:
+  print(f"\n{machine()}; float32 matmul {peak / 1e9:,.0f} GFLOP/s (measured in this run); {steps} steps each\n")
+  print("| config | MFLOP/token | project tokens/s | bare step tokens/s | loop overhead | PyTorch tokens/s"
+        " | project / PyTorch | project % of matmul peak | PyTorch % of matmul peak |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for r in results:
+    torch_cells = (f"{r['torch_tokens_per_sec']:,.0f} | **{r['ratio']:.2f}x** | {100 * r['project_peak_fraction']:.0f}%"
+                   f" | {100 * r['torch_peak_fraction']:.0f}%") if "ratio" in r else \
+        f"- | - | {100 * r['project_peak_fraction']:.0f}% | -"
+    print(f"| {r['description']} ({r['recurrent_backward']}) | {r['flops_per_token'] / 1e6:.1f}"
+          f" | {r['trainer_tokens_per_sec']:,.0f} | {r['bare_step_tokens_per_sec']:,.0f}"
+          f" | {100 * r['loop_overhead']:+.1f}% | {torch_cells} |")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+  parser.add_argument("--steps", type=int, default=30, help="measured steps per side and config")
+  parser.add_argument("--recurrent_backward", default="fused", help="fused, autodiff, or both (comma-separated)")
+  parser.add_argument("--json", default="", help="also write the results here")
+  args = parser.parse_args()
+  names = args.configs.split(",")
+  unknown = [name for name in names if name not in CONFIGS]
+  if unknown:
+    parser.error(f"unknown config(s) {', '.join(unknown)}; expected some of {', '.join(CONFIGS)}")
+  peak = matmul_flops_per_sec()
+  results = []
+  for name in names:
+    for backward in args.recurrent_backward.split(","):
+      results.append(run_config(name, args.steps, backward, peak))
+      print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
+  print_table(results, peak, args.steps)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"machine": machine(), "matmul_flops_per_sec": peak, "results": results}, f, indent=2,
+                default=str)
+
+
+if __name__ == "__main__":
+  main()
