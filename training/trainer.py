@@ -74,11 +74,15 @@ def check_run_config(config: Config, workdir: str) -> None:
     write_json(path, {**current, "full_config": json.loads(json.dumps(config.__dict__))})
 
 
+@jax.jit
+def _accumulate(total, new):
+  # One dispatch per step for all the metrics, not one per metric (which an accelerator feels).
+  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+
+
 def _add(total, new):
   """Accumulates metric sums; `*_min` entries keep their minimum instead."""
-  if total is None:
-    return new
-  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+  return new if total is None else _accumulate(total, new)
 
 
 def evaluate(eval_fn, params, data: RunData, config: Config, mesh, initial_carry) -> dict:
