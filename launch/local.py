@@ -101,5 +101,10 @@ def main(argv: list[str]) -> int:
   return launch(command, args.num_processes, args.devices_per_process)
 
 
-if __name__ == "__main__":
+def run_main():
+  """Console entry point (`rnn-launch-local`)."""
   sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  run_main()

@@ -78,5 +78,12 @@ def main(argv):
     sys.exit(2)
 
 
+def run_main():
+  """Console entry point (`rnn-prepare`)."""
+  from training import cli
+
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_main()

@@ -6,15 +6,22 @@ data). Kinds:
 - `text:FILE` one document (UTF-8); a slice selects characters (`text:input.txt[:90%]`).
 - `lines:FILE` one example per non-empty line; `LABEL TEXT` when labels are needed.
 - `jsonl:FILE` `.jsonl` or `.jsonl.gz`, one JSON object per line with text and label fields.
+- `csv:FILE`, `tsv:FILE` a header row naming the columns, then one example per record (quoted
+  fields may hold commas, tabs and newlines, as Python's csv module reads them).
+- `parquet:FILE` a Parquet table with text and label columns.
 - `tfds:NAME/SPLIT` a prepared TFDS dataset in ArrayRecord format, read with random access
   through `tfds.data_source` (no TensorFlow); NAME may hold a config (`glue/sst2/train`).
 - `synthetic:NAME` a generated task (`pipeline.synthetic`).
 
-Every error names the flag, and the file and line where there is one.
+Labels are class ids (`0`, `1`, ...) or names (`pos`, `negative`): names are kept as strings here
+and mapped to ids by the run (`pipeline.labels`). Files are UTF-8 unless `encoding` says otherwise.
+Every error names the flag, and the file and line (or row) where there is one.
 """
 
+import csv
 import dataclasses
 import gzip
+import io
 import json
 import os
 import re
@@ -27,8 +34,8 @@ from pipeline.errors import DataError
 from pipeline.paths import absolute
 from pipeline.slicing import slice_range
 
-KINDS = ("text", "lines", "jsonl", "tfds", "synthetic")
-FILE_KINDS = ("text", "lines", "jsonl")  # kinds whose PATH is a file (tfds: and synthetic: name one)
+KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet", "tfds", "synthetic")
+FILE_KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet")  # PATH is a file (tfds:, synthetic: name one)
 _PATH_AND_SLICE = re.compile(r"^(.*?)(\[[^\[\]]*\])?$")  # "PATH[SLICE]" -> PATH, "[SLICE]" or None
 
 
@@ -73,12 +80,12 @@ def with_absolute_path(spec: str) -> str:
 
 def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",
                   label_field: str = "label", tfds_data_dir: str | None = None,
-                  utf8_errors: str = "strict") -> Sequence[dict]:
+                  utf8_errors: str = "strict", encoding: str = "utf-8") -> Sequence[dict]:
   """Reads the examples a spec names (a list, or a lazy random-access view for TFDS).
 
   File examples carry `where` (`FILE:LINE`) so that later checks can name their line.
-  `utf8_errors="replace"` turns bytes that are not UTF-8 into U+FFFD with a warning;
-  `"strict"` refuses them.
+  Text files are decoded with `encoding`; `utf8_errors="replace"` turns bytes that do not decode
+  into U+FFFD with a warning, `"strict"` refuses them.
   """
   if spec.kind == "tfds":
     return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
@@ -89,15 +96,19 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   elif spec.kind == "text":
     if with_labels:
       raise DataError(f"--{spec.flag}={spec}: a text: source is one unlabelled document; use lines: or jsonl: for --task=classify")
-    text = _read_text(spec, utf8_errors)
+    text = _read_text(spec, utf8_errors, encoding)
     chars = slice_range(spec.slice, len(text), f"--{spec.flag}")
     if not chars:
       raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(text)} characters")
     return [{"text": text[chars.start:chars.stop]}]
   elif spec.kind == "lines":
-    examples = _lines_examples(spec, with_labels, utf8_errors)
+    examples = _lines_examples(spec, with_labels, utf8_errors, encoding)
+  elif spec.kind in ("csv", "tsv"):
+    examples = _csv_examples(spec, with_labels, text_field, label_field, utf8_errors, encoding)
+  elif spec.kind == "parquet":
+    examples = _parquet_examples(spec, with_labels, text_field, label_field)
   else:
-    examples = _jsonl_examples(spec, with_labels, text_field, label_field, utf8_errors)
+    examples = _jsonl_examples(spec, with_labels, text_field, label_field, utf8_errors, encoding)
   selected = slice_range(spec.slice, len(examples), f"--{spec.flag}")
   if not selected:
     raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(examples)} examples")
@@ -111,20 +122,24 @@ def _check_file(spec: SourceSpec) -> None:
     raise DataError(f"--{spec.flag}: empty file: {spec.path}")
 
 
-def _decode(data: bytes, path: str, utf8_errors: str) -> str:
+def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8") -> str:
   try:
-    return data.decode("utf-8")
+    return data.decode(encoding)
+  except LookupError:
+    raise DataError(f"--encoding={encoding}: unknown text encoding") from None
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
-    where = f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start})"
+    name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    where = f"{path}:{line}: not valid {name} (byte {data[e.start]:#04x} at offset {e.start})"
     if utf8_errors != "replace":
-      raise DataError(f"{where}; pass --utf8_errors=replace to replace such bytes") from None
-    text = data.decode("utf-8", errors="replace")
+      raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
+                      " or --utf8_errors=replace to replace such bytes") from None
+    text = data.decode(encoding, errors="replace")
     logging.warning("%s; replaced %d such characters with U+FFFD", where, text.count("\ufffd"))
     return text
 
 
-def _read_text(spec: SourceSpec, utf8_errors: str) -> str:
+def _read_text(spec: SourceSpec, utf8_errors: str, encoding: str = "utf-8") -> str:
   _check_file(spec)
   opener = gzip.open if spec.path.endswith(".gz") else open
   try:
@@ -132,33 +147,37 @@ def _read_text(spec: SourceSpec, utf8_errors: str) -> str:
       data = f.read()
   except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
     raise DataError(f"{spec.path}: cannot read ({e})") from None
-  return _decode(data, spec.path, utf8_errors)
+  return _decode(data, spec.path, utf8_errors, encoding)
 
 
-def _numbered_lines(spec: SourceSpec, utf8_errors: str):
+def _numbered_lines(spec: SourceSpec, utf8_errors: str, encoding: str):
   # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and others, which
   # occur inside the texts (and inside JSON strings) of real corpora such as IMDB.
-  for number, line in enumerate(_read_text(spec, utf8_errors).split("\n"), start=1):
+  for number, line in enumerate(_read_text(spec, utf8_errors, encoding).split("\n"), start=1):
     line = line.removesuffix("\r")
     if line.strip():
       yield number, line
 
 
-def _parse_label(value, where: str) -> int:
+def _parse_label(value, where: str) -> int | str:
+  """A class id (int >= 0) or a class name (a non-empty string that is not an integer)."""
   if isinstance(value, bool) or not isinstance(value, (int, str)):
-    raise DataError(f"{where}: label {value!r} is not an integer")
-  try:
-    label = int(value)
-  except ValueError:
-    raise DataError(f"{where}: label {value!r} is not an integer") from None
+    raise DataError(f"{where}: label {value!r} is neither a class id (integer) nor a class name (string)")
+  if isinstance(value, str):
+    value = value.strip()
+    if not re.fullmatch(r"[+-]?\d+", value):
+      if not value:
+        raise DataError(f"{where}: empty label")
+      return value  # a class name, mapped to an id by the run
+  label = int(value)
   if label < 0:
-    raise DataError(f"{where}: label {label} is negative; labels are class indices 0..C-1")
+    raise DataError(f"{where}: label {label} is negative; labels are class indices 0..C-1 or names")
   return label
 
 
-def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str) -> list[dict]:
+def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str, encoding: str) -> list[dict]:
   examples = []
-  for number, line in _numbered_lines(spec, utf8_errors):
+  for number, line in _numbered_lines(spec, utf8_errors, encoding):
     where = f"{spec.path}:{number}"
     if not with_labels:
       examples.append({"text": line, "where": where})
@@ -169,9 +188,9 @@ def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str) -> li
 
 
 def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
-                    utf8_errors: str) -> list[dict]:
+                    utf8_errors: str, encoding: str) -> list[dict]:
   examples = []
-  for number, line in _numbered_lines(spec, utf8_errors):
+  for number, line in _numbered_lines(spec, utf8_errors, encoding):
     where = f"{spec.path}:{number}"
     try:
       record = json.loads(line)
@@ -185,6 +204,67 @@ def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_
         raise DataError(f"{where}: no label field {label_field!r}")
       example["label"] = _parse_label(record[label_field], where)
     examples.append(example)
+  return _nonempty(examples, spec)
+
+
+def _record_example(record: dict, where: str, with_labels: bool, text_field: str, label_field: str) -> dict:
+  """An example from one table record (csv, tsv, parquet), whose columns were checked."""
+  text = record[text_field]
+  if not isinstance(text, str):
+    raise DataError(f"{where}: column {text_field!r} holds {text!r}, not text")
+  example = {"text": text, "where": where}
+  if with_labels:
+    example["label"] = _parse_label(record[label_field], where)
+  return example
+
+
+def _check_columns(columns, spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> None:
+  needed = [text_field] + ([label_field] if with_labels else [])
+  missing = [name for name in needed if name not in columns]
+  if missing:
+    flags = {text_field: "--text_field", label_field: "--label_field"}
+    raise DataError(f"{spec.path}: no column {missing[0]!r} (see {flags[missing[0]]}); the columns are"
+                    f" {', '.join(map(repr, columns))}")
+
+
+def _csv_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str, utf8_errors: str,
+                  encoding: str) -> list[dict]:
+  text = _read_text(spec, utf8_errors, encoding)
+  reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if spec.kind == "tsv" else ",")
+  try:
+    _check_columns(reader.fieldnames or [], spec, with_labels, text_field, label_field)
+    examples = []
+    start = reader.line_num + 1
+    for record in reader:
+      where = f"{spec.path}:{start}"  # the line the record starts on (a quoted field may span lines)
+      start = reader.line_num + 1
+      extra = record.pop(None, None)  # fields beyond the header's; missing ones read as None
+      if extra is not None or None in record.values():
+        count = sum(value is not None for value in record.values()) + len(extra or ())
+        raise DataError(f"{where}: {count} fields where the header has {len(reader.fieldnames)}")
+      if not any(value.strip() for value in record.values()):
+        continue  # a blank line
+      examples.append(_record_example(record, where, with_labels, text_field, label_field))
+  except csv.Error as e:
+    raise DataError(f"{spec.path}:{reader.line_num}: malformed {spec.kind.upper()} ({e})") from None
+  return _nonempty(examples, spec)
+
+
+def _parquet_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> list[dict]:
+  import pyarrow.parquet as pq  # Installed with TFDS; imported only for this kind.
+
+  _check_file(spec)
+  try:
+    schema = pq.read_schema(spec.path)
+    _check_columns(schema.names, spec, with_labels, text_field, label_field)
+    columns = [text_field] + ([label_field] if with_labels else [])
+    records = pq.read_table(spec.path, columns=columns).to_pylist()
+  except DataError:
+    raise
+  except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+    raise DataError(f"{spec.path}: cannot read as Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+  examples = [_record_example(record, f"{spec.path} row {index + 1}", with_labels, text_field, label_field)
+              for index, record in enumerate(records)]
   return _nonempty(examples, spec)
 
 

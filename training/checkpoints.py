@@ -120,6 +120,13 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return TrainState(**restored["state"])
 
+  def restore_state(self, step: int, template: TrainState) -> TrainState:
+    """Restores only the train state (no data iterator): for inference and export."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template))
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return TrainState(**restored["state"])
+
   def restore_readable(self, template: TrainState, data_iterator, *, restore_step: int,
                        set_aside_dir: str) -> tuple[TrainState | None, int]:
     """Restores `restore_step`, or else the latest checkpoint that can be read.

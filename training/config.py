@@ -58,6 +58,7 @@ class Config:
   tfds_data_dir: str = ""
   data_workers: int = 2
   utf8_errors: str = "strict"  # or "replace" (with a warning naming the file and line)
+  encoding: str = "utf-8"  # of text files (e.g. latin-1)
   batching: str = "pad"  # classify: "pad" to seq_len, "bucket" by length, or "pack" rows
   bucket_boundaries: tuple[int, ...] = ()  # bucket: () chooses up to 8 from the data's lengths
   batch_tokens: int = 0  # bucket: rows per batch = batch_tokens // width (0: --batch_size rows)

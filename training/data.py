@@ -14,12 +14,14 @@ from absl import logging
 
 from pipeline import batch_plans, sources
 from pipeline.errors import DataError
+from pipeline.labels import Labels
 from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
 
 VOCAB_FILE = "vocab.json"
+LABELS_FILE = "labels.json"
 
 
 @dataclasses.dataclass
@@ -39,7 +41,7 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   read = lambda spec, flag: sources.read_examples(
       sources.parse_spec(spec, flag), with_labels=with_labels, text_field=config.text_field,
       label_field=config.label_field, tfds_data_dir=config.tfds_data_dir or None,
-      utf8_errors=config.utf8_errors)
+      utf8_errors=config.utf8_errors, encoding=config.encoding)
   train_examples = read(train_spec, "train_data")
   eval_examples = read(eval_spec, "eval_data") if eval_spec else None
   vocab = _load_or_build_vocabulary(train_examples, config, os.path.join(workdir, VOCAB_FILE))
@@ -57,14 +59,8 @@ def prepare_data(config: Config, workdir: str) -> RunData:
       evaluate()
     return RunData(vocab, 0, train, evaluate, eval_spec)
 
-  num_classes = config.num_classes or 1 + max(example["label"] for example in train_examples)
-  if num_classes < 2:
-    raise DataError(f"--train_data={train_spec}: every label is 0; a classifier needs 2 or more classes")
-  for examples in (train_examples, eval_examples or []):
-    bad = next((e for e in examples if e["label"] >= num_classes), None)
-    if bad is not None:
-      raise DataError(f"{bad['where']}: label {bad['label']} is out of range for {num_classes} classes"
-                      f" ({'--num_classes' if config.num_classes else 'inferred from --train_data'})")
+  labels = _load_or_fix_labels(train_examples, config, train_spec, os.path.join(workdir, LABELS_FILE))
+  num_classes = labels.num_classes
   if len(train_examples) < config.batch_size:
     raise DataError(f"--train_data={train_spec}: {len(train_examples)} examples cannot fill one"
                     f" batch of --batch_size={config.batch_size}")
@@ -91,11 +87,10 @@ def prepare_data(config: Config, workdir: str) -> RunData:
                                          shard_index=process_index, shard_count=process_count,
                                          num_threads=config.data_workers))
 
-  labels_of = lambda examples: np.array([example["label"] for example in examples], np.int32)
-  train = batches(train_ids, labels_of(train_examples), train=True)
+  train = batches(train_ids, labels.ids(train_examples, train_spec), train=True)
   evaluate = None
   if eval_examples is not None:
-    evaluate = batches(encode_all(eval_examples, vocab), labels_of(eval_examples), train=False)
+    evaluate = batches(encode_all(eval_examples, vocab), labels.ids(eval_examples, eval_spec), train=False)
   return RunData(vocab, num_classes, train, evaluate, eval_spec, truncated)
 
 
@@ -111,3 +106,14 @@ def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: st
   if jax.process_index() == 0:
     vocab.save(path)
   return vocab
+
+
+def _load_or_fix_labels(examples: Sequence[dict], config: Config, spec: str, path: str) -> Labels:
+  """The run's labels: fixed from the training data on the first run, then loaded (so that a
+  resumed run, prediction and export map names to the same ids)."""
+  if os.path.exists(path):
+    return Labels.load(path)
+  labels = Labels.from_training(examples, config.num_classes, f"--train_data={spec}")
+  if jax.process_index() == 0:
+    labels.save(path)
+  return labels

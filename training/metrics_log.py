@@ -7,6 +7,8 @@ import os
 import jax
 import numpy as np
 
+from training.tensorboard_log import TensorBoardLog
+
 
 def param_fingerprint(params) -> str:
   """SHA-256 of every parameter's path, dtype, shape and bytes, in a fixed (sorted) order.
@@ -23,14 +25,16 @@ def param_fingerprint(params) -> str:
 
 
 class MetricsLog:
-  """Appends one JSON object per log event to `metrics.jsonl`.
+  """Appends one JSON object per log event to `metrics.jsonl`, and the same figures to
+  TensorBoard event files in `tensorboard_dir` (when given).
 
   On resume, rows logged after the restored step (by a run that crashed before its next
   checkpoint) are dropped, so the file reads as if the run had never stopped.
   """
 
-  def __init__(self, path: str, resume_step: int, enabled: bool = True):
+  def __init__(self, path: str, resume_step: int, enabled: bool = True, tensorboard_dir: str | None = None):
     self.path, self.enabled = path, enabled
+    self._tensorboard = TensorBoardLog(tensorboard_dir, resume_step, enabled and tensorboard_dir is not None)
     self._rows = []
     if enabled and os.path.exists(path):
       with open(path, encoding="utf-8") as f:
@@ -42,6 +46,10 @@ class MetricsLog:
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
       self._rows.append(row)
+      self._tensorboard.write(row)
+
+  def close(self) -> None:
+    self._tensorboard.close()
 
   def batching_summary(self) -> dict:
     """The whole run's `padding_efficiency` (real / fed tokens) and the distinct `batch_shapes`

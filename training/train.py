@@ -5,7 +5,6 @@ per sequence). Running the same command on the same workdir resumes from its las
 Experiments are flag files: `--flagfile=configs/NAME.flags`.
 """
 
-import logging as python_logging
 import os
 import sys
 
@@ -13,6 +12,7 @@ from absl import app, flags, logging
 
 from pipeline.errors import DataError
 from launch import distributed
+from training import cli
 from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS,
                              RECURRENT_BACKWARDS, TASKS, UTF8_ERRORS, Config, ConfigError)
 
@@ -37,14 +37,16 @@ flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
                     f"Gradient of the time loop: {' | '.join(RECURRENT_BACKWARDS)} (hand-written, weight"
                     " gradients as one matmul after the loop | jax.grad of the scan, the reference).")
 flags.DEFINE_string("train_data", _D.train_data,
-                    "KIND:PATH[SLICE] with KIND text|lines|jsonl|tfds|synthetic; empty: generated task.")
+                    "KIND:PATH[SLICE] with KIND text|lines|jsonl|csv|tsv|parquet|tfds|synthetic; empty: generated task.")
 flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the evaluation data; empty: none"
                     " (or the generated task's held-out part when --train_data is empty too).")
 flags.DEFINE_string("tokenizer", _D.tokenizer, "char | word.")
 flags.DEFINE_integer("vocab_size", _D.vocab_size, "Keep the most frequent tokens; 0 keeps all.")
-flags.DEFINE_string("text_field", _D.text_field, "Text field of jsonl: and tfds: records.")
-flags.DEFINE_string("label_field", _D.label_field, "Label field of jsonl: and tfds: records.")
+flags.DEFINE_string("text_field", _D.text_field, "Text field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records.")
+flags.DEFINE_string("label_field", _D.label_field, "Label field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records;"
+                    " class ids 0..C-1 or class names.")
 flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "TFDS data directory; empty: TFDS's default.")
+flags.DEFINE_string("encoding", _D.encoding, "Text encoding of data files (e.g. latin-1); see --utf8_errors.")
 flags.DEFINE_integer("data_workers", _D.data_workers, "Threads preparing batches ahead of the trainer.")
 flags.DEFINE_string("utf8_errors", _D.utf8_errors, f"Bytes that are not UTF-8: {' | '.join(UTF8_ERRORS)}"
                     " (refuse, or replace with U+FFFD and warn with file and line).")
@@ -86,15 +88,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0.
 
 FLAGS = flags.FLAGS
 
-# Libraries whose INFO lines (Orbax logs every save step by step) would bury the progress lines;
-# their warnings and errors still show.
-_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorflow_datasets/", "/etils/")
-
-
-def _quiet_library_info(record) -> bool:
-  return record.levelno >= python_logging.WARNING or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
-
-
 def config_from_flags() -> Config:
   values = {name: FLAGS[name].value for name in Config.__dataclass_fields__}
   for name in ("head_widths", "bucket_boundaries"):
@@ -108,8 +101,7 @@ def config_from_flags() -> Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_logger().addFilter(_quiet_library_info)
-  python_logging.getLogger("jax._src.xla_bridge").setLevel(python_logging.WARNING)  # "no TPU found"
+  cli.quiet_libraries()
   try:
     how = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ)
   except distributed.LaunchError as e:
@@ -139,5 +131,10 @@ def main(argv):
   logging.info("summary: %s", summary)
 
 
+def run_main():
+  """Console entry point (`rnn-train`)."""
+  cli.run(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_main()

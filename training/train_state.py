@@ -20,16 +20,25 @@ class TrainState:
   carry: Any  # per-token training: hidden state [L, S, B, H] carried to the next window; else None
 
 
+def make_schedule(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str):
+  """The learning rate: optional linear warm-up, then constant or cosine decay (a plain float
+  when constant, which keeps the optimiser state, and so checkpoints, as they always were)."""
+  if lr_decay == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1))
+  if warmup_steps > 0:
+    return optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return learning_rate
+
+
+def learning_rate_at(schedule, step: int) -> float:
+  return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
 def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
                    weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
   """AdamW with optional linear warm-up and cosine decay, after global-norm clipping."""
-  if lr_decay == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
-                                                  max(num_steps, warmup_steps + 1))
-  elif warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-  else:
-    schedule = learning_rate
+  schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
+                           lr_decay=lr_decay)
   transforms = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   return optax.chain(*transforms, optax.adamw(schedule, weight_decay=weight_decay))
 

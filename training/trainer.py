@@ -4,7 +4,6 @@ reports. `train_and_evaluate(config, workdir)` is the whole job."""
 import json
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,23 +15,34 @@ from training.checkpoints import Checkpointer
 from training.config import Config, ConfigError, validate
 from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
+from training.reports import ProgressBar, TrainReporter, add_sums
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
-from training.train_state import bind_steps, create_train_state, make_optimizer
+from training.train_state import bind_steps, create_train_state, make_optimizer, make_schedule
 from training.workdir import check_writable, free_bytes, require_free_space
 
 RUN_CONFIG_FILE = "run_config.json"
 
 
-def build_model(config: Config, vocab_size: int, num_classes: int):
-  common = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
+def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, dict]:
+  """(model class name, its keyword arguments): what `build_model` builds, in plain values
+  (`training.export` saves it, so that an exported file rebuilds the same model)."""
+  kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
                 unroll=config.unroll, backward=config.recurrent_backward)
   if config.task == "lm":
-    return LanguageModel(**common)
-  return SequenceClassifier(num_classes=num_classes, head_widths=tuple(config.head_widths),
-                            pooling=config.pooling, **common)
+    return "LanguageModel", kwargs
+  return "SequenceClassifier", dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths),
+                                    pooling=config.pooling)
+
+
+MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
+
+
+def build_model(config: Config, vocab_size: int, num_classes: int):
+  name, kwargs = model_spec(config, vocab_size, num_classes)
+  return MODEL_CLASSES[name](**kwargs)
 
 
 def initial_state_fn(config: Config, model, optimizer):
@@ -59,6 +69,11 @@ def make_optimizer_for(config: Config):
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip)
 
 
+def schedule_for(config: Config):
+  return make_schedule(learning_rate=config.learning_rate, num_steps=config.num_steps,
+                       warmup_steps=config.warmup_steps, lr_decay=config.lr_decay)
+
+
 def check_run_config(config: Config, workdir: str) -> None:
   """Refuses to resume a workdir whose model was made with other model flags."""
   path = os.path.join(workdir, RUN_CONFIG_FILE)
@@ -74,33 +89,20 @@ def check_run_config(config: Config, workdir: str) -> None:
     write_json(path, {**current, "full_config": json.loads(json.dumps(config.__dict__))})
 
 
-@jax.jit
-def _accumulate(total, new):
-  # One dispatch per step for all the metrics, not one per metric (which an accelerator feels).
-  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
-
-
-def _add(total, new):
-  """Accumulates metric sums; `*_min` entries keep their minimum instead."""
-  return new if total is None else _accumulate(total, new)
-
-
 def evaluate(eval_fn, params, data: RunData, config: Config, mesh, initial_carry) -> dict:
   """Metrics over the eval set (or its first `eval_steps` batches); per-token evaluation
   carries the state across windows from `initial_carry` (zeros)."""
   carry = initial_carry
   totals = None
+  bar = ProgressBar(config.eval_steps or None, 0, "eval", jax.process_index() == 0, unit="batch")
   for index, local_batch in enumerate(data.eval_batches()):
     if config.eval_steps and index >= config.eval_steps:
       break
     sums, carry = eval_fn(params, parallel.global_batch(local_batch, mesh), carry)
-    totals = _add(totals, sums)
+    totals = add_sums(totals, sums)
+    bar.update()
+  bar.close()
   return finalize_metrics(totals)
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class TrainingError(RuntimeError):
@@ -156,58 +158,58 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead)
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
+                           tensorboard_dir=workdir)
+  reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead)
 
-  step, pending, window_start, last_train = start_step, None, time.perf_counter(), None
-  window_shapes = set()  # global batch shapes the train step saw since the last log
-  run_start, run_start_step = window_start, start_step
+  step = start_step
   preemption = PreemptionWatch()
   preempted = False
   try:
     while step < config.num_steps:
       batch = parallel.global_batch(next(train_batches), mesh)
-      window_shapes.add(tuple(batch["inputs"].shape))
       state, metrics = train_fn(state, batch)
       step += 1
       checkpointer.check_save()  # a save that failed in the background stops the run here
-      pending = _add(pending, metrics)
+      reporter.add(metrics, batch["inputs"].shape)
       preempted = preemption.should_stop(step)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
       if log_now or (save_now and config.on_nonfinite == "stop"):
         # Skipped steps are reported once per log window; a step that must stop the run is
         # also caught before any save, so a checkpoint never follows it.
-        _check_finite(pending, config.on_nonfinite, checkpointer)
+        _check_finite(reporter.pending, config.on_nonfinite, checkpointer)
       if log_now:
-        now = time.perf_counter()
-        last_train = _log_train(metrics_log, step, pending, window_shapes, now - window_start,
-                                (now - run_start) / (step - run_start_step) * (config.num_steps - step),
-                                config.num_steps)
-        pending, window_start, window_shapes = None, now, set()
+        reporter.log_train(step)
       if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
           and not preempted):
         if data.eval_batches is not None:
-          _log_eval(metrics_log, step, evaluate(eval_fn, state.params, data, config, mesh, eval_carry))
-        window_start = time.perf_counter()  # Evaluation time is not training throughput.
+          reporter.log_eval(step, evaluate(eval_fn, state.params, data, config, mesh, eval_carry))
+        reporter.restart_clock()
       if save_now:
         checkpointer.save(state, train_batches)
       if preempted:
         break
+  except BaseException:
+    reporter.close()  # keep what was reported (TensorBoard buffers its events)
+    raise
   finally:
     preemption.close()
     checkpointer.wait_until_finished()  # Never exit with a save half done.
     checkpointer.close()
 
   if preempted:
+    reporter.close()
     logging.warning("Stopped at step %d; checkpoint saved. Run the same command to resume.", step)
     return {"step": step, "preempted": True}
   eval_metrics = {}
   if data.eval_batches is not None:
     eval_metrics = evaluate(eval_fn, state.params, data, config, mesh, eval_carry)
-    _log_eval(metrics_log, step, eval_metrics)
+    reporter.log_eval(step, eval_metrics)
+  reporter.close()
   summary = {
       "step": step,
-      "train_loss": last_train["loss"] if last_train else metrics_log.last_train_loss(),
+      "train_loss": reporter.last_train["loss"] if reporter.last_train else metrics_log.last_train_loss(),
       "eval": eval_metrics,
       "param_fingerprint": param_fingerprint(state.params),
       **metrics_log.batching_summary(),
@@ -230,24 +232,3 @@ def _check_finite(pending, on_nonfinite: str, checkpointer: Checkpointer) -> Non
   raise TrainingError(f"step {int(first)}: the loss or gradients are not finite; stopped. The last"
                       f" checkpoint ({'step ' + str(latest) if latest else 'none yet'}) is intact;"
                       " lower --learning_rate or --grad_clip, or pass --on_nonfinite=skip")
-
-
-def _log_train(metrics_log, step, sums, batch_shapes, seconds, eta_seconds, num_steps) -> dict:
-  sums = jax.device_get(sums)
-  real, fed = float(sums["real_tokens"]), float(sums["fed_tokens"])
-  row = {"step": step, "split": "train", **finalize_metrics(sums),
-         "tokens_per_sec": real / max(seconds, 1e-9),
-         "padding_efficiency": real / max(fed, 1.0),
-         "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
-         "real_tokens": int(real), "fed_tokens": int(fed),
-         "batch_shapes": sorted(list(shape) for shape in batch_shapes)}
-  metrics_log.write(row)
-  accuracy = f"  acc {row['accuracy']:.3f}" if "accuracy" in row else ""
-  logging.info("step %d/%d  loss %.4f%s  %.0f tok/s  eta %s", step, num_steps, row["loss"],
-               accuracy, row["tokens_per_sec"], _format_duration(eta_seconds))
-  return row
-
-
-def _log_eval(metrics_log, step, metrics) -> None:
-  metrics_log.write({"step": step, "split": "eval", **metrics})
-  logging.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -1,0 +1,56 @@
+r"""Exports a trained model as one self-contained file: parameters, vocabulary, labels and the
+model's definition, for inference without the trainer.
+
+  python -m training.export --workdir=runs/sst2 --out=model.msgpack
+
+The file is Flax's msgpack serialisation of a dict: `params`, `model` (`class` and `kwargs` of
+`training.models.LanguageModel` or `SequenceClassifier`), `vocab` (`kind`, `tokens`), `labels`
+(`num_classes`, `names`, or None) and `format`. Load it (`training.exported.load_exported`, or
+by hand as the README shows):
+
+  from flax import serialization
+  from training import models
+  blob = serialization.msgpack_restore(open("model.msgpack", "rb").read())
+  model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
+  logits = model.apply({"params": blob["params"]}, tokens, mask, ..., train=False)
+"""
+
+import sys
+
+from absl import app, flags
+
+from pipeline.errors import DataError
+from training import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.", required=True)
+_OUT = flags.DEFINE_string("out", None, "The file to write (e.g. model.msgpack).", required=True)
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the latest.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_libraries()
+  from training.checkpoints import CheckpointError
+  from training.exported import export
+  from training.inference import load_run
+
+  try:
+    run = load_run(_WORKDIR.value, _STEP.value)
+    size = export(run, _OUT.value)
+  except OSError as e:
+    print(f"error: --out={_OUT.value}: {e.strerror}", file=sys.stderr)
+    sys.exit(2)
+  except (DataError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {_OUT.value} ({size / 2**20:.1f} MiB): {run.config.task} model from step {run.step} of {run.workdir}")
+
+
+def run_main():
+  """Console entry point (`rnn-export`)."""
+  cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,52 @@
+"""The exported-model file: one msgpack holding parameters, vocabulary, labels and the model's
+definition (written by `python -m training.export`, read by `load_exported`)."""
+
+import os
+
+import jax
+from flax import serialization
+
+from pipeline.errors import DataError
+from pipeline.labels import Labels
+from pipeline.tokenizers import Vocabulary
+
+FORMAT = 1
+
+
+def export(run, path: str) -> int:
+  """Writes `run` (a `training.inference.TrainedRun`) to `path` atomically; returns its size."""
+  from training.trainer import model_spec
+
+  name, kwargs = model_spec(run.config, len(run.vocab), run.labels.num_classes if run.labels else 0)
+  blob = {
+      "format": FORMAT,
+      "model": {"class": name, "kwargs": kwargs},
+      "params": jax.device_get(run.params),
+      "vocab": {"kind": run.vocab.kind, "tokens": run.vocab.tokens},
+      "labels": None if run.labels is None else {"num_classes": run.labels.num_classes,
+                                                 "names": list(run.labels.names or [])},
+      "seq_len": run.config.seq_len,
+      "step": run.step,
+  }
+  data = serialization.msgpack_serialize(blob)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+  return len(data)
+
+
+def load_exported(path: str):
+  """(model, params, vocabulary, labels or None) from an exported file."""
+  from training import models
+
+  with open(path, "rb") as f:
+    blob = serialization.msgpack_restore(f.read())
+  if blob.get("format") != FORMAT:
+    raise DataError(f"{path}: not an exported model of format {FORMAT}")
+  model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
+  vocab = Vocabulary(blob["vocab"]["kind"], list(blob["vocab"]["tokens"]))
+  labels = None
+  if blob["labels"] is not None:
+    labels = Labels(blob["labels"]["num_classes"], tuple(blob["labels"]["names"]) or None)
+  return model, blob["params"], vocab, labels

@@ -1,0 +1,56 @@
+r"""Samples text from a trained language model.
+
+  python -m training.generate --workdir=runs/shakespeare --prompt="ROMEO:" --length=300 \
+      --temperature=0.8 --top_k=20 --seed=0
+
+The prompt is read in one pass, then the model runs one step per new token from its carried
+state (a jitted `lax.scan` of single steps; the prompt is never re-read). Same flags and seed,
+same text. Uses the latest checkpoint, or `--step`.
+"""
+
+import sys
+
+from absl import app, flags
+
+from pipeline.errors import DataError
+from training import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained language model's workdir.", required=True)
+_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue; empty: start a new document.")
+_LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 picks the most likely token.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the K most likely tokens only; 0: all.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the latest.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_libraries()
+  from training.checkpoints import CheckpointError
+  from training.inference import load_run, sample
+
+  try:
+    if _LENGTH.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0:
+      raise DataError("--length must be positive, --temperature and --top_k >= 0")
+    run = load_run(_WORKDIR.value, _STEP.value)
+    if run.config.task != "lm":
+      raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; generate needs a"
+                      " language model (--task=lm); use training.predict for classifiers")
+    text = sample(run, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                  seed=_SEED.value)
+  except (DataError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  sep = "" if run.vocab.kind == "char" or not _PROMPT.value else " "
+  print(_PROMPT.value + sep + text)
+
+
+def run_main():
+  """Console entry point (`rnn-generate`)."""
+  cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,164 @@
+"""A trained run loaded for inference: its config, vocabulary, labels, model and parameters.
+
+`load_run(workdir)` reads what the trainer wrote (`run_config.json`, `vocab.json`, `labels.json`,
+`checkpoints/`) and rebuilds the model exactly as trained, on this machine's devices whatever the
+topology that trained it. `sample` (language models) and `predict` (classifiers) use it; the
+commands `training.generate`, `training.predict` and `training.export` wrap them.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from pipeline.errors import DataError
+from pipeline.labels import Labels
+from pipeline.paths import absolute
+from pipeline.sequence_batches import encode_all
+from pipeline.tokenizers import EOS, Vocabulary
+from training.checkpoints import CheckpointError, Checkpointer
+from training.config import Config
+from training.data import LABELS_FILE, VOCAB_FILE
+from training.models import zero_carry
+from training.trainer import RUN_CONFIG_FILE, build_model, initial_state_fn, make_optimizer_for
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  workdir: str
+  config: Config
+  vocab: Vocabulary
+  labels: Labels | None  # classifiers only
+  model: object  # the flax module
+  params: dict
+  step: int
+
+
+def load_config(workdir: str) -> Config:
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)["full_config"]
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(f"--workdir={workdir}: no trained run there ({path}: {e.strerror if isinstance(e, OSError) else e})") from None
+  fields = {name: saved[name] for name in Config.__dataclass_fields__ if name in saved}
+  for name in ("head_widths", "bucket_boundaries"):
+    fields[name] = tuple(fields.get(name, ()))
+  return Config(**fields)
+
+
+def load_run(workdir: str, step: int = 0) -> TrainedRun:
+  """The run in `workdir` at checkpoint `step` (0: the latest)."""
+  workdir = absolute(workdir)
+  config = load_config(workdir)
+  vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+  labels = Labels.load(os.path.join(workdir, LABELS_FILE)) if config.task == "classify" else None
+  model = build_model(config, len(vocab), labels.num_classes if labels else 0)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                              async_save=False)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {checkpointer.directory}")
+    step = step or max(steps)
+    if step not in steps:
+      raise CheckpointError(f"--step={step}: no checkpoint at that step in {checkpointer.directory}"
+                            f" (there are: {sorted(steps)})")
+    # The template fixes shapes; one device holds everything, whatever layout trained the model.
+    init_state = initial_state_fn(config, model, make_optimizer_for(config))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    template = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
+    state = checkpointer.restore_state(step, template)
+  finally:
+    checkpointer.close()
+  return TrainedRun(workdir, config, vocab, labels, model, state.params, step)
+
+
+def encode_batch(texts: list[str], vocab: Vocabulary, seq_len: int) -> tuple[jax.Array, jax.Array, int]:
+  """Token ids [N, W] and mask of `texts`, each truncated to `seq_len` tokens as in training
+  (W: the longest, at most `seq_len`); also how many were truncated."""
+  encoded = encode_all([{"text": text} for text in texts], vocab)  # as in training: empty -> <unk>
+  truncated = sum(len(i) > seq_len for i in encoded)
+  ids = [i[:seq_len] for i in encoded]
+  width = max(len(i) for i in ids)
+  tokens = jnp.array([list(i) + [0] * (width - len(i)) for i in ids], jnp.int32)
+  mask = jnp.arange(width)[None, :] < jnp.array([len(i) for i in ids])[:, None]
+  return tokens, mask, truncated
+
+
+def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.0, top_k: int = 0,
+           seed: int = 0) -> str:
+  """`length` tokens sampled after `prompt` from a trained language model.
+
+  The prompt is read in one pass; then one step per new token from the carried state (a jitted
+  `lax.scan` of single steps), never re-reading the prompt. `temperature=0` is greedy.
+  """
+  config, model = run.config, run.model
+  # A document starts after <eos> in training streams: the prompt continues from there.
+  ids = jnp.concatenate([jnp.array([EOS], jnp.int32), jnp.asarray(run.vocab.encode(prompt))])[None]
+  carry = zero_carry(config.model, config.num_layers, 1, config.hidden_size)
+  apply = functools.partial(model.apply, {"params": run.params}, train=False)
+  logits, carry = jax.jit(apply)(ids, jnp.ones(ids.shape, bool), carry)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def continue_from(steps, logits, carry, key):
+    def step(state, key):
+      logits, carry = state
+      logits = logits.astype(jnp.float32)
+      if top_k:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+      if temperature > 0:
+        token = jax.random.categorical(key, logits / temperature)
+      else:
+        token = jnp.argmax(logits, axis=-1)
+      next_logits, carry = apply(token[:, None], jnp.ones((1, 1), bool), carry)
+      return (next_logits[:, 0], carry), token[0]
+
+    return jax.lax.scan(step, (logits, carry), jax.random.split(key, steps))[1]
+
+  tokens = continue_from(length, logits[:, -1], carry, jax.random.PRNGKey(seed))
+  return run.vocab.decode([int(t) for t in tokens])
+
+
+def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[dict]:
+  """One prediction per text, in order: label name and id, and every class's probability.
+
+  Texts are tokenised with the run's vocabulary and truncated to its `seq_len`, as in training.
+  """
+
+  @jax.jit
+  def probabilities(tokens, mask):
+    lengths = mask.sum(axis=1)
+    logits = run.model.apply({"params": run.params}, tokens, mask, mask.astype(jnp.int32),
+                             (lengths - 1)[:, None], train=False)
+    return jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
+
+  names = [run.labels.name(i) for i in range(run.labels.num_classes)]
+  batch, truncated = [], 0
+
+  def flush():
+    nonlocal truncated
+    tokens, mask, cut = encode_batch(batch, run.vocab, run.config.seq_len)
+    truncated += cut
+    for row in jax.device_get(probabilities(tokens, mask)):
+      best = int(row.argmax())
+      yield {"label": names[best], "label_id": best,
+             "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}
+    batch.clear()
+
+  for text in texts:
+    batch.append(text)
+    if len(batch) == batch_size:
+      yield from flush()
+  if batch:
+    yield from flush()
+  if truncated:
+    logging.warning("%d sequences were longer than --seq_len=%d tokens and were truncated, as in training",
+                    truncated, run.config.seq_len)

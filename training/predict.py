@@ -1,0 +1,71 @@
+r"""Labels text with a trained classifier: one sequence per input line, one JSON line out.
+
+  python -m training.predict --workdir=runs/sst2 --input=reviews.txt
+  echo "a gorgeous , witty , seductive movie ." | python -m training.predict --workdir=runs/sst2 --input=-
+
+Each output line is `{"label": NAME, "label_id": ID, "probabilities": {NAME: P, ...}}`, in input
+order. Texts are tokenised with the run's vocabulary and truncated to its `--seq_len`, as in
+training, and read in batches. Uses the latest checkpoint, or `--step`.
+"""
+
+import json
+import sys
+from collections.abc import Iterator
+
+from absl import app, flags
+
+from pipeline.errors import DataError
+from training import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained classifier's workdir.", required=True)
+_INPUT = flags.DEFINE_string("input", "-", "A text file with one sequence per line, or - for standard input.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+_ENCODING = flags.DEFINE_string("encoding", "utf-8", "Encoding of --input.")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the latest.")
+
+
+def _lines(path: str, encoding: str) -> Iterator[str]:
+  stream = sys.stdin if path == "-" else open(path, encoding=encoding, newline="")
+  try:
+    for number, line in enumerate(stream, start=1):
+      yield line.rstrip("\r\n")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{number}: not valid {encoding} ({e.reason}); pass --encoding") from None
+  finally:
+    if stream is not sys.stdin:
+      stream.close()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_libraries()
+  from training.checkpoints import CheckpointError
+  from training.inference import load_run, predict
+
+  try:
+    if _BATCH_SIZE.value < 1:
+      raise DataError(f"--batch_size={_BATCH_SIZE.value}: must be positive")
+    if _INPUT.value != "-":
+      open(_INPUT.value, "rb").close()  # a missing file is reported before the model loads
+    run = load_run(_WORKDIR.value, _STEP.value)
+    if run.config.task != "classify":
+      raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; predict needs a"
+                      " classifier (--task=classify); use training.generate for language models")
+    for prediction in predict(run, _lines(_INPUT.value, _ENCODING.value), _BATCH_SIZE.value):
+      print(json.dumps(prediction, ensure_ascii=False))
+  except OSError as e:
+    print(f"error: --input={_INPUT.value}: {e.strerror}", file=sys.stderr)
+    sys.exit(2)
+  except (DataError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main():
+  """Console entry point (`rnn-predict`)."""
+  cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,99 @@
+"""What a run reports while it trains: metric rows (`metrics.jsonl` and TensorBoard), log lines,
+and a progress bar on a terminal.
+
+The train loop hands each step's metric sums to `TrainReporter.add`; sums stay on the device and
+are fetched once per log window, so reporting adds no host sync per step.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from training.metrics_log import MetricsLog
+from training.objectives import finalize_metrics
+from training.train_state import learning_rate_at
+
+
+@jax.jit
+def _accumulate(total, new):
+  # One dispatch per step for all the metrics, not one per metric (which an accelerator feels).
+  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+
+
+def add_sums(total, new):
+  """Accumulates metric sums; `*_min` entries keep their minimum instead."""
+  return new if total is None else _accumulate(total, new)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressBar:
+  """A tqdm bar with rate and time left when stderr is a terminal; nothing otherwise (the
+  periodic log lines, with their own `eta`, serve logs and CI)."""
+
+  def __init__(self, total: int, initial: int, description: str, enabled: bool = True, unit: str = "step"):
+    self._bar = None
+    if enabled and sys.stderr.isatty():
+      from tqdm import tqdm
+
+      self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True, leave=False)
+
+  def update(self, n: int = 1) -> None:
+    if self._bar is not None:
+      self._bar.update(n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+class TrainReporter:
+  def __init__(self, metrics_log: MetricsLog, schedule, start_step: int, num_steps: int, enabled: bool):
+    self.metrics_log, self._schedule, self._num_steps = metrics_log, schedule, num_steps
+    self.pending = None  # metric sums since the last train row, on the device
+    self._shapes = set()  # global batch shapes the train step saw since the last row
+    self._window_start = self._run_start = time.perf_counter()
+    self._run_start_step = start_step
+    self.last_train = None
+    self._bar = ProgressBar(num_steps, start_step, "train", enabled)
+
+  def add(self, metrics, batch_shape) -> None:
+    self.pending = add_sums(self.pending, metrics)
+    self._shapes.add(tuple(batch_shape))
+    self._bar.update()
+
+  def log_train(self, step: int) -> None:
+    now = time.perf_counter()
+    sums = jax.device_get(self.pending)
+    real, fed = float(sums["real_tokens"]), float(sums["fed_tokens"])
+    row = {"step": step, "split": "train", **finalize_metrics(sums),
+           "tokens_per_sec": real / max(now - self._window_start, 1e-9),
+           "padding_efficiency": real / max(fed, 1.0),
+           "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
+           "learning_rate": learning_rate_at(self._schedule, step - 1),  # the rate of this row's last update
+           "real_tokens": int(real), "fed_tokens": int(fed),
+           "batch_shapes": sorted(list(shape) for shape in self._shapes)}
+    self.metrics_log.write(row)
+    eta = (now - self._run_start) / max(step - self._run_start_step, 1) * (self._num_steps - step)
+    accuracy = f"  acc {row['accuracy']:.3f}" if "accuracy" in row else ""
+    logging.info("step %d/%d  loss %.4f%s  %.0f tok/s  eta %s", step, self._num_steps, row["loss"],
+                 accuracy, row["tokens_per_sec"], format_duration(eta))
+    self.last_train, self.pending, self._window_start, self._shapes = row, None, now, set()
+
+  def log_eval(self, step: int, metrics: dict) -> None:
+    self.metrics_log.write({"step": step, "split": "eval", **metrics})
+    logging.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+  def restart_clock(self) -> None:
+    """After an evaluation: its time is not training throughput."""
+    self._window_start = time.perf_counter()
+
+  def close(self) -> None:
+    self._bar.close()
+    self.metrics_log.close()
