@@ -39,3 +39,8 @@ def after_setup(command: str) -> list[str]:
 
 def all_commands() -> list[str]:
   return [command for block in code_blocks() for command in commands(block)]
+
+
+def python_blocks(path: str = README) -> list[str]:
+  with open(path, encoding="utf-8") as f:
+    return re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)

@@ -109,3 +109,33 @@ def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
       elif argv and argv[0].startswith("./"):
         assert os.access(os.path.join(ROOT, argv[0]), os.X_OK), f"{command}: {argv[0]} is not executable"
   assert checked >= 5
+
+
+def test_the_export_snippet_loads_a_model_without_the_trainer_and_agrees_with_predict(tmp_path):
+  import ast
+  import dataclasses
+
+  from tests.readme_commands import python_blocks
+  from training.config import Config
+  from training.exported import export
+  from training.inference import load_run, predict
+  from training.trainer import train_and_evaluate
+
+  (snippet,) = [block for block in python_blocks() if "msgpack_restore" in block]
+  config = Config(task="classify", tokenizer="word", hidden_size=16, embed_size=8, head_widths=(8,),
+                  batch_size=8, seq_len=32, num_steps=20, log_every=10, eval_every=0, checkpoint_every=20,
+                  train_data=f"csv:{ROOT}/docs/examples/reviews.csv[:75%]",
+                  eval_data=f"csv:{ROOT}/docs/examples/reviews.csv[75%:]")
+  train_and_evaluate(dataclasses.replace(config), str(tmp_path / "run"))
+  run = load_run(str(tmp_path / "run"))
+  export(run, str(tmp_path / "model.msgpack"))
+  snippet = snippet.replace("runs/reviews_csv.msgpack", str(tmp_path / "model.msgpack"))
+  assert str(tmp_path) in snippet
+  assert len(snippet.strip().splitlines()) <= 12  # "a ten-line snippet"
+  result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  printed = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+  expected = next(predict(run, ["A warm and clever film."]))["probabilities"]
+  assert printed.keys() == expected.keys() == {"neg", "pos"}
+  for name in expected:
+    assert printed[name] == pytest.approx(expected[name], abs=1e-5)

@@ -48,6 +48,7 @@ class Config:
   num_classes: int = 0  # 0: one more than the largest training label
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
+  remat: bool = False  # recompute in the backward pass what it would otherwise keep (long windows)
   # Data.
   train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
   eval_data: str = ""

@@ -35,6 +35,7 @@ class RecurrentLayer(nn.Module):
   unroll: int = 1
   backward: str = "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
   time_major: bool = False  # inputs, mask, resets and outputs as [T, B, ...] (the Encoder's layout)
+  remat: bool = False  # keep less for the backward pass, recompute the rest (long windows)
 
   @nn.compact
   def __call__(self, inputs, mask, carry, resets=None):
@@ -62,9 +63,9 @@ class RecurrentLayer(nn.Module):
     x_gates = tuple(jnp.einsum(layout, inputs, w) + b_gate
                     for w, b_gate in zip(cell.split(w_x), cell.split(b)))
     if self.backward == "autodiff":
-      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates, mask, resets, carry)
+      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates, mask, resets, carry, self.remat)
     else:
-      run = functools.partial(scan_layer, self.cell, self.unroll, recurrent, x_gates)
+      run = functools.partial(scan_layer, self.cell, self.unroll, self.remat, recurrent, x_gates)
       # Full windows (every per-token window but a stream's last) take the path without masking.
       has_padding = ~jnp.all(mask) if resets is None else ~jnp.all(mask) | jnp.any(resets)
       outputs, final = jax.lax.cond(has_padding, lambda: run(mask, resets, carry),
@@ -72,7 +73,7 @@ class RecurrentLayer(nn.Module):
     return to_time_major(outputs), final
 
 
-def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry):
+def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry, remat=False):
   """The reference time loop (time-major), differentiated by `jax.grad`."""
 
   def step(state, x):
@@ -83,7 +84,8 @@ def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry):
     state = tuple(jnp.where(mask_t[:, None], u, s) for u, s in zip(updated, state))
     return state, jnp.where(mask_t[:, None], state[0], 0.0)
 
-  final, outputs = jax.lax.scan(step, tuple(carry), (x_gates, mask, resets), unroll=unroll)
+  final, outputs = jax.lax.scan(jax.checkpoint(step) if remat else step, tuple(carry), (x_gates, mask, resets),
+                                unroll=unroll)
   return outputs, jnp.stack(final)
 
 
@@ -97,6 +99,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   unroll: int = 1
   backward: str = "fused"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
@@ -110,7 +113,7 @@ class Encoder(nn.Module):
     final = []
     for layer in range(self.num_layers):
       x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
-                                      name=f"layer_{layer}")(x, mask, carry[layer], resets)
+                                      remat=self.remat, name=f"layer_{layer}")(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
     return jnp.swapaxes(x, 0, 1), jnp.stack(final)
@@ -126,12 +129,14 @@ class LanguageModel(nn.Module):
   dropout_rate: float = 0.0
   unroll: int = 1
   backward: str = "fused"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     outputs, carry = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                             self.cell, self.dropout_rate, self.unroll, self.backward, name="encoder")(
+                             self.cell, self.dropout_rate, self.unroll, self.backward, self.remat,
+                             name="encoder")(
                                  tokens, mask, carry, resets, train=train)
     return nn.Dense(self.vocab_size, name="lm_head")(outputs), carry
 
@@ -154,6 +159,7 @@ class SequenceClassifier(nn.Module):
   dropout_rate: float = 0.0
   unroll: int = 1
   backward: str = "fused"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool):
@@ -162,7 +168,7 @@ class SequenceClassifier(nn.Module):
     previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
     resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
     outputs, _ = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                         self.cell, self.dropout_rate, self.unroll, self.backward, name="encoder")(
+                         self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, name="encoder")(
                              tokens, mask, carry, resets, train=train)
     features = pool(outputs, segment_ids, segment_ends, self.pooling)
     for i, width in enumerate(self.head_widths):

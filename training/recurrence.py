@@ -30,7 +30,7 @@ def _recurrent_gates(cell, recurrent, h):
   return cell.split(h_proj + recurrent["b_h"] if cell.has_recurrent_bias else h_proj)
 
 
-def _forward_step(cell, recurrent, state, x):
+def _forward_step(cell, recurrent, remat, state, x):
   """One masked, resettable step; returns (new state, (output, residuals for backward))."""
   x_gates, mask_t, reset_t = x
   if reset_t is not None:
@@ -42,32 +42,35 @@ def _forward_step(cell, recurrent, state, x):
     output = jnp.where(mask_t[:, None], new_state[0], 0.0)
   else:
     new_state, output = updated, updated[0]
-  return new_state, (output, (state, h_gates))
+  # With remat only the state is kept: the backward pass recomputes h @ W_h (one matmul per
+  # step) instead of holding G*H numbers per row and step.
+  return new_state, (output, (state, None if remat else h_gates))
 
 
-def _run(cell_name, unroll, recurrent, x_gates, mask, resets, carry):
+def _run(cell_name, unroll, remat, recurrent, x_gates, mask, resets, carry):
   cell = CELLS[cell_name]
   final, (outputs, residuals) = jax.lax.scan(
-      functools.partial(_forward_step, cell, recurrent), tuple(carry), (tuple(x_gates), mask, resets),
+      functools.partial(_forward_step, cell, recurrent, remat), tuple(carry), (tuple(x_gates), mask, resets),
       unroll=unroll)
   return (outputs, jnp.stack(final)), residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def scan_layer(cell_name: str, unroll: int, recurrent: dict, x_gates, mask, resets, carry):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def scan_layer(cell_name: str, unroll: int, remat: bool, recurrent: dict, x_gates, mask, resets, carry):
   """Runs a recurrent layer over time (time-major).
 
   recurrent: {"W_h": [H, G*H]} (+ "b_h" for the GRU); x_gates: the input projection with its
   bias, split by gate (a tuple of G arrays [T, B, H]; see `Cell.core`); mask [T, B] bool or None
   (None: every step is real, the fast path that skips the masking); resets [T, B] bool or None;
   carry [S, B, H]. Returns (outputs [T, B, H], final carry [S, B, H]). Masked steps keep the
-  state and output zeros; a reset zeroes the state before its step.
+  state and output zeros; a reset zeroes the state before its step. `remat`: keep less for the
+  backward pass (the states only) and recompute the rest there.
   """
-  return _run(cell_name, unroll, recurrent, x_gates, mask, resets, carry)[0]
+  return _run(cell_name, unroll, remat, recurrent, x_gates, mask, resets, carry)[0]
 
 
-def _scan_layer_fwd(cell_name, unroll, recurrent, x_gates, mask, resets, carry):
-  outputs, residuals = _run(cell_name, unroll, recurrent, x_gates, mask, resets, carry)
+def _scan_layer_fwd(cell_name, unroll, remat, recurrent, x_gates, mask, resets, carry):
+  outputs, residuals = _run(cell_name, unroll, remat, recurrent, x_gates, mask, resets, carry)
   return outputs, (recurrent, tuple(x_gates), mask, resets, residuals)
 
 
@@ -76,7 +79,7 @@ def _rows(x):
   return x.reshape(-1, x.shape[-1])
 
 
-def _scan_layer_bwd(cell_name, unroll, saved, cotangents):
+def _scan_layer_bwd(cell_name, unroll, remat, saved, cotangents):
   cell = CELLS[cell_name]
   recurrent, x_gates, mask, resets, (states, h_gates) = saved
   d_outputs, d_final = cotangents
@@ -84,6 +87,8 @@ def _scan_layer_bwd(cell_name, unroll, saved, cotangents):
 
   def backward_step(d_state, x):
     d_output, x_gates_t, mask_t, reset_t, state, h_gates_t = x
+    if remat:
+      h_gates_t = _recurrent_gates(cell, recurrent, state[0])
     d_state = list(d_state)
     if mask_t is not None:
       keep = mask_t[:, None]

@@ -46,6 +46,8 @@ flags.DEFINE_string("text_field", _D.text_field, "Text field (column) of jsonl:,
 flags.DEFINE_string("label_field", _D.label_field, "Label field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records;"
                     " class ids 0..C-1 or class names.")
 flags.DEFINE_string("tfds_data_dir", _D.tfds_data_dir, "TFDS data directory; empty: TFDS's default.")
+flags.DEFINE_bool("remat", _D.remat, "Keep only the recurrent state for the backward pass and recompute"
+                  " the rest there: less memory for long windows, for one more matmul per step.")
 flags.DEFINE_string("encoding", _D.encoding, "Text encoding of data files (e.g. latin-1); see --utf8_errors.")
 flags.DEFINE_integer("data_workers", _D.data_workers, "Threads preparing batches ahead of the trainer.")
 flags.DEFINE_string("utf8_errors", _D.utf8_errors, f"Bytes that are not UTF-8: {' | '.join(UTF8_ERRORS)}"

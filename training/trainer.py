@@ -30,7 +30,7 @@ def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, 
   (`training.export` saves it, so that an exported file rebuilds the same model)."""
   kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
-                unroll=config.unroll, backward=config.recurrent_backward)
+                unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
   if config.task == "lm":
     return "LanguageModel", kwargs
   return "SequenceClassifier", dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths),

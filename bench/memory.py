@@ -1,0 +1,54 @@
+r"""Memory of one train step against window length, with and without `--remat`.
+
+  python -m bench.memory [--hidden_size=512] [--batch_size=64] [--windows=128,256,512,1024,2048]
+
+Reads XLA's own accounting of the compiled step (`memory_analysis()`: temporary buffers, the
+activations kept for the backward pass among them), so it needs no run and no accelerator; the
+figures are for this backend. Prints a Markdown table.
+"""
+
+import argparse
+import dataclasses
+
+import jax
+
+from training.config import Config
+from training.objectives import OBJECTIVES
+from training.train_state import bind_steps
+from training.trainer import build_model, initial_state_fn, make_optimizer_for
+
+
+def step_temp_bytes(config: Config, vocab_size: int) -> int:
+  model = build_model(config, vocab_size, 0)
+  optimizer = make_optimizer_for(config)
+  train_step, _ = bind_steps(model=model, optimizer=optimizer, objective=OBJECTIVES["lm"])
+  state = jax.eval_shape(initial_state_fn(config, model, optimizer), jax.random.PRNGKey(0))
+  shape = (config.batch_size, config.seq_len)
+  batch = {"inputs": jax.ShapeDtypeStruct(shape, "int32"), "targets": jax.ShapeDtypeStruct(shape, "int32"),
+           "mask": jax.ShapeDtypeStruct(shape, "bool"), "resets": jax.ShapeDtypeStruct(shape[:1], "bool")}
+  compiled = jax.jit(train_step).lower(state, batch).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--hidden_size", type=int, default=512)
+  parser.add_argument("--num_layers", type=int, default=2)
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--vocab_size", type=int, default=65)
+  parser.add_argument("--windows", default="128,256,512,1024,2048")
+  args = parser.parse_args()
+  base = Config(hidden_size=args.hidden_size, embed_size=args.hidden_size, num_layers=args.num_layers,
+                batch_size=args.batch_size)
+  print(f"char LM, {args.num_layers} x {args.hidden_size}, batch {args.batch_size}; {jax.devices()[0].platform},"
+        f" jax {jax.__version__}\n")
+  print("| window | step memory (MiB) | with --remat (MiB) | saved |")
+  print("| --- | --- | --- | --- |")
+  for window in map(int, args.windows.split(",")):
+    plain, remat = (step_temp_bytes(dataclasses.replace(base, seq_len=window, remat=r), args.vocab_size) / 2**20
+                    for r in (False, True))
+    print(f"| {window} | {plain:,.0f} | {remat:,.0f} | {100 * (1 - remat / plain):.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
