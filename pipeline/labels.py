@@ -20,23 +20,30 @@ from pipeline.errors import DataError
 class Labels:
   num_classes: int
   names: tuple[str, ...] | None = None  # None: the data's labels are class ids
+  origin: str = dataclasses.field(default="", compare=False)  # where the class count came from, for errors
 
   @classmethod
   def from_training(cls, examples: Sequence[dict], num_classes: int, what: str) -> "Labels":
-    """The labels of `examples` (a training set); `num_classes` > 0 fixes the count of id labels."""
-    values = [example["label"] for example in examples]
-    if all(isinstance(value, int) for value in values):
-      labels = cls(num_classes or 1 + max(values))
-      if labels.num_classes < 2:
+    """The labels of `examples` (a training set, `what` names it); `num_classes` > 0 fixes the
+    count of id labels."""
+    ids = [example for example in examples if isinstance(example["label"], int)]
+    if ids and len(ids) < len(examples):
+      # Almost always a typo in a label column: refuse rather than invent a class for it.
+      name = next(example for example in examples if not isinstance(example["label"], int))
+      raise DataError(f"{name.get('where', what)}: label {name['label']!r} is a name, but other labels are class"
+                      f" ids (e.g. {ids[0]['label']} at {ids[0].get('where', what)}); use ids or names throughout")
+    if ids:
+      count = num_classes or 1 + max(example["label"] for example in ids)
+      if count < 2:
         raise DataError(f"{what}: every label is 0; a classifier needs 2 or more classes")
-      return labels
-    names = tuple(sorted({str(value) for value in values}))
+      return cls(count, None, "--num_classes" if num_classes else f"inferred from {what.split('=')[0]}")
+    names = tuple(sorted({str(example["label"]) for example in examples}))
     if len(names) < 2:
       raise DataError(f"{what}: every label is {names[0]!r}; a classifier needs 2 or more classes")
     if num_classes and num_classes != len(names):
       raise DataError(f"--num_classes={num_classes}: the training labels are {len(names)} names"
                       f" ({', '.join(names)})")
-    return cls(len(names), names)
+    return cls(len(names), names, f"the names in {what.split('=')[0]}")
 
   def ids(self, examples: Sequence[dict], source: str) -> np.ndarray:
     """Class ids [N] of `examples`; an unknown label is an error naming its file and line."""
@@ -48,7 +55,8 @@ class Labels:
         if not isinstance(label, int):
           raise DataError(f"{where}: label {label!r} is a name, but the training labels are class ids")
         if label >= self.num_classes:
-          raise DataError(f"{where}: label {label} is out of range for {self.num_classes} classes")
+          raise DataError(f"{where}: label {label} is out of range for {self.num_classes} classes"
+                          + (f" ({self.origin})" if self.origin else ""))
         ids[position] = label
       else:
         if str(label) not in index:
@@ -71,6 +79,7 @@ class Labels:
     try:
       with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-      return cls(int(saved["num_classes"]), None if saved["names"] is None else tuple(saved["names"]))
+      return cls(int(saved["num_classes"]), None if saved["names"] is None else tuple(saved["names"]),
+                 f"saved in {path}")
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise DataError(f"{path}: unreadable labels ({e})") from None

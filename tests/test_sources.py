@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import prepare, sources
 from pipeline.errors import DataError
+from pipeline.labels import Labels
 from pipeline.slicing import slice_range
 
 
@@ -80,7 +81,7 @@ def test_synthetic_sources_are_deterministic_and_split():
 
 
 @pytest.mark.parametrize("content, with_labels, message", [
-    ("1 ok\nx bad label\n", True, r"train.txt:2: label 'x' is not an integer"),
+    ("1 ok\n1.5 fractional label\n", True, r"train.txt:2: label '1.5' is a name, but other labels are class ids"),
     ("1 ok\n-1 negative\n", True, r"train.txt:2: label -1 is negative"),
     ("\n\n", False, r"no examples in .*train.txt"),
 ])
@@ -88,7 +89,9 @@ def test_bad_lines_name_file_and_line(tmp_path, content, with_labels, message):
   path = tmp_path / "train.txt"
   path.write_text(content)
   with pytest.raises(DataError, match=message):
-    read(f"lines:{path}", with_labels=with_labels)
+    # Reading accepts class names; the run's labels refuse ids and names mixed.
+    examples = sources.read_examples(sources.parse_spec(f"lines:{path}", "train_data"), with_labels=with_labels)
+    Labels.from_training(examples, 0, "--train_data")
 
 
 def test_bad_json_and_bad_bytes_name_file_and_line(tmp_path):
@@ -128,7 +131,7 @@ def test_file_examples_know_their_line(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("csv:data.csv", "unknown data kind 'csv'"),
+    ("xml:data.xml", "unknown data kind 'xml'"),
     ("nocolon", "expected KIND:PATH"),
     ("synthetic:nope", "unknown synthetic task 'nope'"),
     ("text:/no/such/file.txt", "no such file: /no/such/file.txt"),

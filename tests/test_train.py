@@ -116,7 +116,7 @@ def run_cli(*flags, timeout=300):
 @pytest.mark.parametrize("flag, message", [
     ("--model=transformer", "error: --model: unknown value 'transformer'"),
     ("--task=regress", "error: --task: unknown value 'regress'"),
-    ("--train_data=csv:x.csv", "error: --train_data='csv:x.csv': unknown data kind 'csv'"),
+    ("--train_data=xml:x.xml", "error: --train_data='xml:x.xml': unknown data kind 'xml'"),
     ("--train_data=text:/no/such.txt", "error: --train_data: no such file: /no/such.txt"),
 ])
 def test_bad_flags_give_one_line_and_no_traceback(tmp_path, flag, message):

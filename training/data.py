@@ -61,6 +61,7 @@ def prepare_data(config: Config, workdir: str) -> RunData:
 
   labels = _load_or_fix_labels(train_examples, config, train_spec, os.path.join(workdir, LABELS_FILE))
   num_classes = labels.num_classes
+  train_labels = labels.ids(train_examples, train_spec)  # a label the run does not know fails here
   if len(train_examples) < config.batch_size:
     raise DataError(f"--train_data={train_spec}: {len(train_examples)} examples cannot fill one"
                     f" batch of --batch_size={config.batch_size}")
@@ -87,7 +88,7 @@ def prepare_data(config: Config, workdir: str) -> RunData:
                                          shard_index=process_index, shard_count=process_count,
                                          num_threads=config.data_workers))
 
-  train = batches(train_ids, labels.ids(train_examples, train_spec), train=True)
+  train = batches(train_ids, train_labels, train=True)
   evaluate = None
   if eval_examples is not None:
     evaluate = batches(encode_all(eval_examples, vocab), labels.ids(eval_examples, eval_spec), train=False)
