@@ -20,7 +20,6 @@ Markdown table (and writes JSON with `--json`). On a GPU both sides use it (cuDN
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from pipeline import sources
 from pipeline.errors import DataError

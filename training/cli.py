@@ -1,5 +1,6 @@
 """What every command-line entry point shares: quiet library logs and `--help` on its own flags."""
 
+import contextlib
 import logging as python_logging
 import sys
 
@@ -31,3 +32,19 @@ def run(main, module_name: str) -> None:
   if module_name in sys.modules:  # `--help` starts with the command's own description
     sys.modules["__main__"].__doc__ = sys.modules[module_name].__doc__
   app.run(main)
+
+
+@contextlib.contextmanager
+def one_line_errors(*expected: type[Exception], status: int = 2):
+  """Turns the `expected` errors (bad flags, bad data: their messages name the culprit) into
+  `error: MESSAGE` on stderr and exit `status`, with no traceback."""
+  try:
+    yield
+  except expected as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(status)
+
+
+def no_arguments(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -15,9 +15,8 @@ by hand as the README shows):
   logits = model.apply({"params": blob["params"]}, tokens, mask, ..., train=False)
 """
 
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline.errors import DataError
 from training import cli
@@ -28,22 +27,18 @@ _STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the lates
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.no_arguments(argv)
   cli.quiet_libraries()
   from training.checkpoints import CheckpointError
   from training.exported import export
   from training.inference import load_run
 
-  try:
+  with cli.one_line_errors(DataError, CheckpointError):
     run = load_run(_WORKDIR.value, _STEP.value)
-    size = export(run, _OUT.value)
-  except OSError as e:
-    print(f"error: --out={_OUT.value}: {e.strerror}", file=sys.stderr)
-    sys.exit(2)
-  except (DataError, CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    try:
+      size = export(run, _OUT.value)
+    except OSError as e:
+      raise DataError(f"--out={_OUT.value}: {e.strerror}") from None
   print(f"wrote {_OUT.value} ({size / 2**20:.1f} MiB): {run.config.task} model from step {run.step} of {run.workdir}")
 
 

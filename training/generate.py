@@ -8,9 +8,8 @@ state (a jitted `lax.scan` of single steps; the prompt is never re-read). Same f
 same text. Uses the latest checkpoint, or `--step`.
 """
 
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline.errors import DataError
 from training import cli
@@ -25,13 +24,12 @@ _STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the latest."
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.no_arguments(argv)
   cli.quiet_libraries()
   from training.checkpoints import CheckpointError
   from training.inference import load_run, sample
 
-  try:
+  with cli.one_line_errors(DataError, CheckpointError):
     if _LENGTH.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0:
       raise DataError("--length must be positive, --temperature and --top_k >= 0")
     run = load_run(_WORKDIR.value, _STEP.value)
@@ -40,9 +38,6 @@ def main(argv):
                       " language model (--task=lm); use training.predict for classifiers")
     text = sample(run, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                   seed=_SEED.value)
-  except (DataError, CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   sep = "" if run.vocab.kind == "char" or not _PROMPT.value else " "
   print(_PROMPT.value + sep + text)
 

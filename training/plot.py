@@ -10,7 +10,6 @@ the file's extension).
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
@@ -80,11 +79,8 @@ def main(argv):
   cli.quiet_libraries()
   if not workdirs:
     raise app.UsageError("give one or more workdirs: python -m training.plot WORKDIR [WORKDIR...] --out=FILE.png")
-  try:
+  with cli.one_line_errors(PlotError):
     drawn = plot_runs(workdirs, _OUT.value, _METRICS.value, _TITLE.value)
-  except PlotError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(f"wrote {_OUT.value}: {', '.join(drawn)} of {len(workdirs)} run(s)")
 
 

@@ -9,10 +9,11 @@ training, and read in batches. Uses the latest checkpoint, or `--step`.
 """
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 
-from absl import app, flags
+from absl import flags
 
 from pipeline.errors import DataError
 from training import cli
@@ -37,29 +38,22 @@ def _lines(path: str, encoding: str) -> Iterator[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.no_arguments(argv)
   cli.quiet_libraries()
   from training.checkpoints import CheckpointError
   from training.inference import load_run, predict
 
-  try:
+  with cli.one_line_errors(DataError, CheckpointError):
     if _BATCH_SIZE.value < 1:
       raise DataError(f"--batch_size={_BATCH_SIZE.value}: must be positive")
-    if _INPUT.value != "-":
-      open(_INPUT.value, "rb").close()  # a missing file is reported before the model loads
+    if _INPUT.value != "-" and not os.path.isfile(_INPUT.value):
+      raise DataError(f"--input={_INPUT.value}: no such file")  # before the model loads
     run = load_run(_WORKDIR.value, _STEP.value)
     if run.config.task != "classify":
       raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; predict needs a"
                       " classifier (--task=classify); use training.generate for language models")
     for prediction in predict(run, _lines(_INPUT.value, _ENCODING.value), _BATCH_SIZE.value):
       print(json.dumps(prediction, ensure_ascii=False))
-  except OSError as e:
-    print(f"error: --input={_INPUT.value}: {e.strerror}", file=sys.stderr)
-    sys.exit(2)
-  except (DataError, CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 def run_main():
