@@ -50,7 +50,7 @@ def pipeline_rate(config, workdir: str, batches: int) -> dict:
   from training.data import prepare_data
   os.makedirs(workdir, exist_ok=True)
   begin = time.perf_counter()
-  iterator = prepare_data(config, workdir).train_batches()  # reads, tokenises
+  iterator = prepare_data(config, workdir).train_batches(0)  # reads, tokenises
   next(iterator)  # plans the first epoch, starts the workers
   start, examples, tokens = time.perf_counter(), 0, 0
   startup_seconds = start - begin

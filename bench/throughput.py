@@ -122,7 +122,7 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   abstract_state = jax.eval_shape(init_state, rng)
   state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
   train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
-  iterator = data.train_batches()
+  iterator = data.train_batches(0)
   batches = [parallel.global_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
   for batch in batches:  # compile every shape first
     state, _ = train_fn(state, batch)

@@ -121,9 +121,13 @@ def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, s
 
 def sequence_batches(token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch, *, train: bool,
                      segments_per_row: int, shard_index: int = 0, shard_count: int = 1,
-                     num_threads: int = 2) -> grain.IterDataset:
-  """This process's batches: training repeats epochs (each planned anew), evaluation is one epoch."""
+                     num_threads: int = 2, start: int = 0) -> grain.IterDataset:
+  """This process's batches: training repeats epochs (each planned anew), evaluation is one epoch.
+
+  `start`: the global index of the first batch (a resumed run's step). The plan fixes every
+  global batch, so the position is the same number for any process count (elastic resume).
+  """
   source = PlannedBatches(token_ids, labels, plan_for_epoch, repeat=train, segments_per_row=segments_per_row,
                           shard_index=shard_index, shard_count=shard_count)
-  return grain.MapDataset.source(source).to_iter_dataset(
+  return grain.MapDataset.source(source)[start:].to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads)))

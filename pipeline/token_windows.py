@@ -69,11 +69,12 @@ class LaneWindows:
 
 def window_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int, train: bool,
                    carry_state: bool, shard_index: int = 0, shard_count: int = 1,
-                   num_threads: int = 2, what: str = "data") -> grain.IterDataset:
+                   num_threads: int = 2, what: str = "data", start: int = 0) -> grain.IterDataset:
   """Batches of windows; `batch_size` is global (the number of lanes), split over processes.
 
   Training data repeats forever, each epoch starting again from zero states; evaluation data
-  is read once.
+  is read once. `start`: the global index of the first batch (a resumed run's step), the same
+  for any number of processes, since every process reads its rows of the same global batches.
   """
   rows = batch_size // shard_count
   lanes = range(shard_index * rows, (shard_index + 1) * rows)
@@ -81,5 +82,5 @@ def window_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int, train: 
                                                 lanes=lanes, carry_state=carry_state, what=what))
   if train:
     dataset = dataset.repeat()
-  return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+  return dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=max(2, 2 * num_threads)))

@@ -5,7 +5,6 @@ import logging
 import os
 import time
 
-import grain
 import jax.numpy as jnp
 import pytest
 
@@ -19,12 +18,8 @@ def tiny_state(step: int) -> TrainState:
                     rng=jnp.zeros(2, jnp.uint32), carry=None)
 
 
-def data_iterator():
-  return iter(grain.MapDataset.range(10).to_iter_dataset())
-
-
 def save_and_wait(checkpointer: Checkpointer, step: int) -> None:
-  checkpointer.save(tiny_state(step), data_iterator())
+  checkpointer.save(tiny_state(step))
   checkpointer.wait_until_finished()
 
 
@@ -41,7 +36,7 @@ def test_a_save_that_fails_in_the_background_stops_with_one_line_and_keeps_earli
   monkeypatch.chdir(tmp_path)
   failing = Checkpointer("checkpoints", max_to_keep=3, async_save=True)
   assert failing.all_steps() == [10]
-  failing.save(tiny_state(20), data_iterator())  # returns: the failure happens later
+  failing.save(tiny_state(20))  # returns: the failure happens later
   with caplog.at_level(logging.INFO), pytest.raises(CheckpointError) as error:
     failing.wait_until_finished()
   failing.close()
@@ -61,7 +56,7 @@ def test_a_save_that_fails_in_the_background_stops_with_one_line_and_keeps_earli
 def test_check_save_reports_a_background_failure_once_the_save_has_ended(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   checkpointer = Checkpointer("checkpoints", max_to_keep=3, async_save=True)
-  checkpointer.save(tiny_state(5), data_iterator())
+  checkpointer.save(tiny_state(5))
   with pytest.raises(CheckpointError, match=r"checkpoints/5 could not be saved: .*earlier checkpoints \(none\)"):
     deadline = time.time() + 60
     while time.time() < deadline:  # what the train loop does after every step
@@ -75,7 +70,7 @@ def test_check_save_reports_a_background_failure_once_the_save_has_ended(tmp_pat
 def test_a_good_save_passes_every_check(tmp_path):
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3, async_save=True)
   for step in (1, 2):
-    checkpointer.save(tiny_state(step), data_iterator())
+    checkpointer.save(tiny_state(step))
     checkpointer.check_save()
   checkpointer.wait_until_finished()
   checkpointer.check_save()

@@ -139,13 +139,16 @@ def _truncate_largest_array_file(checkpoint):
     f.truncate(os.path.getsize(largest) // 3)
 
 
-@pytest.mark.parametrize("damage", ["truncated array file", "missing data item", "missing state item"])
+@pytest.mark.parametrize("damage", ["truncated array file", "truncated state metadata", "missing state item"])
 def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, uninterrupted, damage):
   workdir = tmp_path / "damaged"
   assert run(workdir, f"--num_steps={NUM_STEPS}").returncode == 0
   latest = workdir / "checkpoints" / str(NUM_STEPS)
   if damage == "truncated array file":
     _truncate_largest_array_file(latest)
+  elif damage == "truncated state metadata":
+    with open(latest / "state" / "_METADATA", "r+b") as f:
+      f.truncate(10)
   else:
     shutil.rmtree(latest / damage.split()[1])
   damaged_files = snapshot(latest)
@@ -274,3 +277,20 @@ def test_batch_that_does_not_divide_by_the_devices_leaves_checkpoints_alone(clas
                "--num_steps=20", env=env)
   assert_one_line_error(result, "--batch_size: the global batch of 8 does not divide by the 3 devices")
   assert snapshot(workdir / "checkpoints") == checkpoints_before
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
+  workdir = tmp_path / "busy"
+  first = start_and_wait_for_step(workdir, 5)
+  try:
+    second = run(workdir, f"--num_steps={NUM_STEPS}")
+    assert_one_line_error(second, f"--workdir={workdir} is in use by host ")
+    assert f"pid {first.pid}, running since " in second.stderr
+    assert first.poll() is None  # the first run goes on, untouched
+  finally:
+    first.kill()  # SIGKILL: the lock file stays behind, the OS lock does not
+    first.wait()
+  assert (workdir / ".lock").exists()
+  resumed = run(workdir, f"--num_steps={NUM_STEPS}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "Resumed from the checkpoint" in resumed.stderr and summary(workdir)["step"] == NUM_STEPS

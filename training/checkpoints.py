@@ -1,9 +1,13 @@
-"""Orbax checkpoints: the train state and each process's data-iterator position, together.
+"""Orbax checkpoints of the train state.
 
-One checkpoint is a directory `checkpoints/STEP/` with two items: `state` (the `TrainState`
-as a pytree: step, params, optimiser state, RNG, carried hidden state) and `data` (one Grain
-iterator-state file per process). Orbax writes to a temporary directory and renames it when
-complete, so a crash mid-save never leaves a checkpoint that `latest_step` would pick.
+One checkpoint is a directory `checkpoints/STEP/` with one item, `state` (the `TrainState` as
+a pytree: step, params, optimiser state, RNG, carried hidden state). The data position needs no
+item of its own: every global batch is fixed by the data, the seed and its index, so a resumed
+run starts its data at global batch `step`, whatever the number of processes that wrote the
+checkpoint and that read it (elastic resume; `training.data`). Arrays are restored with the
+current mesh's shardings. Orbax writes to a temporary directory and renames it when complete,
+so a crash mid-save never leaves a checkpoint that `latest_step` would pick. (Checkpoints of
+earlier versions also hold a `data` item, one Grain iterator state per process: it is ignored.)
 """
 
 import dataclasses
@@ -12,7 +16,6 @@ import logging as python_logging
 import os
 import shutil
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -82,15 +85,13 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState, data_iterator) -> None:
+  def save(self, state: TrainState) -> None:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return  # Orbax refuses to write a step twice; saving the same step again changes nothing.
     self.check_save()  # Orbax waits for the previous save first: report it if it failed.
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_as_tree(state)),
-          data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state))), force=True)
     except Exception as e:  # Orbax and TensorStore raise many types.
       raise self._save_error(step, _first_line(e)) from None
     self._pending_step = step
@@ -111,23 +112,15 @@ class Checkpointer:
         f"checkpoint {os.path.join(self.directory, str(step))} could not be saved: {cause}. Stopped;"
         f" the earlier checkpoints ({', '.join(map(str, sorted(kept))) or 'none'}) are intact")
 
-  def restore(self, step: int, template: TrainState, data_iterator) -> TrainState:
-    """Restores into the shapes, dtypes and shardings of `template`; moves the iterator."""
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return TrainState(**restored["state"])
-
   def restore_state(self, step: int, template: TrainState) -> TrainState:
-    """Restores only the train state (no data iterator): for inference and export."""
+    """Restores into the shapes, dtypes and shardings of `template` (this job's mesh, whatever
+    the topology that wrote the checkpoint)."""
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template))
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return TrainState(**restored["state"])
 
-  def restore_readable(self, template: TrainState, data_iterator, *, restore_step: int,
+  def restore_readable(self, template: TrainState, *, restore_step: int,
                        set_aside_dir: str) -> tuple[TrainState | None, int]:
     """Restores `restore_step`, or else the latest checkpoint that can be read.
 
@@ -148,7 +141,7 @@ class Checkpointer:
     silence_abandoned_reads()  # before: a failing restore reports them while it fails
     for step in candidates:
       try:
-        state = self.restore(step, template, data_iterator)
+        state = self.restore_state(step, template)
       except Exception as e:  # Orbax and TensorStore raise many types for a damaged checkpoint.
         gc.collect()  # Let the abandoned reads go now, not in the middle of training.
         unreadable.append((step, _first_line(e)))

@@ -28,7 +28,7 @@ LABELS_FILE = "labels.json"
 class RunData:
   vocab: Vocabulary
   num_classes: int  # 0 for per-token training
-  train_batches: Callable[[], object]  # a fresh, checkpointable Grain iterator
+  train_batches: Callable[[int], Iterator[dict]]  # start (global batch index) -> this process's batches
   eval_batches: Callable[[], Iterator[dict]] | None  # one pass over this process's eval share
   eval_spec: str
   truncated_examples: int = 0  # training sequences cut to the row width (classify)
@@ -51,7 +51,8 @@ def prepare_data(config: Config, workdir: str) -> RunData:
     eval_tokens = token_stream(eval_examples, vocab) if eval_examples is not None else None
     lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
                    shard_index=process_index, shard_count=process_count, num_threads=config.data_workers)
-    train = lambda: iter(window_batches(train_tokens, train=True, what="--train_data", **lm_args))
+    train = lambda start=0: iter(window_batches(train_tokens, train=True, what="--train_data", start=start,
+                                                **lm_args))
     evaluate = None if eval_tokens is None else (
         lambda: iter(window_batches(eval_tokens, train=False, what="--eval_data", **lm_args)))
     # Fail now, not at the first evaluation, if the eval stream cannot fill the lanes.
@@ -84,9 +85,9 @@ def prepare_data(config: Config, workdir: str) -> RunData:
         lengths, batching=config.batching, batch_size=config.batch_size, seq_len=config.seq_len,
         seed=config.seed, shuffle=train, boundaries=boundaries, batch_tokens=config.batch_tokens,
         max_segments=config.max_segments, row_multiple=jax.device_count())
-    return lambda: iter(sequence_batches(token_ids, labels, plan_for_epoch, train=train, segments_per_row=segments,
-                                         shard_index=process_index, shard_count=process_count,
-                                         num_threads=config.data_workers))
+    return lambda start=0: iter(sequence_batches(
+        token_ids, labels, plan_for_epoch, train=train, segments_per_row=segments, shard_index=process_index,
+        shard_count=process_count, num_threads=config.data_workers, start=start))
 
   train = batches(train_ids, train_labels, train=True)
   evaluate = None

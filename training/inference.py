@@ -25,7 +25,8 @@ from training.checkpoints import CheckpointError, Checkpointer
 from training.config import Config
 from training.data import LABELS_FILE, VOCAB_FILE
 from training.models import zero_carry
-from training.trainer import RUN_CONFIG_FILE, build_model, initial_state_fn, make_optimizer_for
+from training.run_config import RUN_CONFIG_FILE
+from training.trainer import build_model, initial_state_fn, make_optimizer_for
 
 
 @dataclasses.dataclass

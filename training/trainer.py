@@ -1,7 +1,6 @@
 """The training loop: data, model and steps wired together, with evaluation, checkpoints and
 reports. `train_and_evaluate(config, workdir)` is the whole job."""
 
-import json
 import math
 import os
 
@@ -12,17 +11,17 @@ from absl import logging
 from pipeline.paths import absolute
 from training import parallel
 from training.checkpoints import Checkpointer
-from training.config import Config, ConfigError, validate
+from training.config import Config, validate
 from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
+from training.run_config import check_resume, record_run
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
 from training.train_state import bind_steps, create_train_state, make_optimizer, make_schedule
-from training.workdir import check_writable, free_bytes, require_free_space
+from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
-RUN_CONFIG_FILE = "run_config.json"
 
 
 def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, dict]:
@@ -74,21 +73,6 @@ def schedule_for(config: Config):
                        warmup_steps=config.warmup_steps, lr_decay=config.lr_decay)
 
 
-def check_run_config(config: Config, workdir: str) -> None:
-  """Refuses to resume a workdir whose model was made with other model flags."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  current = json.loads(json.dumps(config.model_fields()))  # tuples as lists, as saved
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    for name, value in current.items():
-      if name in saved and saved[name] != value:
-        raise ConfigError(f"--{name}={value} differs from {saved[name]} of the run in {workdir};"
-                          " resume with the same model flags or use a new --workdir")
-  elif jax.process_index() == 0:
-    write_json(path, {**current, "full_config": json.loads(json.dumps(config.__dict__))})
-
-
 def evaluate(eval_fn, params, data: RunData, config: Config, mesh, initial_carry) -> dict:
   """Metrics over the eval set (or its first `eval_steps` batches); per-token evaluation
   carries the state across windows from `initial_carry` (zeros)."""
@@ -117,15 +101,27 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns the summary.
 
   A run stopped by SIGTERM or Ctrl-C saves a checkpoint at the step it reached and returns
-  `{"step": ..., "preempted": True}` without evaluating; the same call resumes it.
+  `{"step": ..., "preempted": True}` without evaluating; the same call resumes it. A workdir that
+  another run is using is refused (`WorkdirLock`).
   """
   # Relative paths (workdir, data, TFDS dir) are resolved once, here: Orbax needs absolute ones.
   workdir, config = absolute(workdir), config.with_absolute_paths()
-  validate(config, jax.device_count())
+  processes, devices = jax.process_count(), jax.device_count()
+  check_resume(config, workdir, processes, devices)  # before validate: it says what changed
+  validate(config, devices)
   check_writable(workdir)
   logging.info("Workdir: %s", workdir)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, processes, devices)
+
+
+def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: int) -> dict:
   is_lead = jax.process_index() == 0
-  check_run_config(config, workdir)
+  if is_lead:
+    before = record_run(config, workdir, processes, devices)
+    if before and before != {"processes": processes, "devices": devices}:
+      logging.info("Resuming a run trained by %d process(es) and %d devices on %d process(es) and %d devices",
+                   before["processes"], before["devices"], processes, devices)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
 
@@ -149,15 +145,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     eval_carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size,
                                             config.hidden_size), out_shardings=parallel.carry_sharding(mesh))()
 
-  train_batches = data.train_batches()
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
   restored, start_step = checkpointer.restore_readable(
-      state, train_batches, restore_step=config.restore_step,
-      set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"))
+      state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"))
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
+  train_batches = data.train_batches(start_step)  # global batch `step` comes next, on any topology
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
                            tensorboard_dir=workdir)
   reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead)
@@ -187,7 +182,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
           reporter.log_eval(step, evaluate(eval_fn, state.params, data, config, mesh, eval_carry))
         reporter.restart_clock()
       if save_now:
-        checkpointer.save(state, train_batches)
+        checkpointer.save(state)
       if preempted:
         break
   except BaseException:

@@ -1,7 +1,10 @@
-"""Checks that a run can keep what it writes, made before any training starts."""
+"""The workdir: checks that a run can keep what it writes, made before any training starts,
+and the lock that keeps a second run out of it."""
 
 import os
 import shutil
+import socket
+import time
 
 from training.config import ConfigError
 
@@ -29,3 +32,43 @@ def require_free_space(workdir: str, free_bytes: int, checkpoint_bytes: int) -> 
 
 def free_bytes(workdir: str) -> int:
   return shutil.disk_usage(workdir).free
+
+
+class WorkdirLock:
+  """One run per workdir: an exclusive lock on `WORKDIR/.lock`, held while the run trains.
+
+  The lock is an OS file lock (`flock`), so it ends with the process that holds it, however it
+  ends: a run killed with SIGKILL leaves a stale file that the next run simply takes over. The
+  file says who holds it (host, process id, start time) so that a refused run can say so. In a
+  multi-process job only process 0 takes it: the job as a whole holds the workdir.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path, self.enabled, self._file = os.path.join(workdir, ".lock"), enabled, None
+
+  def __enter__(self) -> "WorkdirLock":
+    if not self.enabled:
+      return self
+    import fcntl
+
+    handle = open(self.path, "a+", encoding="utf-8")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise ConfigError(f"--workdir={os.path.dirname(self.path)} is in use by {holder}; wait for that run"
+                        " to end (or stop it), or choose another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"host {socket.gethostname()} pid {os.getpid()}, running since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is not None:
+      self._file.close()  # closing releases the lock
+      self._file = None
