@@ -275,7 +275,8 @@ def test_batch_that_does_not_divide_by_the_devices_leaves_checkpoints_alone(clas
   env = local.process_env(3, dict(os.environ))
   result = run(workdir, "--task=classify", "--tokenizer=word", f"--train_data=lines:{root / 'train.txt'}",
                "--num_steps=20", env=env)
-  assert_one_line_error(result, "--batch_size: the global batch of 8 does not divide by the 3 devices")
+  assert_one_line_error(result, f"--batch_size=8: the run in {workdir} was trained by 1 process(es) x 1 device(s);"
+                                " this job has 3 devices, which do not divide the global batch of 8")
   assert snapshot(workdir / "checkpoints") == checkpoints_before
 
 

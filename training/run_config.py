@@ -25,9 +25,8 @@ def _read(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def check_resume(config: Config, workdir: str, processes: int, devices: int) -> None:
-  """Refuses, naming the flag, a resume that changes the model or the data layout, or whose new
-  device count does not divide the global batch. Reads only."""
+def check_resume(config: Config, workdir: str) -> None:
+  """Refuses, naming the flag, a resume that changes the model or the data layout. Reads only."""
   saved = _read(workdir)
   if saved is None:
     return
@@ -41,8 +40,13 @@ def check_resume(config: Config, workdir: str, processes: int, devices: int) -> 
     if name in full and full[name] != getattr(config, name):
       raise ConfigError(f"--{name}={getattr(config, name)} differs from {full[name]} of the run in {workdir};"
                         " it fixes which data each step reads: resume with the same value or use a new --workdir")
-  before = saved.get("topology")
-  if before and config.batch_size % devices:
+
+
+def check_devices_for_resume(config: Config, workdir: str, devices: int) -> None:
+  """Refuses a resume whose device count does not divide the global batch, saying which
+  topology trained the run and which device counts would work. Reads only."""
+  before = (_read(workdir) or {}).get("topology")
+  if before and config.batch_size > 0 and config.batch_size % devices:
     fits = [d for d in range(1, config.batch_size + 1) if config.batch_size % d == 0]
     raise ConfigError(f"--batch_size={config.batch_size}: the run in {workdir} was trained by"
                       f" {before['processes']} process(es) x {before['devices'] // before['processes']} device(s);"

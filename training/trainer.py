@@ -15,7 +15,7 @@ from training.config import Config, validate
 from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
-from training.run_config import check_resume, record_run
+from training.run_config import check_devices_for_resume, check_resume, record_run
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
@@ -107,8 +107,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   # Relative paths (workdir, data, TFDS dir) are resolved once, here: Orbax needs absolute ones.
   workdir, config = absolute(workdir), config.with_absolute_paths()
   processes, devices = jax.process_count(), jax.device_count()
-  check_resume(config, workdir, processes, devices)  # before validate: it says what changed
+  check_devices_for_resume(config, workdir, devices)  # before validate's check: it says what changed
   validate(config, devices)
+  check_resume(config, workdir)
   check_writable(workdir)
   logging.info("Workdir: %s", workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
