@@ -12,21 +12,17 @@ import dataclasses
 
 import jax
 
+from training import parallel
 from training.config import Config
-from training.objectives import OBJECTIVES
-from training.train_state import bind_steps
-from training.trainer import build_model, initial_state_fn, make_optimizer_for
+from training.trainer import build_steps
 
 
 def step_temp_bytes(config: Config, vocab_size: int) -> int:
-  model = build_model(config, vocab_size, 0)
-  optimizer = make_optimizer_for(config)
-  train_step, _ = bind_steps(model=model, optimizer=optimizer, objective=OBJECTIVES["lm"])
-  state = jax.eval_shape(initial_state_fn(config, model, optimizer), jax.random.PRNGKey(0))
+  steps = build_steps(config, vocab_size, 0, parallel.make_mesh())
   shape = (config.batch_size, config.seq_len)
   batch = {"inputs": jax.ShapeDtypeStruct(shape, "int32"), "targets": jax.ShapeDtypeStruct(shape, "int32"),
            "mask": jax.ShapeDtypeStruct(shape, "bool"), "resets": jax.ShapeDtypeStruct(shape[:1], "bool")}
-  compiled = jax.jit(train_step).lower(state, batch).compile()
+  compiled = steps.train_fn.lower(steps.abstract_state, batch).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 

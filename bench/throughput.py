@@ -35,9 +35,7 @@ import numpy as np
 from training import parallel
 from training.config import Config
 from training.data import prepare_data
-from training.objectives import OBJECTIVES
-from training.train_state import bind_steps
-from training.trainer import build_model, initial_state_fn, make_optimizer_for, train_and_evaluate
+from training.trainer import build_steps, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -114,14 +112,8 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   os.makedirs(workdir, exist_ok=True)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
-  model = build_model(config, len(data.vocab), data.num_classes)
-  optimizer = make_optimizer_for(config)
-  train_step, _ = bind_steps(model=model, optimizer=optimizer, objective=OBJECTIVES[config.task])
-  init_state = initial_state_fn(config, model, optimizer)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract_state = jax.eval_shape(init_state, rng)
-  state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
-  train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
+  built = build_steps(config, len(data.vocab), data.num_classes, mesh)
+  state, train_fn = built.initial_state(), built.train_fn
   iterator = data.train_batches(0)
   batches = [parallel.global_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
   for batch in batches:  # compile every shape first

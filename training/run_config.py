@@ -10,7 +10,7 @@ data position is the step and arrays are restored with the new mesh's shardings 
 import json
 import os
 
-from training.config import MODEL_FIELDS, Config, ConfigError
+from training.config import Config, ConfigError
 from training.metrics_log import write_json
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -30,7 +30,7 @@ def check_resume(config: Config, workdir: str) -> None:
   saved = _read(workdir)
   if saved is None:
     return
-  current = json.loads(json.dumps({name: getattr(config, name) for name in MODEL_FIELDS}))  # tuples as lists
+  current = json.loads(json.dumps(config.model_fields()))  # tuples as lists, as saved
   for name, value in current.items():
     if name in saved and saved[name] != value:
       raise ConfigError(f"--{name}={value} differs from {saved[name]} of the run in {workdir};"

@@ -1,8 +1,10 @@
 """The training loop: data, model and steps wired together, with evaluation, checkpoints and
 reports. `train_and_evaluate(config, workdir)` is the whole job."""
 
+import dataclasses
 import math
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from training.run_config import check_devices_for_resume, check_resume, record_r
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
-from training.train_state import bind_steps, create_train_state, make_optimizer, make_schedule
+from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer, make_schedule
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
 
@@ -60,6 +62,31 @@ def initial_state_fn(config: Config, model, optimizer):
     return create_train_state(rng, model, optimizer, args, carry)
 
   return init_state
+
+
+@dataclasses.dataclass
+class Steps:
+  abstract_state: TrainState  # shapes and dtypes of the train state, before any is allocated
+  initial_state: Callable[[], TrainState]  # the state from `--seed`, sharded over the mesh
+  train_fn: Callable  # (state, global batch) -> (state, metric sums), compiled with shardings
+  eval_fn: Callable  # (params, global batch, carry) -> (metric sums, carry)
+
+
+def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
+  """The model's train and eval steps on `mesh`, and its initial state (the trainer's, and the
+  benchmarks' so that they measure exactly what the trainer runs)."""
+  model = build_model(config, vocab_size, num_classes)
+  optimizer = make_optimizer_for(config)
+  train_step, eval_step = bind_steps(
+      model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
+      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None)
+  init_state = initial_state_fn(config, model, optimizer)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(init_state, rng)
+  shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
+  return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng),
+               parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism),
+               jax.jit(eval_step))
 
 
 def make_optimizer_for(config: Config):
@@ -126,20 +153,9 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
 
-  model = build_model(config, len(data.vocab), data.num_classes)
-  optimizer = make_optimizer_for(config)
-  objective = OBJECTIVES[config.task]
-  train_step, eval_step = bind_steps(
-      model=model, optimizer=optimizer, objective=objective, inject_nan_at_step=config.inject_nan_at_step,
-      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None)
-
-  init_state = initial_state_fn(config, model, optimizer)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract_state = jax.eval_shape(init_state, rng)
-  require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(abstract_state))
-  state = jax.jit(init_state, out_shardings=parallel.shardings_of(parallel.state_specs(abstract_state), mesh))(rng)
-  train_fn = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism)
-  eval_fn = jax.jit(eval_step)
+  steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
+  require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(steps.abstract_state))
+  state, train_fn, eval_fn = steps.initial_state(), steps.train_fn, steps.eval_fn
   eval_carry = None
   if config.task == "lm":
     # Made by a jitted function so that every process builds its part of one global array.
