@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.models import LanguageModel, SequenceClassifier, zero_carry
+from training.models import Encoder, LanguageModel, SequenceClassifier, pool, reversal_index, starts_of, zero_carry
+from training.objectives import classify_loss, lm_loss
 
 V, E, H, L = 11, 6, 8, 2
 
@@ -29,10 +30,12 @@ def test_classifier_padded_batch_equals_each_sequence_alone():
     np.testing.assert_allclose(padded[row], alone[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell):
-  model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling)
+def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, bidirectional):
+  model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling,
+                             bidirectional=bidirectional)
   lengths = [4, 2, 3, 5, 1]
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   # Unpacked: one sequence per row, padded to 5.
@@ -54,9 +57,10 @@ def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell):
   np.testing.assert_allclose(jnp.concatenate([packed[0, :3], packed[1, :2]]), unpacked, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_classifier_features_ignore_what_follows_the_sequence(pooling):
-  model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_classifier_features_ignore_what_follows_the_sequence(pooling, bidirectional):
+  model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, bidirectional=bidirectional)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 3, V)
   mask = jnp.array([[1, 1, 1, 0, 0, 0]] * 2, bool)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
@@ -93,3 +97,87 @@ def test_dropout_is_active_only_in_training():
   np.testing.assert_array_equal(run(0, False), run(1, False))
   assert not np.allclose(run(0, True), run(1, True))
   np.testing.assert_array_equal(run(0, True), run(0, True))
+
+
+def test_reversal_index_reverses_each_packed_sequence_in_place():
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  segment_ends = jnp.array([[2, 4], [5, 0]])
+  starts = starts_of(segment_ids, segment_ends)
+  np.testing.assert_array_equal(starts, [[0, 3], [0, 0]])
+  index = reversal_index(segment_ids, starts, segment_ends)
+  np.testing.assert_array_equal(index, [[2, 1, 0, 4, 3, 5], [5, 4, 3, 2, 1, 0]])
+  np.testing.assert_array_equal(jnp.take_along_axis(index, index, axis=1), jnp.broadcast_to(jnp.arange(6), (2, 6)))
+
+
+def test_backward_stack_reads_each_sequence_from_its_end():
+  """The backward half of a bidirectional encoder at position t equals a forward stack with the
+  backward stack's parameters run over the reversed sequence, at its position length-1-t."""
+  encoder = Encoder(V, E, H, L, "gru", bidirectional=True)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 7), 3, V)
+  mask = jnp.arange(7)[None, :] < 5  # 5 real tokens, 2 of padding
+  segment_ids, segment_ends = one_segment(mask)
+  reversal = reversal_index(segment_ids, starts_of(segment_ids, segment_ends), segment_ends)
+  carry = zero_carry("gru", L, 1, H)
+  params = encoder.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False, reversal=reversal)["params"]
+  outputs, _ = encoder.apply({"params": params}, tokens, mask, carry, train=False, reversal=reversal)
+  backward_params = {"embed": params["embed"], **{f"layer_{i}": params[f"backward_layer_{i}"] for i in range(L)}}
+  reversed_tokens = tokens[:, :5][:, ::-1]
+  alone, _ = Encoder(V, E, H, L, "gru").apply({"params": backward_params}, reversed_tokens,
+                                               jnp.ones((1, 5), bool), carry, train=False)
+  np.testing.assert_allclose(outputs[0, :5, H:], alone[0, ::-1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(outputs[0, 5:], 0.0)  # padding outputs stay zero
+
+
+def test_max_pooling_is_the_elementwise_maximum_over_each_sequence():
+  outputs = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 3))
+  segment_ids = jnp.array([[1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0]])
+  segment_ends = jnp.array([[1, 4, 0], [2, 0, 0]])
+  pooled = pool(outputs, segment_ids, segment_ends, "max")
+  np.testing.assert_allclose(pooled[0, 0], outputs[0, :2].max(axis=0))
+  np.testing.assert_allclose(pooled[0, 1], outputs[0, 2:5].max(axis=0))
+  np.testing.assert_array_equal(pooled[0, 2], 0.0)  # an empty slot
+  np.testing.assert_allclose(pooled[1, 0], outputs[1, :3].max(axis=0))
+
+
+@pytest.mark.parametrize("embed_size", [H, 5])
+def test_tied_output_layer_is_the_embedding_transposed(embed_size):
+  model = LanguageModel(V, embed_size, H, 1, "lstm", tie_embeddings=True)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 4), 0, V)
+  mask, carry = jnp.ones((2, 4), bool), zero_carry("lstm", 1, 2, H)
+  params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
+  assert "kernel" not in params["lm_head"]  # no V x H matrix of its own
+  assert ("projection" in params["lm_head"]) == (embed_size != H)
+  logits, _ = model.apply({"params": params}, tokens, mask, carry, train=False)
+  bumped = jax.tree.map(lambda x: x, params)
+  bumped["encoder"]["embed"]["embedding"] = params["encoder"]["embed"]["embedding"].at[3].add(1.0)
+  changed, _ = model.apply({"params": bumped}, jnp.zeros_like(tokens), mask, carry, train=False)
+  same_input, _ = model.apply({"params": params}, jnp.zeros_like(tokens), mask, carry, train=False)
+  # Token 3's embedding row is its output row too: only token 3's logit moves (token 0 is read).
+  moved = np.abs(np.asarray(changed - same_input)).max(axis=(0, 1))
+  assert moved[3] > 1e-3 and np.all(np.delete(moved, 3) == 0.0)
+
+
+def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence():
+  """A classifier with a next-token head scores each packed sequence's next tokens exactly as
+  a language model with the same encoder and head scores that sequence alone."""
+  classifier = SequenceClassifier(V, E, H, L, "lstm", num_classes=2, next_token_head=True)
+  lengths, width = [4, 3], 9
+  sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
+  row = jnp.pad(jnp.concatenate(sequences), (0, width - 7))[None]
+  segment_ids = jnp.pad(jnp.array([1] * 4 + [2] * 3), (0, width - 7))[None]
+  batch = {"inputs": row, "mask": segment_ids > 0, "segment_ids": segment_ids, "segment_ends": jnp.array([[3, 6]]),
+           "labels": jnp.array([[0, 1]]), "example_mask": jnp.array([[True, True]])}
+  params = classifier.init(jax.random.PRNGKey(1), row, batch["mask"], segment_ids, batch["segment_ends"],
+                           train=False)["params"]
+  sums, _ = classify_loss(classifier, params, batch, None, {}, False)
+  lm = LanguageModel(V, E, H, L, "lstm")
+  lm_params = {"encoder": params["encoder"], "lm_head": params["lm_head"]}
+  expected_sum, expected_weight = 0.0, 0.0
+  for sequence in sequences:
+    tokens = sequence[None]
+    lm_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": jnp.ones((1, len(sequence) - 1), bool),
+                "resets": jnp.ones((1,), bool)}
+    alone, _ = lm_loss(lm, lm_params, lm_batch, zero_carry("lstm", L, 1, H), {}, False)
+    expected_sum, expected_weight = expected_sum + alone["loss_sum"], expected_weight + alone["weight"]
+  assert float(sums["lm_weight"]) == expected_weight == 5.0
+  np.testing.assert_allclose(sums["lm_loss_sum"], expected_sum, rtol=1e-5)

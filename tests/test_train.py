@@ -58,7 +58,9 @@ def test_bucketed_and_packed_runs_resume_exactly_and_report_their_shapes(tmp_pat
   whole = train_and_evaluate(config, str(tmp_path / "whole"))
   train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path / "resumed"))
   resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert resumed == whole
+  # All but `best`: the shorter first run's final evaluation (step 20) is a candidate too.
+  without_best = lambda summary: {k: v for k, v in summary.items() if k != "best"}
+  assert without_best(resumed) == without_best(whole)
   shapes = whole["batch_shapes"]
   if batching == "pack":
     assert shapes == [[8, 48]] and whole["padding_efficiency"] > 0.9

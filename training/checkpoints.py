@@ -85,13 +85,17 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState) -> None:
+  def save(self, state: TrainState, metrics: dict | None = None) -> None:
+    """Saves `state` at its step, with `metrics` (plain JSON values) beside it when given."""
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return  # Orbax refuses to write a step twice; saving the same step again changes nothing.
     self.check_save()  # Orbax waits for the previous save first: report it if it failed.
     try:
-      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state))), force=True)
+      items = {"state": ocp.args.StandardSave(_as_tree(state))}
+      if metrics is not None:
+        items["metrics"] = ocp.args.JsonSave(metrics)
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # Orbax and TensorStore raise many types.
       raise self._save_error(step, _first_line(e)) from None
     self._pending_step = step
@@ -119,6 +123,14 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template))
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return TrainState(**restored["state"])
+
+  def restore_metrics(self, step: int) -> dict:
+    """The metrics saved beside the state at `step`."""
+    return dict(self._manager.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))["metrics"])
+
+  def set_aside(self, steps: list[int], set_aside_dir: str) -> None:
+    """Moves these checkpoints to `set_aside_dir` (never deleted)."""
+    self._set_aside(steps, set_aside_dir)
 
   def restore_readable(self, template: TrainState, *, restore_step: int,
                        set_aside_dir: str) -> tuple[TrainState | None, int]:

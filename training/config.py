@@ -12,7 +12,8 @@ from pipeline.sources import with_absolute_path
 
 TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "max")
+SELECT_METRICS = ("loss", "accuracy")
 LR_DECAYS = ("none", "cosine")
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
@@ -27,7 +28,8 @@ DEFAULT_DATA = {
 
 # The fields that fix the parameters' shapes: a resume must not change them.
 MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
-                "tokenizer", "vocab_size", "num_classes", "pooling")
+                "tokenizer", "vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
+                "lm_loss_weight")
 
 
 class ConfigError(ValueError):
@@ -45,13 +47,18 @@ class Config:
   dropout: float = 0.0
   head_widths: tuple[int, ...] = (128,)
   pooling: str = "last"
+  bidirectional: bool = False  # classify: a backward layer beside each forward one
+  tie_embeddings: bool = False  # the next-token layer reuses the embedding matrix
+  lm_loss_weight: float = 0.0  # classify: add this times the next-token loss of the same text
+  init_from: str = ""  # classify: a trained language model's workdir; its encoder and vocabulary
   num_classes: int = 0  # 0: one more than the largest training label
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
   remat: bool = False  # recompute in the backward pass what it would otherwise keep (long windows)
   # Data.
   train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
-  eval_data: str = ""
+  eval_data: str = ""  # the dev split: evaluations and model selection
+  test_data: str = ""  # the test split: evaluated once, at the end, with the selected parameters
   tokenizer: str = "char"
   vocab_size: int = 0  # 0: every token of the training data
   text_field: str = "text"
@@ -84,6 +91,8 @@ class Config:
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   restore_step: int = 0  # 0: the latest readable checkpoint
+  select_metric: str = ""  # the eval metric that picks the best checkpoint; "": the task's default
+  patience: int = 0  # stop after this many evaluations without a better one (0: never)
   # Faults.
   on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the update
   inject_nan_at_step: int = 0  # testing aid: make step N's loss NaN (0: never)
@@ -101,7 +110,13 @@ class Config:
     """The same config with every path flag resolved against the working directory."""
     return dataclasses.replace(self, train_data=with_absolute_path(self.train_data),
                                eval_data=with_absolute_path(self.eval_data),
-                               tfds_data_dir=absolute(self.tfds_data_dir))
+                               test_data=with_absolute_path(self.test_data),
+                               tfds_data_dir=absolute(self.tfds_data_dir),
+                               init_from=absolute(self.init_from))
+
+  def selection_metric(self) -> str:
+    """The eval metric that picks the best checkpoint: accuracy for classifiers, loss for LMs."""
+    return self.select_metric or ("accuracy" if self.task == "classify" else "loss")
 
 
 def _require(condition: bool, flag: str, message: str) -> None:
@@ -143,5 +158,18 @@ def validate(config: Config, device_count: int = 1) -> None:
            f"{config.batching} applies to --task=classify; per-token data is read in contiguous lanes"
            " with no padding to remove")
   _require(config.batch_tokens == 0 or config.batching == "bucket", "batch_tokens", "needs --batching=bucket")
-  _require(bool(config.train_data) or not config.eval_data, "train_data",
-           "--eval_data was given without --train_data")
+  _require(bool(config.train_data) or not (config.eval_data or config.test_data), "train_data",
+           "--eval_data or --test_data was given without --train_data")
+  _require(config.select_metric in ("",) + SELECT_METRICS, "select_metric",
+           f"unknown value {config.select_metric!r}; expected one of {', '.join(SELECT_METRICS)}")
+  _require(config.selection_metric() != "accuracy" or config.task == "classify", "select_metric",
+           "accuracy is measured for --task=classify only; use loss")
+  _require(config.patience >= 0, "patience", f"must be >= 0, got {config.patience}")
+  _require(config.patience == 0 or bool(config.data_specs()[1]), "patience",
+           "early stopping needs --eval_data (the dev split it watches)")
+  _require(config.patience == 0 or config.eval_every > 0, "patience",
+           "early stopping counts evaluations: it needs --eval_every > 0")
+  _require(config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}")
+  for flag in ("bidirectional", "lm_loss_weight", "init_from"):
+    _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
+

@@ -29,9 +29,10 @@ class RunData:
   vocab: Vocabulary
   num_classes: int  # 0 for per-token training
   train_batches: Callable[[int], Iterator[dict]]  # start (global batch index) -> this process's batches
-  eval_batches: Callable[[], Iterator[dict]] | None  # one pass over this process's eval share
+  eval_batches: Callable[[], Iterator[dict]] | None  # one pass over this process's share of the dev split
   eval_spec: str
   truncated_examples: int = 0  # training sequences cut to the row width (classify)
+  test_batches: Callable[[], Iterator[dict]] | None = None  # the test split, read once at the end
 
 
 def prepare_data(config: Config, workdir: str) -> RunData:
@@ -44,6 +45,7 @@ def prepare_data(config: Config, workdir: str) -> RunData:
       utf8_errors=config.utf8_errors, encoding=config.encoding)
   train_examples = read(train_spec, "train_data")
   eval_examples = read(eval_spec, "eval_data") if eval_spec else None
+  test_examples = read(config.test_data, "test_data") if config.test_data else None
   vocab = _load_or_build_vocabulary(train_examples, config, os.path.join(workdir, VOCAB_FILE))
 
   if config.task == "lm":
@@ -53,12 +55,17 @@ def prepare_data(config: Config, workdir: str) -> RunData:
                    shard_index=process_index, shard_count=process_count, num_threads=config.data_workers)
     train = lambda start=0: iter(window_batches(train_tokens, train=True, what="--train_data", start=start,
                                                 **lm_args))
-    evaluate = None if eval_tokens is None else (
-        lambda: iter(window_batches(eval_tokens, train=False, what="--eval_data", **lm_args)))
-    # Fail now, not at the first evaluation, if the eval stream cannot fill the lanes.
-    if evaluate is not None:
-      evaluate()
-    return RunData(vocab, 0, train, evaluate, eval_spec)
+
+    def held_out(examples, flag):
+      if examples is None:
+        return None
+      tokens = token_stream(examples, vocab)
+      batches = lambda: iter(window_batches(tokens, train=False, what=f"--{flag}", **lm_args))
+      batches()  # Fail now, not at the first evaluation, if the stream cannot fill the lanes.
+      return batches
+
+    return RunData(vocab, 0, train, held_out(eval_examples, "eval_data"), eval_spec,
+                   test_batches=held_out(test_examples, "test_data"))
 
   labels = _load_or_fix_labels(train_examples, config, train_spec, os.path.join(workdir, LABELS_FILE))
   num_classes = labels.num_classes
@@ -89,11 +96,14 @@ def prepare_data(config: Config, workdir: str) -> RunData:
         token_ids, labels, plan_for_epoch, train=train, segments_per_row=segments, shard_index=process_index,
         shard_count=process_count, num_threads=config.data_workers, start=start))
 
-  train = batches(train_ids, train_labels, train=True)
-  evaluate = None
-  if eval_examples is not None:
-    evaluate = batches(encode_all(eval_examples, vocab), labels.ids(eval_examples, eval_spec), train=False)
-  return RunData(vocab, num_classes, train, evaluate, eval_spec, truncated)
+  def held_out(examples, spec):
+    if examples is None:
+      return None
+    return batches(encode_all(examples, vocab), labels.ids(examples, spec), train=False)
+
+  return RunData(vocab, num_classes, batches(train_ids, train_labels, train=True),
+                 held_out(eval_examples, eval_spec), eval_spec, truncated,
+                 test_batches=held_out(test_examples, config.test_data))
 
 
 def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: str) -> Vocabulary:

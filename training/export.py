@@ -23,7 +23,7 @@ from training import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "The file to write (e.g. model.msgpack).", required=True)
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the latest.")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the best on the dev split if the run kept one, else the latest.")
 
 
 def main(argv):

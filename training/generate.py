@@ -5,7 +5,8 @@ r"""Samples text from a trained language model.
 
 The prompt is read in one pass, then the model runs one step per new token from its carried
 state (a jitted `lax.scan` of single steps; the prompt is never re-read). Same flags and seed,
-same text. Uses the latest checkpoint, or `--step`.
+same text. Uses the best checkpoint (chosen on the dev
+split) when the run kept one, else the latest, or `--step`.
 """
 
 
@@ -20,7 +21,7 @@ _LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 picks the most likely token.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the K most likely tokens only; 0: all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the latest.")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.")
 
 
 def main(argv):

@@ -26,6 +26,7 @@ from training.config import Config
 from training.data import LABELS_FILE, VOCAB_FILE
 from training.models import zero_carry
 from training.run_config import RUN_CONFIG_FILE
+from training.selection import BEST_DIR
 from training.trainer import build_model, initial_state_fn, make_optimizer_for
 
 
@@ -54,30 +55,33 @@ def load_config(workdir: str) -> Config:
 
 
 def load_run(workdir: str, step: int = 0) -> TrainedRun:
-  """The run in `workdir` at checkpoint `step` (0: the latest)."""
+  """The run in `workdir` at checkpoint `step`; 0: the best one (`best_checkpoint/`, chosen on
+  the dev split) when the run kept one, else the latest."""
   workdir = absolute(workdir)
   config = load_config(workdir)
   vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
   labels = Labels.load(os.path.join(workdir, LABELS_FILE)) if config.task == "classify" else None
   model = build_model(config, len(vocab), labels.num_classes if labels else 0)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
-                              async_save=False)
+  checkpointers = [Checkpointer(os.path.join(workdir, directory), max_to_keep=keep, async_save=False)
+                   for directory, keep in ((BEST_DIR, 1), ("checkpoints", config.keep_checkpoints))]
   try:
-    steps = checkpointer.all_steps()
+    steps = {s: c for c in reversed(checkpointers) for s in c.all_steps()}  # a step in both: the best's
+    best = checkpointers[0].all_steps()
     if not steps:
-      raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {checkpointer.directory}")
-    step = step or max(steps)
+      raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {checkpointers[1].directory}")
+    step = step or (max(best) if best else max(steps))
     if step not in steps:
-      raise CheckpointError(f"--step={step}: no checkpoint at that step in {checkpointer.directory}"
-                            f" (there are: {sorted(steps)})")
+      raise CheckpointError(f"--step={step}: no checkpoint at that step in {workdir}"
+                            f" (there are: {sorted(steps)}{f'; the best is {max(best)}' if best else ''})")
     # The template fixes shapes; one device holds everything, whatever layout trained the model.
     init_state = initial_state_fn(config, model, make_optimizer_for(config))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     template = jax.eval_shape(init_state, jax.random.PRNGKey(0))
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
-    state = checkpointer.restore_state(step, template)
+    state = steps[step].restore_state(step, template)
   finally:
-    checkpointer.close()
+    for checkpointer in checkpointers:
+      checkpointer.close()
   return TrainedRun(workdir, config, vocab, labels, model, state.params, step)
 
 

@@ -90,7 +90,14 @@ def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry, remat=F
 
 
 class Encoder(nn.Module):
-  """Token embedding and a stack of recurrent layers, with dropout between them."""
+  """Token embedding and a stack of recurrent layers, with dropout between them.
+
+  `bidirectional`: a second stack (`backward_layer_*`) reads each sequence from its last real
+  token to its first, also inside packed rows (each sequence is reversed in place, see
+  `reversal_index`), and its outputs are concatenated to the forward stack's: [B, T, 2H]. The
+  forward stack keeps the names and shapes of a language model's encoder, so a unidirectional
+  LM initialises it whole (`--init_from`).
+  """
   vocab_size: int
   embed_size: int
   hidden_size: int
@@ -100,23 +107,57 @@ class Encoder(nn.Module):
   unroll: int = 1
   backward: str = "fused"
   remat: bool = False
+  bidirectional: bool = False
 
   @nn.compact
-  def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
-    """tokens [B, T] int, mask [B, T] bool, carry [L, S, B, H] -> (outputs [B, T, H], carry)."""
+  def __call__(self, tokens, mask, carry, resets=None, *, train: bool, reversal=None):
+    """tokens [B, T] int, mask [B, T] bool, carry [L, S, B, H], reversal [B, T] (bidirectional)
+    -> (outputs [B, T, H] (2H when bidirectional), carry of the forward stack)."""
     # Time-major from the embedding to the last layer: the time loop reads [T, B, ...], and
     # only the last layer's outputs are turned back.
     tokens, mask = tokens.T, mask.T
     resets = None if resets is None else resets.T
     x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    outputs, final = self._stack("layer", x, mask, carry, resets, train)
+    if self.bidirectional:
+      # A sequence reversed in place occupies the same positions, so mask and resets still hold.
+      reverse = lambda a: jnp.take_along_axis(a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0)
+      backward_outputs, _ = self._stack("backward_layer", reverse(x), mask, jnp.zeros_like(carry), resets, train)
+      outputs = jnp.concatenate([outputs, reverse(backward_outputs)], axis=-1)
+    return jnp.swapaxes(outputs, 0, 1), final
+
+  def _stack(self, prefix, x, mask, carry, resets, train):
     final = []
     for layer in range(self.num_layers):
       x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
-                                      remat=self.remat, name=f"layer_{layer}")(x, mask, carry[layer], resets)
+                                      remat=self.remat, name=f"{prefix}_{layer}")(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
-    return jnp.swapaxes(x, 0, 1), jnp.stack(final)
+    return x, jnp.stack(final)
+
+
+class NextTokenHead(nn.Module):
+  """Next-token logits from recurrent outputs: a dense layer, or (`tie`) the embedding matrix
+  transposed, after a projection to its width when the widths differ (Press & Wolf 2017)."""
+  vocab_size: int
+  tie: bool = False
+
+  @nn.compact
+  def __call__(self, outputs, embedding):
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.vocab_size,))
+    if not self.tie:  # the parameters of an `nn.Dense` (those of earlier checkpoints)
+      kernel = self.param("kernel", nn.initializers.lecun_normal(), (outputs.shape[-1], self.vocab_size))
+      return outputs @ kernel + bias
+    if outputs.shape[-1] != embedding.shape[-1]:
+      outputs = nn.Dense(embedding.shape[-1], name="projection")(outputs)
+    return outputs @ embedding.T + bias
+
+
+def next_token_logits(module: nn.Module, encoder: Encoder, outputs, tie: bool):
+  """`module`'s `lm_head` applied to `outputs`, with the encoder's embedding when tied."""
+  embedding = encoder.variables["params"]["embed"]["embedding"] if tie else None
+  return NextTokenHead(encoder.vocab_size, tie, name="lm_head")(outputs, embedding)
 
 
 class LanguageModel(nn.Module):
@@ -130,23 +171,27 @@ class LanguageModel(nn.Module):
   unroll: int = 1
   backward: str = "fused"
   remat: bool = False
+  tie_embeddings: bool = False
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
-    outputs, carry = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                             self.cell, self.dropout_rate, self.unroll, self.backward, self.remat,
-                             name="encoder")(
-                                 tokens, mask, carry, resets, train=train)
-    return nn.Dense(self.vocab_size, name="lm_head")(outputs), carry
+    encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
+                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, name="encoder")
+    outputs, carry = encoder(tokens, mask, carry, resets, train=train)
+    return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
 
 
 class SequenceClassifier(nn.Module):
-  """Class logits per sequence from its last real state (or mean state) and an MLP head.
+  """Class logits per sequence from its states (last, mean or max) and an MLP head.
 
   A row may hold several sequences (packing): `segment_ids [B, T]` numbers them 1..S (0 for
   padding), the state restarts where a new one begins, and `segment_ends [B, S]` says where
   each ends. An unpacked row is one segment.
+
+  `next_token_head`: the model also has a language model's `lm_head` on its forward stack, and
+  `__call__(..., token_logits=True)` returns (class logits, next-token logits [B, T, V]) for the
+  joint per-sequence and per-token objective (`--lm_loss_weight`).
   """
   vocab_size: int
   embed_size: int
@@ -155,36 +200,80 @@ class SequenceClassifier(nn.Module):
   cell: str
   num_classes: int
   head_widths: Sequence[int] = (128,)
-  pooling: str = "last"  # "last" or "mean"
+  pooling: str = "last"  # "last", "mean" or "max"
   dropout_rate: float = 0.0
   unroll: int = 1
   backward: str = "fused"
   remat: bool = False
+  bidirectional: bool = False
+  next_token_head: bool = False
+  tie_embeddings: bool = False
 
   @nn.compact
-  def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool):
+  def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
     """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
     previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
     resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
-    outputs, _ = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                         self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, name="encoder")(
-                             tokens, mask, carry, resets, train=train)
-    features = pool(outputs, segment_ids, segment_ends, self.pooling)
+    segment_starts = starts_of(segment_ids, segment_ends)
+    encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
+                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
+                      name="encoder")
+    reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
+    outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
+    if self.bidirectional and self.pooling == "last":
+      # The backward stack has read a whole sequence when it reaches the sequence's first token.
+      forward, backward = jnp.split(outputs, 2, axis=-1)
+      features = jnp.concatenate([pool(forward, segment_ids, segment_ends, "last"),
+                                  pool(backward, segment_ids, segment_starts, "last")], axis=-1)
+    else:
+      features = pool(outputs, segment_ids, segment_ends, self.pooling)
     for i, width in enumerate(self.head_widths):
       features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-    return nn.Dense(self.num_classes, name="head_out")(features)
+    logits = nn.Dense(self.num_classes, name="head_out")(features)
+    if self.next_token_head and (token_logits or self.is_initializing()):
+      # Only the forward stack may predict the next token: the backward one has read it.
+      tokens_out = next_token_logits(self, encoder, outputs[..., :self.hidden_size], self.tie_embeddings)
+      if token_logits:
+        return logits, tokens_out
+    return logits
+
+
+def starts_of(segment_ids, segment_ends):
+  """segment_ids [B, T] (1..S, 0 padding), segment_ends [B, S] -> first positions [B, S]
+  (each sequence's end minus its length plus one; 0 for an empty slot)."""
+  num_segments = segment_ends.shape[1]
+  lengths = jax.vmap(lambda ids: jnp.bincount(ids, length=num_segments + 1))(segment_ids)[:, 1:]
+  return jnp.where(lengths > 0, segment_ends - lengths + 1, 0)
+
+
+def reversal_index(segment_ids, segment_starts, segment_ends):
+  """[B, T]: where each position's token goes when every sequence is reversed in place
+  (start + end - t inside a sequence; padding stays where it is). Its own inverse."""
+  slot = jnp.maximum(segment_ids - 1, 0)
+  start = jnp.take_along_axis(segment_starts, slot, axis=1)
+  end = jnp.take_along_axis(segment_ends, slot, axis=1)
+  position = jnp.arange(segment_ids.shape[1])[None, :]
+  return jnp.where(segment_ids > 0, start + end - position, position)
 
 
 def pool(outputs, segment_ids, segment_ends, pooling: str):
   """Per-sequence features [B, S, H] from outputs [B, T, H]: each sequence's last state, or the
-  mean of its states."""
+  mean or elementwise maximum of its states (zeros for an empty slot)."""
   if pooling == "last":
     return jnp.take_along_axis(outputs, segment_ends[..., None], axis=1)
+  batch, length, width = outputs.shape
+  num_segments = segment_ends.shape[1]
+  # Segment reductions over the flattened rows: [B*T, H] -> [B*(S+1), H] (slot 0 is padding),
+  # never a [B, T, S, H] intermediate.
+  ids = (segment_ids + (num_segments + 1) * jnp.arange(batch)[:, None]).reshape(-1)
+  flat, slots = outputs.reshape(-1, width), batch * (num_segments + 1)
+  counts = jax.ops.segment_sum(jnp.ones_like(ids, outputs.dtype), ids, slots).reshape(batch, -1, 1)[:, 1:]
   if pooling == "mean":
-    slots = jnp.arange(1, segment_ends.shape[1] + 1)
-    members = (segment_ids[..., None] == slots).astype(outputs.dtype)  # [B, T, S]
-    sums = jnp.einsum("bts,bth->bsh", members, outputs)
-    return sums / jnp.maximum(members.sum(axis=1), 1.0)[..., None]
+    sums = jax.ops.segment_sum(flat, ids, slots).reshape(batch, -1, width)[:, 1:]
+    return sums / jnp.maximum(counts, 1.0)
+  if pooling == "max":
+    maxima = jax.ops.segment_max(flat, ids, slots).reshape(batch, -1, width)[:, 1:]
+    return jnp.where(counts > 0, maxima, 0.0)
   raise ValueError(f"unknown pooling {pooling!r}")

@@ -42,11 +42,29 @@ def lm_loss(model, params, batch, carry, rngs, train: bool):
 
 
 def classify_loss(model, params, batch, carry, rngs, train: bool):
-  """Per-sequence objective. Returns (sums, None): nothing is carried between batches."""
+  """Per-sequence objective. Returns (sums, None): nothing is carried between batches.
+
+  A classifier with a next-token head (`--lm_loss_weight`) also returns the per-token sums of
+  the same text as `lm_loss_sum` and `lm_weight`; the train step adds them in with their weight.
+  """
   del carry
-  logits = model.apply({"params": params}, batch["inputs"], batch["mask"], batch["segment_ids"],
-                       batch["segment_ends"], train=train, rngs=rngs)
-  return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
+  args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
+  if not getattr(model, "next_token_head", False):
+    logits = model.apply({"params": params}, *args, train=train, rngs=rngs)
+    return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
+  logits, token_logits = model.apply({"params": params}, *args, train=train, rngs=rngs, token_logits=True)
+  sums = sequence_cross_entropy(logits, batch["labels"], batch["example_mask"])
+  targets, has_target = next_tokens_within_segments(batch["inputs"], batch["segment_ids"])
+  tokens = token_cross_entropy(token_logits, targets, has_target)
+  return dict(sums, lm_loss_sum=tokens["loss_sum"], lm_weight=tokens["weight"]), None
+
+
+def next_tokens_within_segments(inputs, segment_ids):
+  """Each position's next token, and whether it has one in the same sequence (a packed row's
+  next sequence is not a continuation; a sequence's last token has no target)."""
+  targets = jnp.pad(inputs[:, 1:], ((0, 0), (0, 1)))
+  following = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+  return targets, (segment_ids > 0) & (following == segment_ids)
 
 
 OBJECTIVES = {"lm": lm_loss, "classify": classify_loss}
@@ -59,4 +77,6 @@ def finalize_metrics(sums: dict) -> dict:
   metrics = {"loss": float(sums["loss_sum"]) / weight}
   if "correct_sum" in sums:
     metrics["accuracy"] = float(sums["correct_sum"]) / weight
+  if "lm_loss_sum" in sums:
+    metrics["lm_loss"] = float(sums["lm_loss_sum"]) / max(float(sums["lm_weight"]), 1.0)
   return metrics

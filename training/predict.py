@@ -5,7 +5,8 @@ r"""Labels text with a trained classifier: one sequence per input line, one JSON
 
 Each output line is `{"label": NAME, "label_id": ID, "probabilities": {NAME: P, ...}}`, in input
 order. Texts are tokenised with the run's vocabulary and truncated to its `--seq_len`, as in
-training, and read in batches. Uses the latest checkpoint, or `--step`.
+training, and read in batches. Uses the best checkpoint (chosen on the dev
+split) when the run kept one, else the latest, or `--step`.
 """
 
 import json
@@ -22,7 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The trained classifier's workdi
 _INPUT = flags.DEFINE_string("input", "-", "A text file with one sequence per line, or - for standard input.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
 _ENCODING = flags.DEFINE_string("encoding", "utf-8", "Encoding of --input.")
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the latest.")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.")
 
 
 def _lines(path: str, encoding: str) -> Iterator[str]:

@@ -30,7 +30,16 @@ flags.DEFINE_integer("embed_size", _D.embed_size, "Token embedding width.")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate on embeddings, between layers and in the head.")
 flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
                   "Hidden widths of the classifier's MLP head (the class count is added).")
-flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} state.")
+flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, or"
+                    " the mean or elementwise max of the states).")
+flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: each layer also reads every sequence backwards"
+                  " (a second recurrent layer; their outputs are concatenated).")
+flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
+                  " (through a projection to --embed_size when --hidden_size differs).")
+flags.DEFINE_float("lm_loss_weight", _D.lm_loss_weight, "classify: add this weight times the next-token"
+                   " loss on the same text (per token and per sequence at once); 0: off.")
+flags.DEFINE_string("init_from", _D.init_from, "classify: workdir of a trained language model; the"
+                    " classifier starts from its encoder (and next-token head) and uses its vocabulary.")
 flags.DEFINE_integer("num_classes", _D.num_classes, "Classes; 0 infers 1 + the largest training label.")
 flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteration.")
 flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
@@ -38,8 +47,10 @@ flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
                     " gradients as one matmul after the loop | jax.grad of the scan, the reference).")
 flags.DEFINE_string("train_data", _D.train_data,
                     "KIND:PATH[SLICE] with KIND text|lines|jsonl|csv|tsv|parquet|tfds|synthetic; empty: generated task.")
-flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the evaluation data; empty: none"
-                    " (or the generated task's held-out part when --train_data is empty too).")
+flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the dev split (evaluations and model"
+                    " selection); empty: none (or the generated task's held-out part when --train_data is empty too).")
+flags.DEFINE_string("test_data", _D.test_data, "KIND:PATH[SLICE] of the test split: evaluated once, at the"
+                    " end, with the parameters of the best --eval_data evaluation; empty: none.")
 flags.DEFINE_string("tokenizer", _D.tokenizer, "char | word.")
 flags.DEFINE_integer("vocab_size", _D.vocab_size, "Keep the most frequent tokens; 0 keeps all.")
 flags.DEFINE_string("text_field", _D.text_field, "Text field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records.")
@@ -79,6 +90,10 @@ flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.
 flags.DEFINE_bool("async_checkpointing", _D.async_checkpointing, "Save checkpoints in the background.")
 flags.DEFINE_integer("restore_step", _D.restore_step, "Resume from this checkpoint step; 0: the latest"
                      " readable one (an unreadable one is set aside and the previous one used).")
+flags.DEFINE_string("select_metric", _D.select_metric, "Eval metric that picks the best checkpoint (kept in"
+                    " WORKDIR/best_checkpoint): loss | accuracy; empty: accuracy to classify, loss for lm.")
+flags.DEFINE_integer("patience", _D.patience, "Stop after this many evaluations in a row without a better"
+                     " --select_metric; 0: never stop early.")
 flags.DEFINE_string("on_nonfinite", _D.on_nonfinite, f"A non-finite loss or gradient: {' | '.join(ON_NONFINITE)}"
                     " (stop the run naming the step, keeping the last checkpoint; or skip that update).")
 flags.DEFINE_integer("inject_nan_at_step", _D.inject_nan_at_step, "Testing aid: make this step's loss NaN.")

@@ -52,7 +52,7 @@ def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainS
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None):
+               axis_name: str | None = None, lm_loss_weight: float = 0.0):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -75,6 +75,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   def loss_fn(params):
     sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
     loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
+    if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text (--lm_loss_weight)
+      loss += lm_loss_weight * sums["lm_loss_sum"] / jnp.maximum(total(sums["lm_weight"]), 1.0)
     if inject_nan_at_step:
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
@@ -104,8 +106,10 @@ def eval_step(params, batch: dict, carry, *, model, objective):
   return objective(model, params, batch, carry, {}, False)
 
 
-def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None):
+def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
+               lm_loss_weight: float = 0.0):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
-                            inject_nan_at_step=inject_nan_at_step, axis_name=axis_name),
+                            inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
+                            lm_loss_weight=lm_loss_weight),
           functools.partial(eval_step, model=model, objective=objective))

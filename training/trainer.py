@@ -18,9 +18,11 @@ from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
+from training.selection import ModelSelection
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
+from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
 from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer, make_schedule
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
@@ -32,10 +34,16 @@ def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, 
   kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
                 unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
+  if config.tie_embeddings:
+    kwargs["tie_embeddings"] = True
   if config.task == "lm":
     return "LanguageModel", kwargs
-  return "SequenceClassifier", dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths),
-                                    pooling=config.pooling)
+  kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
+  if config.bidirectional:
+    kwargs["bidirectional"] = True
+  if config.lm_loss_weight > 0:
+    kwargs["next_token_head"] = True  # per token and per sequence at once
+  return "SequenceClassifier", kwargs
 
 
 MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
@@ -79,7 +87,8 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   optimizer = make_optimizer_for(config)
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
-      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None)
+      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
+      lm_loss_weight=config.lm_loss_weight)
   init_state = initial_state_fn(config, model, optimizer)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
@@ -100,14 +109,16 @@ def schedule_for(config: Config):
                        warmup_steps=config.warmup_steps, lr_decay=config.lr_decay)
 
 
-def evaluate(eval_fn, params, data: RunData, config: Config, mesh, initial_carry) -> dict:
-  """Metrics over the eval set (or its first `eval_steps` batches); per-token evaluation
-  carries the state across windows from `initial_carry` (zeros)."""
+def evaluate(eval_fn, params, batches: Callable, config: Config, mesh, initial_carry, split: str = "eval") -> dict:
+  """Metrics over one pass of `batches()` (the dev split: at most `eval_steps` batches; the test
+  split: all of it); per-token evaluation carries the state across windows from
+  `initial_carry` (zeros)."""
   carry = initial_carry
   totals = None
-  bar = ProgressBar(config.eval_steps or None, 0, "eval", jax.process_index() == 0, unit="batch")
-  for index, local_batch in enumerate(data.eval_batches()):
-    if config.eval_steps and index >= config.eval_steps:
+  limit = config.eval_steps if split == "eval" else 0
+  bar = ProgressBar(limit or None, 0, split, jax.process_index() == 0, unit="batch")
+  for index, local_batch in enumerate(batches()):
+    if limit and index >= limit:
       break
     sums, carry = eval_fn(params, parallel.global_batch(local_batch, mesh), carry)
     totals = add_sums(totals, sums)
@@ -133,6 +144,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   """
   # Relative paths (workdir, data, TFDS dir) are resolved once, here: Orbax needs absolute ones.
   workdir, config = absolute(workdir), config.with_absolute_paths()
+  if config.init_from:
+    config = adopt_architecture(config)  # the language model's cell, sizes and tokenizer
   processes, devices = jax.process_count(), jax.device_count()
   check_devices_for_resume(config, workdir, devices)  # before validate's check: it says what changed
   validate(config, devices)
@@ -150,6 +163,8 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
     if before and before != {"processes": processes, "devices": devices}:
       logging.info("Resuming a run trained by %d process(es) and %d devices on %d process(es) and %d devices",
                    before["processes"], before["devices"], processes, devices)
+  if config.init_from:
+    copy_vocabulary(config.init_from, workdir)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
 
@@ -169,16 +184,25 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
+  elif config.init_from:
+    state = state.replace(params=initial_params(config.init_from, state.params))
   train_batches = data.train_batches(start_step)  # global batch `step` comes next, on any topology
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
                            tensorboard_dir=workdir)
   reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead)
 
-  step = start_step
+  selection = ModelSelection(workdir, metric=config.selection_metric(), eval_every=config.eval_every,
+                             patience=config.patience, resume_step=start_step,
+                             set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"),
+                             enabled=data.eval_batches is not None)
+  evaluate_dev = lambda params: evaluate(eval_fn, params, data.eval_batches, config, mesh, eval_carry)
+
+  step, evaluated_at, eval_metrics = start_step, None, {}
   preemption = PreemptionWatch()
   preempted = False
+  stopped_early = selection.patience_exhausted(step)  # a run that stopped early stays stopped
   try:
-    while step < config.num_steps:
+    while step < config.num_steps and not stopped_early:
       batch = parallel.global_batch(next(train_batches), mesh)
       state, metrics = train_fn(state, batch)
       step += 1
@@ -196,14 +220,17 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
           and not preempted):
         if data.eval_batches is not None:
-          reporter.log_eval(step, evaluate(eval_fn, state.params, data, config, mesh, eval_carry))
+          eval_metrics = _evaluate_and_select(evaluate_dev, state, step, reporter, selection)
+          evaluated_at = step
+          stopped_early = selection.patience_exhausted(step)
         reporter.restart_clock()
-      if save_now:
+      if save_now or stopped_early:
         checkpointer.save(state)
       if preempted:
         break
   except BaseException:
     reporter.close()  # keep what was reported (TensorBoard buffers its events)
+    selection.close()
     raise
   finally:
     preemption.close()
@@ -212,24 +239,46 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
 
   if preempted:
     reporter.close()
+    selection.close()
     logging.warning("Stopped at step %d; checkpoint saved. Run the same command to resume.", step)
     return {"step": step, "preempted": True}
-  eval_metrics = {}
-  if data.eval_batches is not None:
-    eval_metrics = evaluate(eval_fn, state.params, data, config, mesh, eval_carry)
-    reporter.log_eval(step, eval_metrics)
+  if stopped_early:
+    logging.info("Stopped early at step %d: %d evaluations without a better %s than step %d's",
+                 step, config.patience, selection.metric, selection.best["step"])
+  if data.eval_batches is None:
+    eval_metrics = {}
+  elif evaluated_at != step:  # (an early stop has just evaluated this step)
+    eval_metrics = _evaluate_and_select(evaluate_dev, state, step, reporter, selection)
+  test_metrics = None
+  if data.test_batches is not None:
+    # The test split is read once, with the parameters the dev split chose.
+    params = selection.best_state(state).params if selection.best else state.params
+    test_metrics = evaluate(eval_fn, params, data.test_batches, config, mesh, eval_carry, "test")
+    logging.info("test (parameters of step %d): %s", selection.best["step"] if selection.best else step,
+                 "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
   reporter.close()
   summary = {
       "step": step,
       "train_loss": reporter.last_train["loss"] if reporter.last_train else metrics_log.last_train_loss(),
       "eval": eval_metrics,
+      "best": selection.summary(),
+      "test": test_metrics,
+      "stopped_early": stopped_early,
       "param_fingerprint": param_fingerprint(state.params),
       **metrics_log.batching_summary(),
       "truncated_examples": data.truncated_examples,
   }
+  selection.close()
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _evaluate_and_select(evaluate_dev, state, step: int, reporter: TrainReporter, selection: ModelSelection) -> dict:
+  metrics = evaluate_dev(state.params)
+  reporter.log_eval(step, metrics)
+  selection.observe(step, metrics, state)
+  return metrics
 
 
 def _check_finite(pending, on_nonfinite: str, checkpointer: Checkpointer) -> None:

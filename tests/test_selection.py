@@ -1,0 +1,149 @@
+"""Model selection on the dev split, the test split read once, early stopping, and a classifier
+started from a language model (`--init_from`)."""
+
+import dataclasses
+import filecmp
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from training import pretrained
+from training.config import Config, ConfigError, validate
+from training.inference import load_run
+from training.trainer import build_model, initial_state_fn, make_optimizer_for, train_and_evaluate
+
+SPLITS = dict(train_data="synthetic:recall[:80%]", eval_data="synthetic:recall[80%:90%]")
+CLASSIFY = Config(task="classify", hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=48,
+                  num_steps=60, log_every=10, eval_every=10, eval_steps=4, checkpoint_every=20,
+                  keep_checkpoints=1, learning_rate=1e-2, **SPLITS)
+
+
+def eval_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [row for row in map(json.loads, f) if row["split"] == "eval"]
+
+
+def first_best(rows, metric="accuracy"):
+  best = None
+  for row in rows:
+    if best is None or row[metric] > best[metric]:
+      best = row
+  return best
+
+
+def test_best_evaluation_is_kept_and_the_test_split_is_scored_with_its_parameters(tmp_path):
+  # The test split is the dev split here, so the test metrics must be the best evaluation's.
+  config = dataclasses.replace(CLASSIFY, test_data=SPLITS["eval_data"], eval_steps=0)
+  summary = train_and_evaluate(config, str(tmp_path))
+  best = first_best(eval_rows(tmp_path))
+  assert summary["best"]["step"] == best["step"] and summary["best"]["select_metric"] == "accuracy"
+  assert summary["best"]["eval"]["accuracy"] == best["accuracy"]
+  assert summary["test"] == pytest.approx(summary["best"]["eval"], rel=1e-6)
+  # The best checkpoint outlives --keep_checkpoints=1, and inference loads it by default.
+  assert os.listdir(tmp_path / "best_checkpoint") == [str(best["step"])]
+  assert os.listdir(tmp_path / "checkpoints") == ["60"]
+  assert load_run(str(tmp_path)).step == best["step"]
+  assert load_run(str(tmp_path), step=60).step == 60
+
+
+def test_loss_selects_the_lowest_and_no_dev_split_means_no_selection(tmp_path):
+  summary = train_and_evaluate(dataclasses.replace(CLASSIFY, select_metric="loss"), str(tmp_path / "loss"))
+  rows = eval_rows(tmp_path / "loss")
+  assert summary["best"]["step"] == min(rows, key=lambda r: (r["loss"], r["step"]))["step"]
+  plain = train_and_evaluate(dataclasses.replace(CLASSIFY, eval_data="", num_steps=20,
+                                                 test_data=SPLITS["eval_data"]), str(tmp_path / "none"))
+  assert plain["best"] is None and plain["test"]["accuracy"] >= 0.0  # the final parameters, scored once
+  assert not os.path.exists(tmp_path / "none" / "best_checkpoint")
+
+
+def test_patience_stops_after_that_many_evaluations_without_a_better_one(tmp_path):
+  config = dataclasses.replace(CLASSIFY, num_steps=200, patience=2, eval_every=5, learning_rate=3e-2)
+  summary = train_and_evaluate(config, str(tmp_path))
+  rows = eval_rows(tmp_path)
+  best, stale, expected_stop = None, 0, None
+  for row in rows:
+    if best is None or row["accuracy"] > best:
+      best, stale = row["accuracy"], 0
+    else:
+      stale += 1
+    if stale == 2:
+      expected_stop = row["step"]
+      break
+  assert expected_stop is not None and expected_stop < 200, "the run never plateaued: the test proves nothing"
+  assert summary["step"] == expected_stop and summary["stopped_early"]
+  assert rows[-1]["step"] == expected_stop  # no evaluation after the stop
+  assert os.listdir(tmp_path / "checkpoints") == [str(expected_stop)]
+  # The same command again finds the run finished: no more training, the same result.
+  again = train_and_evaluate(config, str(tmp_path))
+  assert again["step"] == expected_stop and again["best"] == summary["best"]
+  assert again["param_fingerprint"] == summary["param_fingerprint"]
+
+
+def test_a_resumed_run_selects_and_stops_like_an_uninterrupted_one(tmp_path):
+  config = dataclasses.replace(CLASSIFY, num_steps=120, patience=3, eval_every=10, test_data=SPLITS["eval_data"])
+  whole = train_and_evaluate(config, str(tmp_path / "whole"))
+  train_and_evaluate(dataclasses.replace(config, num_steps=40), str(tmp_path / "resumed"))
+  shutil_kept = os.listdir(tmp_path / "resumed" / "best_checkpoint")
+  assert shutil_kept  # the first part kept a best checkpoint that the resumed run must know of
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  for key in ("step", "best", "test", "stopped_early", "param_fingerprint"):
+    assert resumed[key] == whole[key], key
+
+
+def test_selection_flags_are_checked():
+  with pytest.raises(ConfigError, match="--select_metric: accuracy is measured for --task=classify only"):
+    validate(Config(select_metric="accuracy"))
+  with pytest.raises(ConfigError, match="--select_metric: unknown value 'f1'"):
+    validate(Config(task="classify", select_metric="f1"))
+  with pytest.raises(ConfigError, match="--patience: early stopping needs --eval_data"):
+    validate(dataclasses.replace(CLASSIFY, eval_data="", patience=2))
+  with pytest.raises(ConfigError, match="--init_from: applies to --task=classify"):
+    validate(Config(init_from="/somewhere"))
+  with pytest.raises(ConfigError, match="--lm_loss_weight: must be >= 0"):
+    validate(dataclasses.replace(CLASSIFY, lm_loss_weight=-1.0))
+
+
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("lm"))
+  config = Config(task="lm", hidden_size=16, embed_size=8, num_layers=2, batch_size=8, seq_len=16, num_steps=30,
+                  eval_every=10, checkpoint_every=10, train_data="synthetic:copy[:90%]",
+                  eval_data="synthetic:copy[90%:]", tie_embeddings=True)
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(language_model, tmp_path):
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, hidden_size=99, bidirectional=True,
+                               lm_loss_weight=0.5)
+  adopted = pretrained.adopt_architecture(config)
+  assert (adopted.hidden_size, adopted.num_layers, adopted.embed_size, adopted.tie_embeddings) == (16, 2, 8, True)
+  lm = load_run(language_model)  # its best checkpoint
+  model = build_model(adopted, len(lm.vocab), 3)
+  fresh = jax.jit(initial_state_fn(adopted, model, make_optimizer_for(adopted)))(jax.random.PRNGKey(0)).params
+  params = pretrained.initial_params(language_model, fresh)
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  lm_leaves, leaves, fresh_leaves = flat(lm.params), flat(params), flat(fresh)
+  for name, value in leaves.items():
+    if name in lm_leaves:  # the embedding, the forward layers and the tied head's bias
+      np.testing.assert_array_equal(value, lm_leaves[name], err_msg=name)
+    else:  # the backward stack and the classifier's head start from the seed
+      np.testing.assert_array_equal(value, fresh_leaves[name], err_msg=name)
+  assert any("backward_layer" in name for name in leaves) and any("head_out" in name for name in leaves)
+  assert sum(name in lm_leaves for name in leaves) == len(lm_leaves)  # all of the LM is used
+
+  # And through the trainer: the LM's vocabulary and sizes, and training from there.
+  summary = train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path))
+  assert filecmp.cmp(os.path.join(language_model, "vocab.json"), tmp_path / "vocab.json", shallow=False)
+  with open(tmp_path / "run_config.json") as f:
+    assert json.load(f)["full_config"]["hidden_size"] == 16
+  assert "lm_loss" in summary["eval"]
+
+
+def test_init_from_a_classifier_run_is_refused(tmp_path):
+  train_and_evaluate(dataclasses.replace(CLASSIFY, num_steps=10), str(tmp_path / "cls"))
+  with pytest.raises(ConfigError, match="that run trained --task=classify"):
+    train_and_evaluate(dataclasses.replace(CLASSIFY, init_from=str(tmp_path / "cls")), str(tmp_path / "new"))
