@@ -50,7 +50,6 @@ def prepare_data(config: Config, workdir: str) -> RunData:
 
   if config.task == "lm":
     train_tokens = token_stream(train_examples, vocab)
-    eval_tokens = token_stream(eval_examples, vocab) if eval_examples is not None else None
     lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
                    shard_index=process_index, shard_count=process_count, num_threads=config.data_workers)
     train = lambda start=0: iter(window_batches(train_tokens, train=True, what="--train_data", start=start,

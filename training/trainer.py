@@ -14,7 +14,7 @@ from pipeline.paths import absolute
 from training import parallel
 from training.checkpoints import Checkpointer
 from training.config import Config, validate
-from training.data import RunData, prepare_data
+from training.data import prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
