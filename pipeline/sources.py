@@ -13,6 +13,11 @@ data). Kinds:
   through `tfds.data_source` (no TensorFlow); NAME may hold a config (`glue/sst2/train`).
 - `synthetic:NAME` a generated task (`pipeline.synthetic`).
 
+Several specs joined by commas are read one after the other as one source
+(`jsonl:unsup.jsonl.gz,jsonl:train.jsonl.gz`). The dev split may also be `holdout:P%`: a fixed
+random P% of the training examples, taken out of training (`holdout_split`), for corpora that come
+without one (the same examples for every `--seed`, so runs stay comparable).
+
 Labels are class ids (`0`, `1`, ...) or names (`pos`, `negative`): names are kept as strings here
 and mapped to ids by the run (`pipeline.labels`). Files are UTF-8 unless `encoding` says otherwise.
 Every error names the flag, and the file and line (or row) where there is one.
@@ -27,6 +32,7 @@ import os
 import re
 from collections.abc import Sequence
 
+import numpy as np
 from absl import logging
 
 from pipeline import synthetic
@@ -66,16 +72,45 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
 
 
 def with_absolute_path(spec: str) -> str:
-  """`spec` with its file path made absolute (`lines:data/x.txt[:10]` -> `lines:/cwd/data/x.txt[:10]`).
+  """`spec` with its file path made absolute (`lines:data/x.txt[:10]` -> `lines:/cwd/data/x.txt[:10]`),
+  each of them for comma-joined specs.
 
   Specs that name no file, or that do not parse (reported later, with the flag), are returned
   unchanged.
   """
+  if "," in spec:
+    return ",".join(map(with_absolute_path, spec.split(",")))
   kind, sep, rest = spec.partition(":")
   path, slice_text = _PATH_AND_SLICE.match(rest).groups()
   if not sep or kind not in FILE_KINDS or not path:
     return spec
   return f"{kind}:{absolute(path)}{slice_text or ''}"
+
+
+HOLDOUT = "holdout:"
+_HOLDOUT_SEED = 20130  # fixed: the held-out examples must not change with --seed
+
+
+def read_joined(specs: str, flag: str, **kwargs) -> Sequence[dict]:
+  """The examples of one spec, or of several joined by commas, in order (`read_examples`'s
+  keyword arguments)."""
+  parts = [read_examples(parse_spec(spec, flag), **kwargs) for spec in specs.split(",")]
+  return parts[0] if len(parts) == 1 else [example for part in parts for example in part]
+
+
+def holdout_split(examples: Sequence[dict], spec: str, flag: str) -> tuple[list[dict], list[dict]]:
+  """(training examples, dev examples) for `--eval_data=holdout:P%`: a fixed random P% of the
+  examples is held out, the rest keeps its order."""
+  text = spec[len(HOLDOUT):]
+  if not re.fullmatch(r"\d+(\.\d+)?%", text) or not 0 < float(text[:-1]) < 100:
+    raise DataError(f"--{flag}={spec!r}: expected holdout:P% with 0 < P < 100, e.g. holdout:10%")
+  count = int(len(examples) * float(text[:-1]) / 100)
+  if count < 1 or count >= len(examples):
+    raise DataError(f"--{flag}={spec!r}: {text} of {len(examples)} training examples leaves no"
+                    " dev or no training example (a text: file is one example: slice it instead)")
+  held = np.zeros(len(examples), bool)
+  held[np.random.default_rng(_HOLDOUT_SEED).permutation(len(examples))[:count]] = True
+  return ([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
 
 
 def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",

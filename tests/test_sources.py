@@ -142,3 +142,27 @@ def test_bad_specs_name_the_flag(spec, message):
   with pytest.raises(DataError, match=message) as error:
     read(spec)
   assert "--train_data" in str(error.value)
+
+
+def test_comma_joined_specs_read_one_after_the_other(tmp_path):
+  (tmp_path / "a.txt").write_text("0 first\n1 second\n")
+  (tmp_path / "b.txt").write_text("1 third\n")
+  joined = sources.read_joined(f"lines:{tmp_path}/a.txt,lines:{tmp_path}/b.txt[:1]", "train_data", with_labels=True)
+  assert [e["text"] for e in joined] == ["first", "second", "third"]
+  assert sources.with_absolute_path("lines:a.txt,jsonl:/abs/b.jsonl").split(",")[1] == "jsonl:/abs/b.jsonl"
+  assert sources.with_absolute_path("lines:a.txt,jsonl:b.jsonl").count(str(tmp_path.cwd())) == 2
+
+
+def test_holdout_takes_a_fixed_random_share_out_of_training():
+  examples = [{"text": str(i), "label": i % 2} for i in range(1000)]
+  train, dev = sources.holdout_split(examples, "holdout:10%", "eval_data")
+  assert len(dev) == 100 and len(train) == 900
+  assert sorted(e["text"] for e in train + dev) == sorted(e["text"] for e in examples)  # disjoint, complete
+  assert [e["text"] for e in train] == sorted((e["text"] for e in train), key=int)  # training keeps its order
+  assert 30 < sum(e["label"] for e in dev) < 70  # random, not the file's tail (sorted files are common)
+  assert sources.holdout_split(examples, "holdout:10%", "eval_data") == (train, dev)  # fixed
+  for bad in ("holdout:0%", "holdout:10", "holdout:100%"):
+    with pytest.raises(DataError, match=f"--eval_data='{bad}': expected holdout:P%"):
+      sources.holdout_split(examples, bad, "eval_data")
+  with pytest.raises(DataError, match="leaves no dev or no training example"):
+    sources.holdout_split(examples[:5], "holdout:10%", "eval_data")

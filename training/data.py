@@ -39,12 +39,15 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   process_index, process_count = jax.process_index(), jax.process_count()
   train_spec, eval_spec = config.data_specs()
   with_labels = config.task == "classify"
-  read = lambda spec, flag: sources.read_examples(
-      sources.parse_spec(spec, flag), with_labels=with_labels, text_field=config.text_field,
+  read = lambda spec, flag: sources.read_joined(
+      spec, flag, with_labels=with_labels, text_field=config.text_field,
       label_field=config.label_field, tfds_data_dir=config.tfds_data_dir or None,
       utf8_errors=config.utf8_errors, encoding=config.encoding)
   train_examples = read(train_spec, "train_data")
-  eval_examples = read(eval_spec, "eval_data") if eval_spec else None
+  if eval_spec.startswith(sources.HOLDOUT):
+    train_examples, eval_examples = sources.holdout_split(train_examples, eval_spec, "eval_data")
+  else:
+    eval_examples = read(eval_spec, "eval_data") if eval_spec else None
   test_examples = read(config.test_data, "test_data") if config.test_data else None
   vocab = _load_or_build_vocabulary(train_examples, config, os.path.join(workdir, VOCAB_FILE))
 

@@ -60,6 +60,10 @@ class MetricsLog:
     return {"padding_efficiency": sum(row["real_tokens"] for row in rows) / fed if fed else None,
             "batch_shapes": [list(shape) for shape in shapes]}
 
+  def last_elapsed(self) -> float:
+    """The latest `elapsed_s` already in the file (0 for a new run)."""
+    return next((row["elapsed_s"] for row in reversed(self._rows) if "elapsed_s" in row), 0.0)
+
   def last_train_loss(self) -> float | None:
     """The latest train loss already in the file (for a run resumed at its last step)."""
     return next((row["loss"] for row in reversed(self._rows) if row["split"] == "train"), None)

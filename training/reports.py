@@ -60,6 +60,7 @@ class TrainReporter:
     self._shapes = set()  # global batch shapes the train step saw since the last row
     self._window_start = self._run_start = time.perf_counter()
     self._run_start_step = start_step
+    self._elapsed_before = metrics_log.last_elapsed()  # the wall time of the runs this one resumes
     self.last_train = None
     self._bar = ProgressBar(num_steps, start_step, "train", enabled)
 
@@ -77,7 +78,7 @@ class TrainReporter:
            "padding_efficiency": real / max(fed, 1.0),
            "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
            "learning_rate": learning_rate_at(self._schedule, step - 1),  # the rate of this row's last update
-           "real_tokens": int(real), "fed_tokens": int(fed),
+           "real_tokens": int(real), "fed_tokens": int(fed), "elapsed_s": self.elapsed(now),
            "batch_shapes": sorted(list(shape) for shape in self._shapes)}
     self.metrics_log.write(row)
     eta = (now - self._run_start) / max(step - self._run_start_step, 1) * (self._num_steps - step)
@@ -86,8 +87,12 @@ class TrainReporter:
                  accuracy, row["tokens_per_sec"], format_duration(eta))
     self.last_train, self.pending, self._window_start, self._shapes = row, None, now, set()
 
+  def elapsed(self, now: float | None = None) -> float:
+    """Wall seconds of training so far (evaluations included), over resumes."""
+    return round(self._elapsed_before + (now or time.perf_counter()) - self._run_start, 3)
+
   def log_eval(self, step: int, metrics: dict) -> None:
-    self.metrics_log.write({"step": step, "split": "eval", **metrics})
+    self.metrics_log.write({"step": step, "split": "eval", **metrics, "elapsed_s": self.elapsed()})
     logging.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
   def restart_clock(self) -> None:
