@@ -66,7 +66,7 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
   path, slice_text = _PATH_AND_SLICE.match(rest).groups()
   if not path:
     raise DataError(f"--{flag}={spec!r}: missing path or name after {kind}:")
-  if kind == "synthetic" and path not in synthetic.TASKS:
+  if kind == "synthetic" and not synthetic.is_task(path):
     raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASKS)}")
   return SourceSpec(kind, path, slice_text, flag)
 
@@ -125,7 +125,7 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   if spec.kind == "tfds":
     return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
   if spec.kind == "synthetic":
-    examples = synthetic.TASKS[spec.path]()
+    examples = synthetic.generate(spec.path)
     if with_labels and "label" not in examples[0]:
       raise DataError(f"--{spec.flag}={spec}: synthetic task {spec.path!r} has no labels; use it with --task=lm")
   elif spec.kind == "text":

@@ -13,7 +13,12 @@ download is needed. Select with `synthetic:NAME[SLICE]`; the default train/eval 
   by the first letter, which is `a`, `b` or `c`. The later letters are noise drawn from the
   same alphabet, so the model must carry the first letter to the end, across up to 39 steps.
   Chance accuracy is 1/3.
+- `recall@D` (per sequence): the same with exactly D letters after the first, so that the
+  evidence is always D steps back from the end (the dependency-distance experiment,
+  `bench/dependency_distance.py`).
 """
+
+import re
 
 import numpy as np
 
@@ -30,16 +35,32 @@ def copy_documents(num_documents: int = 40_000) -> list[dict]:
   return documents
 
 
-def recall_examples(num_examples: int = 20_000, num_classes: int = 3) -> list[dict]:
+def recall_examples(num_examples: int = 20_000, num_classes: int = 3, noise_lengths: tuple[int, int] = (9, 40),
+                    name: str = "recall") -> list[dict]:
+  """`noise_lengths`: the letters after the first, from low to high (exclusive)."""
   rng = np.random.default_rng(_SEED + 1)
   letters = np.array(list("abcdefghij"))
   examples = []
   for _ in range(num_examples):
     label = int(rng.integers(num_classes))
-    noise = "".join(rng.choice(letters, size=rng.integers(9, 40)))
+    noise = "".join(rng.choice(letters, size=rng.integers(*noise_lengths)))
     examples.append({"text": letters[label] + noise, "label": label,
-                     "where": f"synthetic:recall example {len(examples)}"})
+                     "where": f"synthetic:{name} example {len(examples)}"})
   return examples
 
 
-TASKS = {"copy": copy_documents, "recall": recall_examples}
+TASKS = {"copy": copy_documents, "recall": recall_examples, "recall@D": None}
+_AT_DISTANCE = re.compile(r"^recall@([1-9]\d{0,3})$")
+
+
+def is_task(name: str) -> bool:
+  return name in TASKS and TASKS[name] is not None or bool(_AT_DISTANCE.match(name))
+
+
+def generate(name: str) -> list[dict]:
+  """The examples of task `name` (`is_task(name)` must hold)."""
+  match = _AT_DISTANCE.match(name)
+  if match:
+    distance = int(match.group(1))
+    return recall_examples(num_examples=5_000, noise_lengths=(distance, distance + 1), name=name)
+  return TASKS[name]()

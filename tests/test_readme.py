@@ -1,6 +1,7 @@
 """The README's commands, as written: the two quickstart commands on a fresh copy of the
 repository, and every other command it shows checked against the code (modules, flags, files)."""
 
+import glob
 import importlib.util
 import os
 import shlex
@@ -139,3 +140,17 @@ def test_the_export_snippet_loads_a_model_without_the_trainer_and_agrees_with_pr
   assert printed.keys() == expected.keys() == {"neg", "pos"}
   for name in expected:
     assert printed[name] == pytest.approx(expected[name], abs=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags"))))
+def test_every_config_names_known_flags_and_validates(path):
+  from absl import flags
+
+  from training.config import validate
+  from training.train import config_from_flags
+
+  try:
+    flags.FLAGS(["train", f"--flagfile={path}", "--workdir=unused"])
+    validate(config_from_flags())
+  finally:
+    flags.FLAGS.unparse_flags()

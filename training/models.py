@@ -118,6 +118,9 @@ class Encoder(nn.Module):
     tokens, mask = tokens.T, mask.T
     resets = None if resets is None else resets.T
     x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
+    # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
+    # it is the gradient with respect to each input step (bench/dependency_distance.py).
+    x = self.perturb("embedded", x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
     if self.bidirectional:

@@ -1,0 +1,104 @@
+r"""Elman RNN, GRU and LSTM against dependency distance, per sequence.
+
+  python -m bench.dependency_distance [--distances=5,10,20,40,80] [--steps=400] [--workdir=runs/dependency_distance]
+
+Task `synthetic:recall@D`: the label is the first of D+1 letters and the D letters after it are
+noise, so the evidence is exactly D steps back from the end (chance: 1/3). For each cell and D it
+trains a classifier (the same flags for all) and reports
+- dev accuracy of the best evaluation and test accuracy with its parameters;
+- the gradient norm of the loss with respect to the first input step (what reaches the evidence),
+  at initialisation and after training, averaged over a test batch.
+
+Writes docs/dependency_distance.md and docs/dependency_distance.png.
+"""
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import runs
+
+CELLS = ("rnn", "gru", "lstm")
+FLAGS = ["--task=classify", "--hidden_size=64", "--embed_size=16", "--batch_size=32", "--learning_rate=3e-3",
+         "--eval_every=100", "--checkpoint_every=1000", "--log_every=100", "--pooling=last"]
+
+
+def spec(distance: int, part: str) -> str:
+  return f"synthetic:recall@{distance}{part}"
+
+
+def first_step_gradient_norm(workdir: str, distance: int, trained: bool) -> float:
+  """Mean over a test batch of |d loss / d x_0|, x_0 the first step's embedded input."""
+  from pipeline import synthetic
+  from pipeline.sequence_batches import encode_all
+  from training.inference import load_run
+  from training.trainer import initial_state_fn, make_optimizer_for
+
+  run = load_run(workdir)
+  params = run.params
+  if not trained:
+    init = initial_state_fn(run.config, run.model, make_optimizer_for(run.config))
+    params = jax.jit(init)(jax.random.PRNGKey(run.config.seed)).params
+  examples = synthetic.generate(f"recall@{distance}")[-64:]
+  tokens = jnp.array(np.stack(encode_all(examples, run.vocab)), jnp.int32)
+  labels = jnp.array([e["label"] for e in examples])
+  mask = jnp.ones(tokens.shape, bool)
+  segment_ids, ends = mask.astype(jnp.int32), jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1)
+  zeros = jnp.zeros((tokens.shape[1], tokens.shape[0], run.config.embed_size))  # time-major, as embedded
+
+  def loss(perturbation):
+    logits = run.model.apply({"params": params, "perturbations": {"encoder": {"embedded": perturbation}}},
+                             tokens, mask, segment_ids, ends, train=False)[:, 0]
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).sum()
+
+  gradient = jax.grad(loss)(zeros)  # per example: the sum's gradient is each example's own
+  return float(jnp.linalg.norm(gradient[0], axis=-1).mean())
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--distances", default="5,10,20,40,80")
+  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--workdir", default="runs/dependency_distance")
+  parser.add_argument("--out", default="docs/dependency_distance")
+  args = parser.parse_args()
+  distances = [int(d) for d in args.distances.split(",")]
+  results = {}
+  for cell in CELLS:
+    for distance in distances:
+      workdir = os.path.abspath(os.path.join(args.workdir, f"{cell}_{distance}"))
+      summary = runs.train(workdir, *FLAGS, f"--model={cell}", f"--num_steps={args.steps}",
+                           f"--seq_len={distance + 1}", f"--train_data={spec(distance, '[:80%]')}",
+                           f"--eval_data={spec(distance, '[80%:90%]')}", f"--test_data={spec(distance, '[90%:]')}")
+      results[cell, distance] = {
+          "dev": summary["best"]["eval"]["accuracy"], "test": summary["test"]["accuracy"],
+          "grad_init": first_step_gradient_norm(workdir, distance, trained=False),
+          "grad_trained": first_step_gradient_norm(workdir, distance, trained=True)}
+
+  table = [[cell, d, f"{100 * r['dev']:.1f}%", f"{100 * r['test']:.1f}%", f"{r['grad_init']:.2e}",
+            f"{r['grad_trained']:.2e}"] for (cell, d), r in results.items()]
+  runs.write_table(
+      args.out + ".md", "Elman RNN, GRU and LSTM against dependency distance",
+      f"`python -m bench.dependency_distance --distances={args.distances} --steps={args.steps}` on {runs.machine()}."
+      " Task `synthetic:recall@D` (the label is the first letter, D noise letters follow; chance 33.3%);"
+      f" 64 units, batch 32, {args.steps} steps, the best of the dev evaluations, test once."
+      " Gradient: mean norm of d loss / d (first input step) over 64 test sequences.",
+      ["cell", "distance D", "dev accuracy", "test accuracy", "gradient at the first step (init)",
+       "gradient at the first step (trained)"], table)
+  figure, (accuracy, gradient) = runs.new_figure(2)
+  for cell in CELLS:
+    accuracy.plot(distances, [100 * results[cell, d]["test"] for d in distances], marker="o", label=cell)
+    gradient.semilogy(distances, [results[cell, d]["grad_init"] for d in distances], marker="o", label=f"{cell} (init)")
+  accuracy.axhline(100 / 3, color="grey", linestyle=":", label="chance")
+  accuracy.set(xlabel="dependency distance D (steps)", ylabel="test accuracy (%)", xscale="log")
+  gradient.set(xlabel="dependency distance D (steps)", ylabel="|d loss / d x_0| at initialisation", xscale="log")
+  accuracy.legend()
+  gradient.legend()
+  runs.save_figure(figure, args.out + ".png")
+
+
+if __name__ == "__main__":
+  main()

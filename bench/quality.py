@@ -1,0 +1,64 @@
+r"""The quality table: each real-corpus config's dev and test figures, read from its run's summary.
+
+  python -m bench.quality [--train] [--workdir=runs]
+
+Each config `configs/NAME.flags` is expected in `WORKDIR/NAME` (the README's command:
+`python -m training.train --flagfile=configs/NAME.flags --workdir=runs/NAME`). With `--train`
+the missing runs are trained first, in order (the language model before the configs that start
+from it). Writes docs/quality.md; a config without a finished run is listed as not run.
+"""
+
+import argparse
+import os
+
+from bench import runs
+
+# (config, what is reported, target, anchors)
+CONFIGS = [
+    ("tiny_shakespeare", "loss", "validation <= 1.55 nats/char in 40 min", "nanoGPT CPU baby GPT 1.88; nanoGPT GPU 1.4697"),
+    ("sst2", "accuracy", ">= 81.0% in 20 min", "PyTorch BiLSTM here 77-79%; Kim 2014 CNN-rand 82.7"),
+    ("imdb_lm", "loss", "<= 60 min; validation perplexity", ""),
+    ("sst2_pretrained", "accuracy", ">= 84.0% in 20 min of fine-tuning", "Tai et al. 2015 LSTM 84.9"),
+    ("imdb", "accuracy", ">= 88.5% in 40 min", "PyTorch BiLSTM here 87.4% in 46 min; Maas et al. 2011 88.89"),
+    ("imdb_pretrained", "accuracy", ">= 90.0% in 40 min of fine-tuning", "Dai & Le 2015 SA-LSTM 92.76"),
+]
+
+
+def describe(metric: str, metrics: dict | None) -> str:
+  if not metrics:
+    return "-"
+  if metric == "accuracy":
+    return f"{100 * metrics['accuracy']:.1f}%"
+  return f"{metrics['loss']:.3f} (perplexity {2.718281828 ** metrics['loss']:.1f})"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="runs")
+  parser.add_argument("--train", action="store_true", help="train the configs that have no finished run")
+  parser.add_argument("--out", default="docs/quality.md")
+  args = parser.parse_args()
+  table = []
+  for name, metric, target, anchors in CONFIGS:
+    workdir = os.path.join(args.workdir, name)
+    if args.train:
+      runs.train(os.path.abspath(workdir), f"--flagfile=configs/{name}.flags")
+    if not os.path.exists(os.path.join(workdir, "summary.json")):
+      table.append([f"`{name}`", "not run", "", "", "", target, anchors])
+      continue
+    summary = runs.read_summary(workdir)
+    best = summary.get("best") or {}
+    seconds = runs.training_seconds(workdir)
+    table.append([f"`{name}`", f"{seconds / 60:.1f} min" if seconds else "?",
+                  f"{describe(metric, best.get('eval'))} (step {best.get('step', '?')})",
+                  describe(metric, summary.get("test")), f"{summary['step']}", target, anchors])
+  runs.write_table(
+      args.out, "Quality on real corpora",
+      f"`python -m bench.quality` on {runs.machine()}, from each run's `summary.json`. Dev = the split"
+      " that chose the checkpoint (`best`), test = its parameters on the test split, read once. Time: training"
+      " and evaluations, start-up excluded.",
+      ["config", "time", "dev (best)", "test", "steps", "target", "anchors"], table)
+
+
+if __name__ == "__main__":
+  main()
