@@ -14,7 +14,7 @@ from pipeline.paths import absolute
 from training import parallel
 from training.checkpoints import Checkpointer
 from training.config import Config, validate
-from training.data import prepare_data
+from training.data import RunData, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
@@ -127,6 +127,9 @@ def evaluate(eval_fn, params, batches: Callable, config: Config, mesh, initial_c
   return finalize_metrics(totals)
 
 
+SET_ASIDE_DIR = "set_aside_checkpoints"
+
+
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. a non-finite loss); the message names the step."""
 
@@ -170,32 +173,17 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
 
   steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
   require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(steps.abstract_state))
-  state, train_fn, eval_fn = steps.initial_state(), steps.train_fn, steps.eval_fn
-  eval_carry = None
-  if config.task == "lm":
-    # Made by a jitted function so that every process builds its part of one global array.
-    eval_carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size,
-                                            config.hidden_size), out_shardings=parallel.carry_sharding(mesh))()
-
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
-  restored, start_step = checkpointer.restore_readable(
-      state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"))
-  if restored is not None:
-    state = restored
-    logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
-  elif config.init_from:
-    state = state.replace(params=initial_params(config.init_from, state.params))
+  state, start_step = _starting_state(config, workdir, steps, checkpointer)
+  train_fn, evaluator = steps.train_fn, Evaluator(steps.eval_fn, data, config, mesh)
   train_batches = data.train_batches(start_step)  # global batch `step` comes next, on any topology
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
                            tensorboard_dir=workdir)
   reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead)
-
   selection = ModelSelection(workdir, metric=config.selection_metric(), eval_every=config.eval_every,
                              patience=config.patience, resume_step=start_step,
-                             set_aside_dir=os.path.join(workdir, "set_aside_checkpoints"),
-                             enabled=data.eval_batches is not None)
-  evaluate_dev = lambda params: evaluate(eval_fn, params, data.eval_batches, config, mesh, eval_carry)
+                             set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR), enabled=data.eval_batches is not None)
 
   step, evaluated_at, eval_metrics = start_step, None, {}
   preemption = PreemptionWatch()
@@ -217,11 +205,9 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
         _check_finite(reporter.pending, config.on_nonfinite, checkpointer)
       if log_now:
         reporter.log_train(step)
-      if (config.eval_every and step % config.eval_every == 0 and step < config.num_steps
-          and not preempted):
+      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps and not preempted:
         if data.eval_batches is not None:
-          eval_metrics = _evaluate_and_select(evaluate_dev, state, step, reporter, selection)
-          evaluated_at = step
+          eval_metrics, evaluated_at = _evaluate_and_select(evaluator, state, step, reporter, selection), step
           stopped_early = selection.patience_exhausted(step)
         reporter.restart_clock()
       if save_now or stopped_early:
@@ -245,18 +231,11 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if stopped_early:
     logging.info("Stopped early at step %d: %d evaluations without a better %s than step %d's",
                  step, config.patience, selection.metric, selection.best["step"])
-  if data.eval_batches is None:
-    eval_metrics = {}
-  elif evaluated_at != step:  # (an early stop has just evaluated this step)
-    eval_metrics = _evaluate_and_select(evaluate_dev, state, step, reporter, selection)
-  test_metrics = None
-  if data.test_batches is not None:
-    # The test split is read once, with the parameters the dev split chose.
-    params = selection.best_state(state).params if selection.best else state.params
-    test_metrics = evaluate(eval_fn, params, data.test_batches, config, mesh, eval_carry, "test")
-    logging.info("test (parameters of step %d): %s", selection.best["step"] if selection.best else step,
-                 "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+  if evaluated_at != step:  # (an early stop has just evaluated this step)
+    eval_metrics = _evaluate_and_select(evaluator, state, step, reporter, selection)
+  test_metrics = _evaluate_test(evaluator, state, step, selection)
   reporter.close()
+  selection.close()
   summary = {
       "step": step,
       "train_loss": reporter.last_train["loss"] if reporter.last_train else metrics_log.last_train_loss(),
@@ -268,16 +247,68 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       **metrics_log.batching_summary(),
       "truncated_examples": data.truncated_examples,
   }
-  selection.close()
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
-def _evaluate_and_select(evaluate_dev, state, step: int, reporter: TrainReporter, selection: ModelSelection) -> dict:
-  metrics = evaluate_dev(state.params)
+def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Checkpointer) -> tuple[TrainState, int]:
+  """(state, step): the latest readable checkpoint's, else a new run's (from `--seed`, or with a
+  language model's encoder under `--init_from`)."""
+  state = steps.initial_state()
+  restored, start_step = checkpointer.restore_readable(
+      state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR))
+  if restored is not None:
+    logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
+    return restored, start_step
+  if config.init_from:
+    state = state.replace(params=initial_params(config.init_from, state.params))
+  return state, 0
+
+
+class Evaluator:
+  """Evaluations of given parameters on the dev split and on the test split."""
+
+  def __init__(self, eval_fn, data: RunData, config: Config, mesh):
+    self._eval_fn, self._data, self._config, self._mesh = eval_fn, data, config, mesh
+    self._carry = None
+    if config.task == "lm":
+      # Made by a jitted function so that every process builds its part of one global array.
+      self._carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size,
+                                               config.hidden_size), out_shardings=parallel.carry_sharding(mesh))()
+
+  def dev(self, params) -> dict | None:
+    if self._data.eval_batches is None:
+      return None
+    return evaluate(self._eval_fn, params, self._data.eval_batches, self._config, self._mesh, self._carry)
+
+  @property
+  def has_test(self) -> bool:
+    return self._data.test_batches is not None
+
+  def test(self, params) -> dict:
+    return evaluate(self._eval_fn, params, self._data.test_batches, self._config, self._mesh, self._carry, "test")
+
+
+def _evaluate_and_select(evaluator: Evaluator, state, step: int, reporter: TrainReporter,
+                         selection: ModelSelection) -> dict:
+  metrics = evaluator.dev(state.params)
+  if metrics is None:
+    return {}
   reporter.log_eval(step, metrics)
   selection.observe(step, metrics, state)
+  return metrics
+
+
+def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelection) -> dict | None:
+  """The test split, read once, with the parameters the dev split chose (the final ones when
+  there is no dev split)."""
+  if not evaluator.has_test:
+    return None
+  chosen_step = selection.best["step"] if selection.best else step
+  params = selection.best_state(state).params if selection.best else state.params
+  metrics = evaluator.test(params)
+  logging.info("test (parameters of step %d): %s", chosen_step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
   return metrics
 
 
