@@ -58,6 +58,8 @@ def main() -> None:
       by_time.plot([t for t, _ in curve], [loss for _, loss in curve], linestyle="-" if carry else "--",
                    label=f"window {window}, {'carry' if carry else 'no carry'}")
   by_window.set(xscale="log", xlabel="BPTT window (tokens)", ylabel="validation loss (nats/char)")
+  by_window.set_xticks(windows, [str(w) for w in windows])
+  by_window.minorticks_off()
   by_time.set(xlabel="training time (s)", ylabel="validation loss (nats/char)")
   by_window.legend()
   by_time.legend(fontsize=7)

@@ -95,8 +95,10 @@ def main() -> None:
   accuracy.axhline(100 / 3, color="grey", linestyle=":", label="chance")
   accuracy.set(xlabel="dependency distance D (steps)", ylabel="test accuracy (%)", xscale="log")
   gradient.set(xlabel="dependency distance D (steps)", ylabel="|d loss / d x_0| at initialisation", xscale="log")
-  accuracy.legend()
-  gradient.legend()
+  for axis in (accuracy, gradient):
+    axis.set_xticks(distances, [str(d) for d in distances])
+    axis.minorticks_off()
+    axis.legend()
   runs.save_figure(figure, args.out + ".png")
 
 

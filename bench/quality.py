@@ -32,6 +32,16 @@ def describe(metric: str, metrics: dict | None) -> str:
   return f"{metrics['loss']:.3f} (perplexity {2.718281828 ** metrics['loss']:.1f})"
 
 
+def best_from_rows(workdir: str, metric: str) -> dict:
+  """The best eval row, for a run from before model selection wrote `best` into its summary."""
+  rows = runs.rows(workdir, "eval")
+  if not rows:
+    return {}
+  key = (lambda r: -r["accuracy"]) if metric == "accuracy" else (lambda r: r["loss"])
+  row = min(rows, key=key)
+  return {"step": row["step"], "eval": row}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs")
@@ -47,7 +57,7 @@ def main() -> None:
       table.append([f"`{name}`", "not run", "", "", "", target, anchors])
       continue
     summary = runs.read_summary(workdir)
-    best = summary.get("best") or {}
+    best = summary.get("best") or best_from_rows(workdir, metric)
     seconds = runs.training_seconds(workdir)
     table.append([f"`{name}`", f"{seconds / 60:.1f} min" if seconds else "?",
                   f"{describe(metric, best.get('eval'))} (step {best.get('step', '?')})",
