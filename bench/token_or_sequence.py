@@ -48,7 +48,8 @@ def main() -> None:
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.corpus}_{index + 1}"))
     summary = runs.train(workdir, *flags)
     curve = [(row["elapsed_s"], 100 * row["accuracy"]) for row in runs.rows(workdir, "eval")]
-    results.append((name, " ".join(flags), summary, runs.training_seconds(workdir), curve))
+    shown = " ".join(flags).replace(lm_workdir, args.lm_workdir)  # the path as the user gave it
+    results.append((name, shown, summary, runs.training_seconds(workdir), curve))
 
   lm_minutes = (runs.training_seconds(lm_workdir) or 0) / 60
   table = [[name, f"`{flags}`", f"{100 * s['best']['eval']['accuracy']:.1f}% (step {s['best']['step']})",
