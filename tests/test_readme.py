@@ -97,11 +97,11 @@ def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
             name, _, value = arg[2:].partition("=")
             if name == "flagfile":
               assert os.path.isfile(os.path.join(ROOT, value)), f"{command}: no {value}"
-            if name in ("train_data", "eval_data") and ":" in value:
-              path = value.split(":", 1)[1].split("[")[0]
+            for spec in value.split(",") if name in ("train_data", "eval_data", "test_data") else ():
+              path = spec.split(":", 1)[-1].split("[")[0]
               if path.startswith("../shared/") and not os.path.isdir(SHARED):
                 continue
-              if value.split(":")[0] in ("text", "lines", "jsonl"):
+              if spec.split(":")[0] in ("text", "lines", "jsonl", "csv", "tsv", "parquet"):
                 assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no file {path} (relative to the repo root)"
         checked += 1
       elif argv and argv[0] in ("sbatch", "kubectl"):
