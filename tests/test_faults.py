@@ -177,7 +177,9 @@ def test_restore_step_resumes_from_an_earlier_checkpoint_and_sets_later_ones_asi
   assert run(workdir, f"--num_steps={NUM_STEPS}").returncode == 0
   result = run(workdir, f"--num_steps={NUM_STEPS}", f"--restore_step={NUM_STEPS - 10}")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert sorted(os.listdir(workdir / "set_aside_checkpoints")) == [str(NUM_STEPS - 5), str(NUM_STEPS)]
+  assert sorted(os.listdir(workdir / "set_aside_checkpoints")) == [str(NUM_STEPS - 5), str(NUM_STEPS), "best_checkpoint"]
+  # The best checkpoint of the abandoned future (the final evaluation's) is set aside too.
+  assert os.listdir(workdir / "set_aside_checkpoints" / "best_checkpoint") == [str(NUM_STEPS)]
   assert summary(workdir)["param_fingerprint"] == uninterrupted
   assert_one_line_error(run(workdir, f"--num_steps={NUM_STEPS}", "--restore_step=7"),
                         "--restore_step=7: no checkpoint at that step")

@@ -93,7 +93,7 @@ def test_reports_and_checkpoints_on_disk(tmp_path):
   assert [r["step"] for r in train_rows] == list(range(5, 41, 5))
   assert all({"loss", "accuracy", "tokens_per_sec", "padding_efficiency"} <= r.keys() for r in train_rows)
   assert [(r["step"], sorted(r)) for r in rows if r["split"] == "eval"] == [
-      (20, ["accuracy", "loss", "split", "step"]), (40, ["accuracy", "loss", "split", "step"])]
+      (20, ["accuracy", "elapsed_s", "loss", "split", "step"]), (40, ["accuracy", "elapsed_s", "loss", "split", "step"])]
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f) == summary
   assert summary["step"] == 40 and len(summary["param_fingerprint"]) == 64

@@ -43,7 +43,7 @@ class ModelSelection:
       return
     self._checkpointer = Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False)
     steps = self._checkpointer.all_steps()
-    self._checkpointer.set_aside([s for s in steps if s > resume_step], set_aside_dir)
+    self._checkpointer.set_aside([s for s in steps if s > resume_step], os.path.join(set_aside_dir, BEST_DIR))
     kept = [s for s in steps if s <= resume_step]
     if kept:
       self.best = {**self._checkpointer.restore_metrics(max(kept)), "step": max(kept)}
