@@ -59,7 +59,7 @@ def main() -> None:
     summary = runs.read_summary(workdir)
     best = summary.get("best") or best_from_rows(workdir, metric)
     seconds = runs.training_seconds(workdir)
-    table.append([f"`{name}`", f"{seconds / 60:.1f} min" if seconds else "?",
+    table.append([f"`{name}`", f"{seconds / 60:.1f} min" if seconds else "? (not logged)",
                   f"{describe(metric, best.get('eval'))} (step {best.get('step', '?')})",
                   describe(metric, summary.get("test")), f"{summary['step']}", target, anchors])
   runs.write_table(

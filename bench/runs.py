@@ -40,9 +40,12 @@ def rows(workdir: str, split: str) -> list[dict]:
 
 
 def training_seconds(workdir: str) -> float | None:
-  """Wall seconds of training and evaluation (start-up excluded), over resumes."""
-  times = [row["elapsed_s"] for row in rows(workdir, "train") + rows(workdir, "eval") if "elapsed_s" in row]
-  return max(times) if times else None
+  """Wall seconds of training and evaluation (start-up excluded), over resumes; None when some
+  rows were written before `elapsed_s` was logged (the figure would leave that part out)."""
+  logged = rows(workdir, "train") + rows(workdir, "eval")
+  if not logged or any("elapsed_s" not in row for row in logged):
+    return None
+  return max(row["elapsed_s"] for row in logged)
 
 
 def machine() -> str:
