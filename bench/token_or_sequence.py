@@ -51,7 +51,8 @@ def main() -> None:
     shown = " ".join(flags).replace(lm_workdir, args.lm_workdir)  # the path as the user gave it
     results.append((name, shown, summary, runs.training_seconds(workdir), curve))
 
-  lm_minutes = (runs.training_seconds(lm_workdir) or 0) / 60
+  lm_seconds = runs.training_seconds(lm_workdir)
+  lm_time = f"took {lm_seconds / 60:.0f} more minutes" if lm_seconds else "took more time (see its log)"
   table = [[name, f"`{flags}`", f"{100 * s['best']['eval']['accuracy']:.1f}% (step {s['best']['step']})",
             f"{100 * s['test']['accuracy']:.1f}%", f"{seconds / 60:.1f}"]
            for name, flags, s, seconds, _ in results]
@@ -60,7 +61,7 @@ def main() -> None:
       f"`python -m bench.token_or_sequence --corpus={args.corpus}` on {runs.machine()}. Dev accuracy of the"
       " best evaluation, test accuracy of its parameters (read once). Times are the classifier's training;"
       f" the language model (`configs/imdb_lm.flags`, validation {lm['best']['eval']['loss']:.3f} nats/word)"
-      f" took {lm_minutes:.0f} more minutes, once, for every pretrained row.",
+      f" {lm_time}, once, for every pretrained row.",
       ["training", "flags", "dev accuracy", "test accuracy", "minutes"], table)
   figure, (axis,) = runs.new_figure()
   for name, _, _, _, curve in results:
