@@ -67,7 +67,7 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
   if not path:
     raise DataError(f"--{flag}={spec!r}: missing path or name after {kind}:")
   if kind == "synthetic" and not synthetic.is_task(path):
-    raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASKS)}")
+    raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASK_NAMES)}")
   return SourceSpec(kind, path, slice_text, flag)
 
 

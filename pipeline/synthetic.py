@@ -49,12 +49,13 @@ def recall_examples(num_examples: int = 20_000, num_classes: int = 3, noise_leng
   return examples
 
 
-TASKS = {"copy": copy_documents, "recall": recall_examples, "recall@D": None}
+TASKS = {"copy": copy_documents, "recall": recall_examples}
+TASK_NAMES = (*TASKS, "recall@D")  # for messages: the fixed tasks and the family by distance
 _AT_DISTANCE = re.compile(r"^recall@([1-9]\d{0,3})$")
 
 
 def is_task(name: str) -> bool:
-  return name in TASKS and TASKS[name] is not None or bool(_AT_DISTANCE.match(name))
+  return name in TASKS or bool(_AT_DISTANCE.match(name))
 
 
 def generate(name: str) -> list[dict]:

@@ -128,10 +128,6 @@ class Checkpointer:
     """The metrics saved beside the state at `step`."""
     return dict(self._manager.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))["metrics"])
 
-  def set_aside(self, steps: list[int], set_aside_dir: str) -> None:
-    """Moves these checkpoints to `set_aside_dir` (never deleted)."""
-    self._set_aside(steps, set_aside_dir)
-
   def restore_readable(self, template: TrainState, *, restore_step: int,
                        set_aside_dir: str) -> tuple[TrainState | None, int]:
     """Restores `restore_step`, or else the latest checkpoint that can be read.
@@ -160,14 +156,15 @@ class Checkpointer:
         logging.warning("Checkpoint %s cannot be read: %s", os.path.join(self.directory, str(step)),
                         unreadable[-1][1])
         continue
-      self._set_aside([s for s, _ in unreadable] + newer, set_aside_dir)
+      self.set_aside([s for s, _ in unreadable] + newer, set_aside_dir)
       return state, step
     if unreadable:
       raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(
           f"step {s}: {reason}" for s, reason in unreadable) + " (use --restore_step or a new --workdir)")
     return None, 0
 
-  def _set_aside(self, steps: list[int], set_aside_dir: str) -> None:
+  def set_aside(self, steps: list[int], set_aside_dir: str) -> None:
+    """Moves these checkpoints to `set_aside_dir` (never deleted; a name taken gets a suffix)."""
     if not steps:
       return
     if jax.process_index() == 0:

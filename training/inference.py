@@ -62,13 +62,15 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
   vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
   labels = Labels.load(os.path.join(workdir, LABELS_FILE)) if config.task == "classify" else None
   model = build_model(config, len(vocab), labels.num_classes if labels else 0)
-  checkpointers = [Checkpointer(os.path.join(workdir, directory), max_to_keep=keep, async_save=False)
-                   for directory, keep in ((BEST_DIR, 1), ("checkpoints", config.keep_checkpoints))]
+  latest = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False)
+  checkpointers = [latest]
+  if os.path.isdir(os.path.join(workdir, BEST_DIR)):  # (opening it would create it in a run without one)
+    checkpointers.append(Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False))
   try:
-    steps = {s: c for c in reversed(checkpointers) for s in c.all_steps()}  # a step in both: the best's
-    best = checkpointers[0].all_steps()
+    steps = {s: c for c in checkpointers for s in c.all_steps()}  # a step in both: the best's
+    best = checkpointers[1].all_steps() if len(checkpointers) > 1 else []
     if not steps:
-      raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {checkpointers[1].directory}")
+      raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {latest.directory}")
     step = step or (max(best) if best else max(steps))
     if step not in steps:
       raise CheckpointError(f"--step={step}: no checkpoint at that step in {workdir}"

@@ -218,7 +218,9 @@ class SequenceClassifier(nn.Module):
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
     previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
     resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
-    segment_starts = starts_of(segment_ids, segment_ends)
+    # Where each sequence starts: only the backward stack needs it (computed per batch, so not
+    # for a unidirectional model).
+    segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
                       name="encoder")

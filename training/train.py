@@ -32,8 +32,8 @@ flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
                   "Hidden widths of the classifier's MLP head (the class count is added).")
 flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, or"
                     " the mean or elementwise max of the states).")
-flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: each layer also reads every sequence backwards"
-                  " (a second recurrent layer; their outputs are concatenated).")
+flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: a second recurrent stack reads every sequence"
+                  " backwards; the two stacks' outputs are concatenated.")
 flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
                   " (through a projection to --embed_size when --hidden_size differs).")
 flags.DEFINE_float("lm_loss_weight", _D.lm_loss_weight, "classify: add this weight times the next-token"
