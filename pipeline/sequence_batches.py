@@ -8,8 +8,9 @@ Batch (B rows, W tokens wide, at most S sequences per row; S = 1 unless packing)
 - `labels [B, S]` int32 and `example_mask [B, S]` bool (False where a slot holds no sequence).
 
 Every process computes the same plan and builds only its rows of each global batch, so all
-processes agree on every batch's shape. To plan, every process tokenises every example once
-(lengths decide the buckets and rows); the batches themselves are built lazily, in worker threads.
+processes agree on every batch's shape. To plan, every process needs every example's length
+(a prepared dataset's memory-mapped index, or in-memory sources tokenised at start-up); the
+batches themselves are built lazily, in worker threads, reading only this process's rows.
 """
 
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 
 from pipeline import batch_plans
 from pipeline.errors import DataError
+from pipeline.prepared import InMemorySequences
 from pipeline.tokenizers import UNK, Vocabulary
 
 def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
@@ -35,9 +37,11 @@ def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
 class PlannedBatches:
   """Random access to the batches of consecutive epochs' plans (this process's rows)."""
 
-  def __init__(self, token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch: Callable[[int], list],
+  def __init__(self, sequences, labels: np.ndarray, plan_for_epoch: Callable[[int], list],
                *, repeat: bool, segments_per_row: int, shard_index: int, shard_count: int):
-    self._token_ids, self._labels = token_ids, labels
+    # (a list of token-id arrays is read as in-memory sequences)
+    self._sequences = InMemorySequences(sequences) if isinstance(sequences, list) else sequences
+    self._labels = labels
     self._plan_for_epoch, self._repeat = plan_for_epoch, repeat
     self._segments = segments_per_row
     self._shard_index, self._shard_count = shard_index, shard_count
@@ -89,10 +93,11 @@ class PlannedBatches:
     segment_ends = np.zeros((size, segments), np.int32)
     labels = np.zeros((size, segments), np.int32)
     example_mask = np.zeros((size, segments), bool)
+    fetched = iter(self._sequences.get([example for row in rows for example in row]))  # one batched read
     for r, row in enumerate(rows):
       position = 0
       for s, example in enumerate(row):
-        ids = self._token_ids[example][:width - position]  # truncated to what fits
+        ids = next(fetched)[:width - position]  # truncated to what fits
         inputs[r, position:position + len(ids)] = ids
         segment_ids[r, position:position + len(ids)] = s + 1
         position += len(ids)
@@ -119,15 +124,18 @@ def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, s
   raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(batch_plans.BATCHINGS)}")
 
 
-def sequence_batches(token_ids: list[np.ndarray], labels: np.ndarray, plan_for_epoch, *, train: bool,
+def sequence_batches(sequences, labels: np.ndarray, plan_for_epoch, *, train: bool,
                      segments_per_row: int, shard_index: int = 0, shard_count: int = 1,
                      num_threads: int = 2, start: int = 0) -> grain.IterDataset:
   """This process's batches: training repeats epochs (each planned anew), evaluation is one epoch.
 
+  `sequences`: the examples' token ids, read only for this process's rows
+  (`pipeline.prepared.InMemorySequences` or `PreparedSequences`).
+
   `start`: the global index of the first batch (a resumed run's step). The plan fixes every
   global batch, so the position is the same number for any process count (elastic resume).
   """
-  source = PlannedBatches(token_ids, labels, plan_for_epoch, repeat=train, segments_per_row=segments_per_row,
+  source = PlannedBatches(sequences, labels, plan_for_epoch, repeat=train, segments_per_row=segments_per_row,
                           shard_index=shard_index, shard_count=shard_count)
   return grain.MapDataset.source(source)[start:].to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads)))

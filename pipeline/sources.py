@@ -12,6 +12,8 @@ data). Kinds:
 - `tfds:NAME/SPLIT` a prepared TFDS dataset in ArrayRecord format, read with random access
   through `tfds.data_source` (no TensorFlow); NAME may hold a config (`glue/sst2/train`).
 - `synthetic:NAME` a generated task (`pipeline.synthetic`).
+- `prepared:DIR` a dataset that `pipeline.prepare` tokenised once (`pipeline.prepared`): read
+  by the trainer record by record, never through `read_examples`.
 
 Several specs joined by commas are read one after the other as one source
 (`jsonl:unsup.jsonl.gz,jsonl:train.jsonl.gz`). The dev split may also be `holdout:P%`: a fixed
@@ -30,7 +32,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -40,8 +42,10 @@ from pipeline.errors import DataError
 from pipeline.paths import absolute
 from pipeline.slicing import slice_range
 
-KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet", "tfds", "synthetic")
-FILE_KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet")  # PATH is a file (tfds:, synthetic: name one)
+KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet", "tfds", "synthetic", "prepared")
+# PATH is a file or directory (tfds: and synthetic: name one); prepared: is a directory.
+FILE_KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet", "prepared")
+PREPARED = "prepared"
 _PATH_AND_SLICE = re.compile(r"^(.*?)(\[[^\[\]]*\])?$")  # "PATH[SLICE]" -> PATH, "[SLICE]" or None
 
 
@@ -101,16 +105,22 @@ def read_joined(specs: str, flag: str, **kwargs) -> Sequence[dict]:
 def holdout_split(examples: Sequence[dict], spec: str, flag: str) -> tuple[list[dict], list[dict]]:
   """(training examples, dev examples) for `--eval_data=holdout:P%`: a fixed random P% of the
   examples is held out, the rest keeps its order."""
+  held = holdout_mask(len(examples), spec, flag)
+  return ([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
+
+
+def holdout_mask(num_examples: int, spec: str, flag: str) -> np.ndarray:
+  """bool [num_examples]: the examples `holdout:P%` holds out (a fixed random P%)."""
   text = spec[len(HOLDOUT):]
   if not re.fullmatch(r"\d+(\.\d+)?%", text) or not 0 < float(text[:-1]) < 100:
     raise DataError(f"--{flag}={spec!r}: expected holdout:P% with 0 < P < 100, e.g. holdout:10%")
-  count = int(len(examples) * float(text[:-1]) / 100)
-  if count < 1 or count >= len(examples):
-    raise DataError(f"--{flag}={spec!r}: {text} of {len(examples)} training examples leaves no"
+  count = int(num_examples * float(text[:-1]) / 100)
+  if count < 1 or count >= num_examples:
+    raise DataError(f"--{flag}={spec!r}: {text} of {num_examples} training examples leaves no"
                     " dev or no training example (a text: file is one example: slice it instead)")
-  held = np.zeros(len(examples), bool)
-  held[np.random.default_rng(_HOLDOUT_SEED).permutation(len(examples))[:count]] = True
-  return ([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
+  held = np.zeros(num_examples, bool)
+  held[np.random.default_rng(_HOLDOUT_SEED).permutation(num_examples)[:count]] = True
+  return held
 
 
 def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",
@@ -122,6 +132,9 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   Text files are decoded with `encoding`; `utf8_errors="replace"` turns bytes that do not decode
   into U+FFFD with a warning, `"strict"` refuses them.
   """
+  if spec.kind == PREPARED:
+    raise DataError(f"--{spec.flag}={spec}: a prepared dataset holds token ids, not text; the trainer"
+                    " reads it directly (it cannot be joined with other specs or prepared again)")
   if spec.kind == "tfds":
     return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
   if spec.kind == "synthetic":
@@ -210,22 +223,19 @@ def _parse_label(value, where: str) -> int | str:
   return label
 
 
-def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str, encoding: str) -> list[dict]:
-  examples = []
-  for number, line in _numbered_lines(spec, utf8_errors, encoding):
+def _lines_records(spec: SourceSpec, with_labels: bool, numbered_lines) -> Iterator[dict]:
+  for number, line in numbered_lines:
     where = f"{spec.path}:{number}"
     if not with_labels:
-      examples.append({"text": line, "where": where})
+      yield {"text": line, "where": where}
       continue
     label, _, text = line.strip().partition(" ")
-    examples.append({"text": text, "label": _parse_label(label, where), "where": where})
-  return _nonempty(examples, spec)
+    yield {"text": text, "label": _parse_label(label, where), "where": where}
 
 
-def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
-                    utf8_errors: str, encoding: str) -> list[dict]:
-  examples = []
-  for number, line in _numbered_lines(spec, utf8_errors, encoding):
+def _jsonl_records(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
+                   numbered_lines) -> Iterator[dict]:
+  for number, line in numbered_lines:
     where = f"{spec.path}:{number}"
     try:
       record = json.loads(line)
@@ -238,8 +248,69 @@ def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_
       if label_field not in record:
         raise DataError(f"{where}: no label field {label_field!r}")
       example["label"] = _parse_label(record[label_field], where)
-    examples.append(example)
-  return _nonempty(examples, spec)
+    yield example
+
+
+def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str, encoding: str) -> list[dict]:
+  return _nonempty(list(_lines_records(spec, with_labels, _numbered_lines(spec, utf8_errors, encoding))), spec)
+
+
+def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
+                    utf8_errors: str, encoding: str) -> list[dict]:
+  numbered = _numbered_lines(spec, utf8_errors, encoding)
+  return _nonempty(list(_jsonl_records(spec, with_labels, text_field, label_field, numbered)), spec)
+
+
+# Encodings in which b"\n" is always a line break, so a file can be read line by line as bytes.
+_LINE_SAFE_ENCODINGS = ("utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "ascii", "cp1252")
+
+
+def iter_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text", label_field: str = "label",
+                  tfds_data_dir: str | None = None, utf8_errors: str = "strict",
+                  encoding: str = "utf-8") -> Iterator[dict]:
+  """The examples of `spec` one by one (what `read_examples` returns), reading `lines:` and
+  `jsonl:` files as a stream, so that a corpus larger than memory can be prepared; other kinds,
+  and sliced files (a percentage needs the count), are read whole first."""
+  if spec.kind not in ("lines", "jsonl") or spec.slice or encoding.lower().replace("_", "-") not in _LINE_SAFE_ENCODINGS:
+    yield from read_examples(spec, with_labels=with_labels, text_field=text_field, label_field=label_field,
+                             tfds_data_dir=tfds_data_dir, utf8_errors=utf8_errors, encoding=encoding)
+    return
+  numbered = _streamed_lines(spec, utf8_errors, encoding)
+  records = (_lines_records(spec, with_labels, numbered) if spec.kind == "lines"
+             else _jsonl_records(spec, with_labels, text_field, label_field, numbered))
+  empty = True
+  for example in records:
+    empty = False
+    yield example
+  if empty:
+    _nonempty([], spec)
+
+
+def _streamed_lines(spec: SourceSpec, utf8_errors: str, encoding: str) -> Iterator[tuple[int, str]]:
+  _check_file(spec)
+  opener = gzip.open if spec.path.endswith(".gz") else open
+  try:
+    with opener(spec.path, "rb") as f:
+      for number, data in enumerate(f, start=1):
+        line = _decode_line(data, spec.path, number, utf8_errors, encoding).rstrip("\n").removesuffix("\r")
+        if line.strip():
+          yield number, line
+  except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
+    raise DataError(f"{spec.path}: cannot read ({e})") from None
+
+
+def _decode_line(data: bytes, path: str, number: int, utf8_errors: str, encoding: str) -> str:
+  try:
+    return data.decode(encoding)
+  except LookupError:
+    raise DataError(f"--encoding={encoding}: unknown text encoding") from None
+  except UnicodeDecodeError as e:
+    where = f"{path}:{number}: not valid {encoding} (byte {data[e.start]:#04x} at column {e.start + 1})"
+    if utf8_errors != "replace":
+      raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
+                      " or --utf8_errors=replace to replace such bytes") from None
+    logging.warning("%s; replaced with U+FFFD", where)
+    return data.decode(encoding, errors="replace")
 
 
 def _record_example(record: dict, where: str, with_labels: bool, text_field: str, label_field: str) -> dict:

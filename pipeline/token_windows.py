@@ -17,6 +17,7 @@ import grain
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.prepared import ArrayStream
 from pipeline.tokenizers import EOS, PAD, Vocabulary
 
 
@@ -30,35 +31,40 @@ def token_stream(documents: Sequence[dict], vocab: Vocabulary) -> np.ndarray:
 
 
 class LaneWindows:
-  """Random-access windows over the lanes `lanes` (this process's rows) of a token stream."""
+  """Random-access windows over the lanes `lanes` (this process's rows) of a token stream.
 
-  def __init__(self, tokens: np.ndarray, *, num_lanes: int, seq_len: int, lanes: range,
-               carry_state: bool, what: str):
-    lane_length = math.ceil(len(tokens) / num_lanes)
-    if lane_length < 2:
-      raise DataError(f"{what}: {len(tokens)} tokens cannot fill {num_lanes} lanes of at least"
+  `stream` is a token array or any object with `len()` and `read_many([(start, stop), ...])`
+  (`pipeline.prepared.PreparedStream`): each window reads only its lanes' tokens, so a process
+  touches only its share of a prepared corpus.
+  """
+
+  def __init__(self, stream, *, num_lanes: int, seq_len: int, lanes: range, carry_state: bool, what: str):
+    self._stream = ArrayStream(stream) if isinstance(stream, np.ndarray) else stream
+    self._size = len(self._stream)
+    self._lane_length = math.ceil(self._size / num_lanes)
+    if self._lane_length < 2:
+      raise DataError(f"{what}: {self._size} tokens cannot fill {num_lanes} lanes of at least"
                       f" 2 tokens; use more data or a smaller --batch_size")
-    padded = np.full(lane_length * num_lanes, PAD, np.int32)
-    padded[:len(tokens)] = tokens
-    real = np.arange(lane_length * num_lanes) < len(tokens)
-    self._tokens = padded.reshape(num_lanes, lane_length)[lanes.start:lanes.stop]
-    self._real = real.reshape(num_lanes, lane_length)[lanes.start:lanes.stop]
-    self._seq_len, self._carry_state = seq_len, carry_state
+    self._lanes, self._seq_len, self._carry_state = lanes, seq_len, carry_state
     # Each lane's last token is a target only, so a lane of L tokens has L-1 targets; the
     # last window is padded (masked) rather than dropped, so that every token is scored.
-    self._num_windows = math.ceil((lane_length - 1) / seq_len)
+    self._num_windows = math.ceil((self._lane_length - 1) / seq_len)
 
   def __len__(self):
     return self._num_windows
 
   def __getitem__(self, window: int) -> dict:
-    start, stop = window * self._seq_len, window * self._seq_len + self._seq_len + 1
-    rows = self._tokens.shape[0]
+    # Lane b holds stream positions [b*L, (b+1)*L); past the stream's end it is padding.
+    offset = window * self._seq_len
+    width = min(self._seq_len + 1, self._lane_length - offset)
+    starts = [lane * self._lane_length + offset for lane in self._lanes]
+    pieces = self._stream.read_many([(start, start + width) for start in starts])
+    rows = len(self._lanes)
     chunk = np.full((rows, self._seq_len + 1), PAD, np.int32)
     real = np.zeros((rows, self._seq_len + 1), bool)
-    piece = self._tokens[:, start:stop]
-    chunk[:, :piece.shape[1]] = piece
-    real[:, :piece.shape[1]] = self._real[:, start:stop]
+    for row, piece in enumerate(pieces):
+      chunk[row, :len(piece)] = piece
+      real[row, :len(piece)] = True
     return {
         "inputs": chunk[:, :-1],
         "targets": chunk[:, 1:],
@@ -67,7 +73,7 @@ class LaneWindows:
     }
 
 
-def window_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int, train: bool,
+def window_batches(tokens, *, batch_size: int, seq_len: int, train: bool,
                    carry_state: bool, shard_index: int = 0, shard_count: int = 1,
                    num_threads: int = 2, what: str = "data", start: int = 0) -> grain.IterDataset:
   """Batches of windows; `batch_size` is global (the number of lanes), split over processes.

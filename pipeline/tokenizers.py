@@ -57,6 +57,13 @@ class Vocabulary:
     counts = collections.Counter()
     for text in texts:
       counts.update(split_tokens(text, kind))
+    return cls.from_counts(counts, kind, max_size)
+
+  @classmethod
+  def from_counts(cls, counts: collections.Counter, kind: str, max_size: int | None = None) -> "Vocabulary":
+    """The vocabulary of these token counts (as `build` makes it from the texts)."""
+    if kind not in KINDS:
+      raise DataError(f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}")
     ranked = sorted(counts, key=lambda token: (-counts[token], token))
     if max_size is not None:
       ranked = ranked[:max(max_size - len(SPECIAL_TOKENS), 0)]

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipeline import prepare, sources
+from pipeline import sources
+from pipeline.tfds_corpus import write_tfds_dataset
 from pipeline.errors import DataError
 from pipeline.labels import Labels
 from pipeline.slicing import slice_range
@@ -61,7 +62,7 @@ def test_jsonl_source_plain_and_gzipped(tmp_path, suffix):
 
 def test_tfds_source_reads_what_prepare_wrote(tmp_path):
   examples = [{"text": f"sentence {i}", "label": i % 3} for i in range(10)]
-  prepare.prepare("tiny_corpus", {"train": examples, "test": examples[:4]}, data_dir=str(tmp_path),
+  write_tfds_dataset("tiny_corpus", {"train": examples, "test": examples[:4]}, data_dir=str(tmp_path),
                   with_labels=True)
   train = read("tfds:tiny_corpus/train", with_labels=True, tfds_data_dir=str(tmp_path))
   assert sorted(train, key=lambda e: e["text"]) == sorted(examples, key=lambda e: e["text"])

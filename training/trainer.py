@@ -14,7 +14,7 @@ from pipeline.paths import absolute
 from training import parallel
 from training.checkpoints import Checkpointer
 from training.config import Config, validate
-from training.data import RunData, prepare_data
+from training.data import RunData, adopt_prepared_tokenizer, prepare_data
 from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
@@ -149,6 +149,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   workdir, config = absolute(workdir), config.with_absolute_paths()
   if config.init_from:
     config = adopt_architecture(config)  # the language model's cell, sizes and tokenizer
+  config = adopt_prepared_tokenizer(config)  # a prepared training set fixes the tokenizer
   processes, devices = jax.process_count(), jax.device_count()
   check_devices_for_resume(config, workdir, devices)  # before validate's check: it says what changed
   validate(config, devices)

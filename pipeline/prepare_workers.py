@@ -1,0 +1,34 @@
+"""What the worker processes of `pipeline.prepare` run: count tokens, or encode texts to records.
+
+Module-level functions, so that a process pool started with `spawn` (safe beside any threads of
+the parent) can find them by name. Each worker builds its tokenizer state once, in `start`.
+"""
+
+import collections
+
+import numpy as np
+
+from pipeline.prepared import encode_record
+from pipeline.tokenizers import Vocabulary, split_tokens
+
+_state = {}
+
+
+def start(kind: str, tokens: list[str] | None) -> None:
+  """Pool initializer: the tokenizer kind, and the vocabulary when encoding."""
+  _state["kind"] = kind
+  _state["vocab"] = Vocabulary(kind, tokens) if tokens is not None else None
+
+
+def count_tokens(texts: list[str]) -> collections.Counter:
+  counts = collections.Counter()
+  for text in texts:
+    counts.update(split_tokens(text, _state["kind"]))
+  return counts
+
+
+def encode_texts(texts: list[str]) -> tuple[list[bytes], np.ndarray]:
+  """(records, lengths): each text's token ids as a record, and its token count."""
+  vocab = _state["vocab"]
+  encoded = [vocab.encode(text) for text in texts]
+  return [encode_record(ids) for ids in encoded], np.array([len(ids) for ids in encoded], np.int32)

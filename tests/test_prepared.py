@@ -1,0 +1,308 @@
+"""Prepared datasets: `pipeline.prepare` writes what the in-memory sources would compute, and the
+trainer's batches from a prepared dataset equal those from the same data read in memory."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import prepare, sources
+from pipeline.batch_plans import optimal_boundaries
+from pipeline.errors import DataError
+from pipeline.prepared import PreparedDataset
+from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
+from pipeline.token_windows import token_stream, window_batches
+from pipeline.tokenizers import Vocabulary
+
+WORDS = "the cat sat on a mat while dogs ran far away from home and sang".split()
+
+
+def make_jsonl(path, count, seed=0, labels=("neg", "pos"), gz=False):
+  rng = np.random.default_rng(seed)
+  opener = gzip.open if gz else open
+  with opener(path, "wt", encoding="utf-8") as f:
+    for i in range(count):
+      text = " ".join(rng.choice(WORDS, size=int(rng.integers(0, 30))))  # some empty
+      f.write(json.dumps({"text": text.capitalize() + ".", "label": labels[i % len(labels)]}) + "\n")
+  return str(path)
+
+
+def read_all(spec, with_labels):
+  return sources.read_examples(sources.parse_spec(spec, "data"), with_labels=with_labels)
+
+
+def records_of(dataset):
+  return dataset.read(range(dataset.num_records))
+
+
+def test_prepared_records_and_index_equal_the_in_memory_encoding(tmp_path):
+  path = make_jsonl(tmp_path / "train.jsonl.gz", 300, gz=True)
+  meta = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), tokenizer="word", with_labels=True)
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  examples = read_all(f"jsonl:{path}", True)
+  vocab = Vocabulary.build((e["text"] for e in examples), "word")
+  assert dataset.vocab == vocab  # the vocabulary the trainer would build from the same data
+  assert dataset.labels.names == ("neg", "pos")
+  expected = [vocab.encode(e["text"]) for e in examples]
+  assert [r.tolist() for r in records_of(dataset)] == [e.tolist() for e in expected]
+  assert dataset.lengths.tolist() == [len(e) for e in expected]
+  assert dataset.label_ids.tolist() == [0 if e["label"] == "neg" else 1 for e in examples]
+  assert dataset.ends_document.all() and meta["num_documents"] == meta["num_records"] == 300
+  assert meta["num_tokens"] == sum(len(e) for e in expected)
+
+
+def test_workers_and_shards_change_nothing_in_what_is_read(tmp_path):
+  path = make_jsonl(tmp_path / "train.jsonl", 400)
+  one = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "one"), tokenizer="char", vocab_size=20)
+  many = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "many"), tokenizer="char", vocab_size=20,
+                                num_workers=2, shard_bytes=4096)
+  assert len(one["shards"]) == 1 and len(many["shards"]) > 3
+  a, b = PreparedDataset(str(tmp_path / "one")), PreparedDataset(str(tmp_path / "many"))
+  assert a.vocab == b.vocab and len(a.vocab) == 20
+  assert [r.tolist() for r in records_of(a)] == [r.tolist() for r in records_of(b)]
+  assert a.lengths.tolist() == b.lengths.tolist()
+  # And the same input gives the same bytes.
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "again"), tokenizer="char", vocab_size=20)
+  for name in ("records-00000-of-00001.array_record", "index/lengths.npy", "vocab.json"):
+    assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(tmp_path, monkeypatch):
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  text = " ".join(np.random.default_rng(1).choice(WORDS, size=400)) + "\n"
+  (tmp_path / "book.txt").write_text(text)
+  (tmp_path / "other.txt").write_text("short one")
+  spec = f"text:{tmp_path / 'book.txt'},text:{tmp_path / 'other.txt'}"
+  prepare.prepare_corpus(spec, str(tmp_path / "out"), tokenizer="word")
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  assert dataset.num_records > 20 and dataset.ends_document.sum() == 2
+  vocab = dataset.vocab
+  whole = token_stream(read_all(f"text:{tmp_path / 'book.txt'}", False) + read_all(f"text:{tmp_path / 'other.txt'}", False),
+                       vocab)
+  stream = dataset.view(None, spec).stream()
+  assert len(stream) == len(whole)
+  assert stream.read(0, len(whole)).tolist() == whole.tolist()
+  rng = np.random.default_rng(0)
+  ranges = [tuple(sorted(rng.integers(-3, len(whole) + 3, size=2))) for _ in range(50)]
+  for (start, stop), got in zip(ranges, stream.read_many(ranges)):
+    assert got.tolist() == whole[max(start, 0):max(stop, 0)].tolist(), (start, stop)
+
+
+def test_slices_select_tokens_of_text_and_documents_of_the_rest(tmp_path):
+  (tmp_path / "a.txt").write_text("hello world, " * 50)
+  prepare.prepare_corpus(f"text:{tmp_path / 'a.txt'}", str(tmp_path / "text"))
+  text = PreparedDataset(str(tmp_path / "text"))
+  full = token_stream(read_all(f"text:{tmp_path / 'a.txt'}", False), text.vocab)
+  head = text.view("[:90%]", "x").stream()
+  tail = text.view("[90%:]", "x").stream()
+  cut = len(full) * 90 // 100
+  assert head.read(0, len(head)).tolist() == full[:cut].tolist()
+  assert tail.read(0, len(tail)).tolist() == full[cut:].tolist()
+
+  path = make_jsonl(tmp_path / "d.jsonl", 50)
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "docs"), with_labels=True)
+  docs = PreparedDataset(str(tmp_path / "docs"))
+  view = docs.view("[10:20]", "x")
+  assert view.records.tolist() == list(range(10, 20))
+  assert view.label_ids().tolist() == docs.label_ids[10:20].tolist()
+  with pytest.raises(DataError, match="selects none"):
+    docs.view("[20:10]", "x")
+
+
+def sequence_batch_list(sequences, labels, lengths, batching, shard_index=0, shard_count=1):
+  plan, segments = make_plan_function(
+      lengths, batching=batching, batch_size=8, seq_len=12, seed=3, shuffle=True,
+      boundaries=optimal_boundaries(lengths, 3, 12), batch_tokens=0, max_segments=3, row_multiple=1)
+  iterator = iter(sequence_batches(sequences, labels, plan, train=True, segments_per_row=segments,
+                                   shard_index=shard_index, shard_count=shard_count))
+  return [next(iterator) for _ in range(2 * len(plan(0)) + 1)]  # past an epoch boundary
+
+
+@pytest.mark.parametrize("batching", ["pad", "bucket", "pack"])
+def test_sequence_batches_from_a_prepared_dataset_equal_in_memory_ones(tmp_path, batching):
+  path = make_jsonl(tmp_path / "train.jsonl", 90)
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), tokenizer="word", with_labels=True)
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  examples = read_all(f"jsonl:{path}", True)
+  in_memory = encode_all(examples, dataset.vocab)
+  lengths = np.array([len(ids) for ids in in_memory])
+  sequences = dataset.view(None, "x").sequences()
+  assert sequences.lengths.tolist() == lengths.tolist()  # empty texts read as one <unk>, as in memory
+  labels = dataset.view(None, "x").label_ids()
+  for shard in range(2):
+    expected = sequence_batch_list(in_memory, labels, lengths, batching, shard, 2)
+    got = sequence_batch_list(sequences, labels, sequences.lengths, batching, shard, 2)
+    for a, b in zip(expected, got):
+      assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_window_batches_from_a_prepared_stream_equal_in_memory_ones(tmp_path):
+  path = make_jsonl(tmp_path / "train.jsonl", 120)
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), tokenizer="char")
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  tokens = token_stream(read_all(f"jsonl:{path}", False), dataset.vocab)
+  stream = dataset.view(None, "x").stream()
+  for shard in range(2):
+    args = dict(batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2)
+    expected, got = iter(window_batches(tokens, **args)), iter(window_batches(stream, **args))
+    for _ in range(2 * len(tokens) // (6 * 16) + 3):  # past the end of an epoch
+      a, b = next(expected), next(got)
+      assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+class CountingReads:
+  """Records which records a dataset reads (the real reads still happen)."""
+
+  def __init__(self, dataset):
+    self.read_records, self._read = set(), dataset.read
+    dataset.read = self
+
+  def __call__(self, records):
+    self.read_records.update(int(r) for r in records)
+    return self._read(records)
+
+
+def test_each_process_reads_only_the_records_of_its_own_rows(tmp_path):
+  path = make_jsonl(tmp_path / "train.jsonl", 64)
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), with_labels=True)
+  touched = []
+  for shard in range(2):
+    dataset = PreparedDataset(str(tmp_path / "out"))
+    counter = CountingReads(dataset)
+    view = dataset.view(None, "x")
+    sequences = view.sequences()
+    plan, _ = make_plan_function(sequences.lengths, batching="pad", batch_size=8, seq_len=12, seed=0, shuffle=True,
+                                 boundaries=[], batch_tokens=0, max_segments=1, row_multiple=1)
+    iterator = iter(sequence_batches(sequences, view.label_ids(), plan, train=False, segments_per_row=1,
+                                     shard_index=shard, shard_count=2))
+    list(iterator)
+    touched.append(counter.read_records)
+  assert not touched[0] & touched[1] and len(touched[0]) == len(touched[1]) == 32
+
+
+def test_prepare_refuses_to_overwrite_and_leaves_nothing_when_the_data_is_bad(tmp_path):
+  path = make_jsonl(tmp_path / "train.jsonl", 20)
+  out = str(tmp_path / "out")
+  prepare.prepare_corpus(f"jsonl:{path}", out)
+  with pytest.raises(DataError, match="already holds a prepared dataset"):
+    prepare.prepare_corpus(f"jsonl:{path}", out)
+  with open(path, "a") as f:
+    f.write("{not json\n")
+  with pytest.raises(DataError, match=r"train.jsonl:21: malformed JSON"):
+    prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "bad"))
+  assert sorted(os.listdir(tmp_path)) == ["out", "train.jsonl"]  # no half-written dataset
+
+
+def test_eval_split_with_the_training_vocabulary_and_unknown_labels_refused(tmp_path):
+  train = make_jsonl(tmp_path / "train.jsonl", 50)
+  dev = make_jsonl(tmp_path / "dev.jsonl", 10, seed=1)
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "train"), tokenizer="word", with_labels=True)
+  prepare.prepare_corpus(f"jsonl:{dev}", str(tmp_path / "dev"), vocab_from=str(tmp_path / "train"), with_labels=True)
+  assert PreparedDataset(str(tmp_path / "dev")).vocab == PreparedDataset(str(tmp_path / "train")).vocab
+  odd = make_jsonl(tmp_path / "odd.jsonl", 3, labels=("pos", "other"))
+  with pytest.raises(DataError, match=r"odd.jsonl:2: label 'other' is not one of the training labels"):
+    prepare.prepare_corpus(f"jsonl:{odd}", str(tmp_path / "odd"), vocab_from=str(tmp_path / "train"), with_labels=True)
+
+
+def test_streamed_examples_equal_the_examples_read_whole(tmp_path):
+  path = make_jsonl(tmp_path / "a.jsonl.gz", 40, gz=True)
+  lines = tmp_path / "l.txt"
+  lines.write_text("1 good film\n\n0 bad one\r\n2 ok\n")
+  for spec, with_labels in ((f"jsonl:{path}", True), (f"lines:{lines}", True), (f"lines:{lines}", False)):
+    parsed = sources.parse_spec(spec, "data")
+    assert list(sources.iter_examples(parsed, with_labels=with_labels)) == list(
+        sources.read_examples(parsed, with_labels=with_labels))
+  (tmp_path / "bad.txt").write_bytes(b"1 fine\n0 caf\xe9\n")
+  with pytest.raises(DataError, match=r"bad.txt:2: not valid utf-8"):
+    list(sources.iter_examples(sources.parse_spec(f"lines:{tmp_path / 'bad.txt'}", "data"), with_labels=True))
+
+
+def test_not_a_prepared_dataset_is_named(tmp_path):
+  with pytest.raises(DataError, match="is not a prepared dataset: no prepared.json"):
+    PreparedDataset(str(tmp_path), "--train_data")
+
+
+def test_prepare_command_with_relative_paths(tmp_path):
+  make_jsonl(tmp_path / "train.jsonl", 30)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": repo}
+  run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.prepare", *args], cwd=tmp_path, env=env,
+                                     capture_output=True, text=True, timeout=120)
+  done = run("--data=jsonl:train.jsonl", "--labels", "--tokenizer=word", "--out=data/train", "--num_workers=2")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == str(tmp_path / "data" / "train")
+  assert "30 documents" in done.stderr
+  again = run("--data=jsonl:train.jsonl", "--out=data/train")
+  assert again.returncode == 2 and again.stderr.strip().startswith("error: --out=") and "Traceback" not in again.stderr
+
+
+# The trainer on prepared data.
+TINY = dict(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=16, num_steps=30, log_every=5,
+            eval_every=15, checkpoint_every=10)
+
+
+@pytest.mark.parametrize("task,batching", [("classify", "bucket"), ("classify", "pack"), ("lm", "pad")])
+def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_path, task, batching):
+  from training.config import Config
+  from training.trainer import train_and_evaluate
+
+  train = make_jsonl(tmp_path / "train.jsonl", 120)
+  dev = make_jsonl(tmp_path / "dev.jsonl", 30, seed=1)
+  test = make_jsonl(tmp_path / "test.jsonl", 30, seed=2)
+  labelled = task == "classify"
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "p_train"), tokenizer="word", with_labels=labelled)
+  for name, path in (("dev", dev), ("test", test)):
+    prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / f"p_{name}"), vocab_from=str(tmp_path / "p_train"),
+                           with_labels=labelled)
+  common = dict(TINY, task=task, batching=batching)
+  in_memory = dict(tokenizer="word", train_data=f"jsonl:{train}", eval_data=f"jsonl:{dev}", test_data=f"jsonl:{test}")
+  # The tokenizer comes from the prepared dataset: the flag is left at its default here.
+  from_prepared = dict(train_data=f"prepared:{tmp_path / 'p_train'}", eval_data=f"prepared:{tmp_path / 'p_dev'}",
+                       test_data=f"prepared:{tmp_path / 'p_test'}")
+  summaries = []
+  for data, workdir in ((in_memory, tmp_path / "a"), (from_prepared, tmp_path / "b")):
+    assert train_and_evaluate(Config(**{**common, "num_steps": 10}, **data), str(workdir))["step"] == 10
+    summaries.append(train_and_evaluate(Config(**common, **data), str(workdir)))  # resumed at 10
+  expected, got = summaries
+  assert got["param_fingerprint"] == expected["param_fingerprint"]
+  assert got["best"] == expected["best"] and got["test"] == expected["test"] and got["test"] is not None
+  assert json.loads((tmp_path / "b" / "vocab.json").read_text()) == json.loads((tmp_path / "a" / "vocab.json").read_text())
+
+
+def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
+  from training.config import Config
+  from training.trainer import train_and_evaluate
+
+  train = make_jsonl(tmp_path / "train.jsonl", 40)
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "lm_data"), tokenizer="word")
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "other_vocab"), tokenizer="word", vocab_size=10)
+  base = dict(TINY, num_steps=2, train_data=f"prepared:{tmp_path / 'lm_data'}")
+  with pytest.raises(DataError, match="prepared without labels; prepare it again with --labels"):
+    train_and_evaluate(Config(**base, task="classify"), str(tmp_path / "w1"))
+  with pytest.raises(DataError, match=r"--eval_data=prepared:.*another vocabulary than the run's; prepare it with --vocab_from"):
+    train_and_evaluate(Config(**base, eval_data=f"prepared:{tmp_path / 'other_vocab'}"), str(tmp_path / "w2"))
+  with pytest.raises(DataError, match="cannot be joined"):
+    train_and_evaluate(Config(**{**base, "train_data": f"prepared:{tmp_path / 'lm_data'},jsonl:{train}"}),
+                       str(tmp_path / "w3"))
+
+
+def test_holdout_of_a_prepared_dataset_holds_out_the_same_documents_as_in_memory(tmp_path):
+  from training.config import Config
+  from training.data import prepare_data
+
+  train = make_jsonl(tmp_path / "train.jsonl", 60)
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "p"), tokenizer="char", with_labels=True)
+  config = Config(task="classify", batch_size=4, seq_len=64, train_data=f"prepared:{tmp_path / 'p'}",
+                  eval_data="holdout:10%")
+  (tmp_path / "w").mkdir()
+  data = prepare_data(config, str(tmp_path / "w"))
+  vocab = data.vocab
+  seen = sorted(vocab.decode(row[batch["mask"][r]]) for batch in data.eval_batches()
+                for r, row in enumerate(batch["inputs"]) if batch["example_mask"][r].any())
+  examples = read_all(f"jsonl:{train}", True)
+  _, held = sources.holdout_split(examples, "holdout:10%", "eval_data")
+  assert seen == sorted(vocab.decode(vocab.encode(e["text"])[:64]) for e in held) and len(seen) == 6
