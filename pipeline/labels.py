@@ -8,11 +8,11 @@ sorted order (`neg` -> 0, `pos` -> 1), whatever order the data lists them in.
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline import paths
 from pipeline.errors import DataError
 
 
@@ -69,16 +69,12 @@ class Labels:
     return self.names[class_id] if self.names else str(class_id)
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"num_classes": self.num_classes, "names": self.names}, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    paths.write_text(path, json.dumps({"num_classes": self.num_classes, "names": self.names}, ensure_ascii=False))
 
   @classmethod
   def load(cls, path: str) -> "Labels":
     try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      saved = json.loads(paths.read_text(path))
       return cls(int(saved["num_classes"]), None if saved["names"] is None else tuple(saved["names"]),
                  f"saved in {path}")
     except (OSError, ValueError, KeyError, TypeError) as e:

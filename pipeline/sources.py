@@ -25,17 +25,18 @@ and mapped to ids by the run (`pipeline.labels`). Files are UTF-8 unless `encodi
 Every error names the flag, and the file and line (or row) where there is one.
 """
 
+import contextlib
 import csv
 import dataclasses
 import gzip
 import io
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from pipeline import synthetic
 from pipeline.errors import DataError
@@ -164,10 +165,21 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
 
 
 def _check_file(spec: SourceSpec) -> None:
-  if not os.path.isfile(spec.path):
+  if not epath.Path(spec.path).is_file():
     raise DataError(f"--{spec.flag}: no such file: {spec.path}")
-  if os.path.getsize(spec.path) == 0:
+  if epath.Path(spec.path).stat().length == 0:
     raise DataError(f"--{spec.flag}: empty file: {spec.path}")
+
+
+@contextlib.contextmanager
+def _open_binary(path: str):
+  """A file (local or on any filesystem epath reaches), decompressed when it ends in `.gz`."""
+  with epath.Path(path).open("rb") as f:
+    if path.endswith(".gz"):
+      with gzip.GzipFile(fileobj=f, mode="rb") as unzipped:
+        yield unzipped
+    else:
+      yield f
 
 
 def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8") -> str:
@@ -189,9 +201,8 @@ def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8") -
 
 def _read_text(spec: SourceSpec, utf8_errors: str, encoding: str = "utf-8") -> str:
   _check_file(spec)
-  opener = gzip.open if spec.path.endswith(".gz") else open
   try:
-    with opener(spec.path, "rb") as f:
+    with _open_binary(spec.path) as f:
       data = f.read()
   except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
     raise DataError(f"{spec.path}: cannot read ({e})") from None
@@ -288,9 +299,8 @@ def iter_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
 
 def _streamed_lines(spec: SourceSpec, utf8_errors: str, encoding: str) -> Iterator[tuple[int, str]]:
   _check_file(spec)
-  opener = gzip.open if spec.path.endswith(".gz") else open
   try:
-    with opener(spec.path, "rb") as f:
+    with _open_binary(spec.path) as f:
       for number, data in enumerate(f, start=1):
         line = _decode_line(data, spec.path, number, utf8_errors, encoding).rstrip("\n").removesuffix("\r")
         if line.strip():
@@ -361,10 +371,12 @@ def _parquet_examples(spec: SourceSpec, with_labels: bool, text_field: str, labe
 
   _check_file(spec)
   try:
-    schema = pq.read_schema(spec.path)
+    with _open_binary(spec.path) as f:
+      schema = pq.read_schema(f)
     _check_columns(schema.names, spec, with_labels, text_field, label_field)
     columns = [text_field] + ([label_field] if with_labels else [])
-    records = pq.read_table(spec.path, columns=columns).to_pylist()
+    with _open_binary(spec.path) as f:
+      records = pq.read_table(f, columns=columns).to_pylist()
   except DataError:
     raise
   except Exception as e:  # pyarrow raises several types for a file that is not Parquet

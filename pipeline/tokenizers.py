@@ -8,12 +8,12 @@ same data always gives the same vocabulary.
 
 import collections
 import json
-import os
 import re
 from collections.abc import Iterable
 
 import numpy as np
 
+from pipeline import paths
 from pipeline.errors import DataError
 
 PAD, UNK, EOS = 0, 1, 2
@@ -80,16 +80,13 @@ class Vocabulary:
     return ("" if self.kind == "char" else " ").join(tokens)
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"kind": self.kind, "tokens": self.tokens}, f, ensure_ascii=False, indent=0)
-    os.replace(tmp, path)  # Atomic: a crash never leaves half a vocabulary.
+    # Atomic: a crash never leaves half a vocabulary.
+    paths.write_text(path, json.dumps({"kind": self.kind, "tokens": self.tokens}, ensure_ascii=False, indent=0))
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
     try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      saved = json.loads(paths.read_text(path))
       return cls(saved["kind"], saved["tokens"])
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise DataError(f"{path}: unreadable vocabulary ({e})") from None

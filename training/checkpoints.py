@@ -14,7 +14,6 @@ import dataclasses
 import gc
 import logging as python_logging
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,6 +21,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from pipeline import paths
 from training.abandoned_reads import silence_abandoned_reads
 from training.train_state import TrainState
 
@@ -168,13 +168,13 @@ class Checkpointer:
     if not steps:
       return
     if jax.process_index() == 0:
-      os.makedirs(set_aside_dir, exist_ok=True)
+      paths.make_dirs(set_aside_dir)
       for step in steps:
         target = os.path.join(set_aside_dir, str(step))
         suffix = 1
-        while os.path.exists(target):
+        while paths.exists(target):
           target, suffix = os.path.join(set_aside_dir, f"{step}.{suffix}"), suffix + 1
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        paths.move(os.path.join(self.directory, str(step)), target)
         logging.warning("Moved checkpoint step %d aside to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("checkpoints set aside")

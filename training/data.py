@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pipeline import batch_plans, sources
+from pipeline import batch_plans, paths, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
 from pipeline.prepared import InMemorySequences, PreparedDataset
@@ -196,7 +196,7 @@ def _held_out_split(spec: str, flag: str, config: Config, vocab: Vocabulary, lab
 def _adopt_vocabulary(vocab: Vocabulary, path: str, spec: str) -> Vocabulary:
   """The prepared dataset's vocabulary becomes the run's (saved on the first run); a run that
   already has one (resumed, or from --init_from) must match it."""
-  if os.path.exists(path):
+  if paths.exists(path):
     saved = Vocabulary.load(path)
     if saved != vocab:
       raise DataError(f"--train_data={spec}: prepared with another vocabulary than the run's ({path}: its first"
@@ -215,7 +215,7 @@ def _adopt_labels(dataset: PreparedDataset, config: Config, path: str, spec: str
   if config.num_classes and config.num_classes != labels.num_classes:
     raise DataError(f"--num_classes={config.num_classes}: --train_data={spec} was prepared with"
                     f" {labels.num_classes} classes (pipeline.prepare --num_classes)")
-  if os.path.exists(path):
+  if paths.exists(path):
     saved = Labels.load(path)
     if saved != labels:
       raise DataError(f"--train_data={spec}: its labels differ from the run's ({path}); use a new --workdir")
@@ -228,7 +228,7 @@ def _adopt_labels(dataset: PreparedDataset, config: Config, path: str, spec: str
 def adopt_prepared_tokenizer(config: Config) -> Config:
   """With `--train_data=prepared:DIR`, the dataset fixes the tokenizer and vocabulary size (the
   flags for them are overridden, as `--init_from` does with a language model's)."""
-  train_spec = config.data_specs()[0]
+  train_spec = config.train_data  # (the embedded default is never a prepared dataset)
   if not is_prepared(train_spec) or config.init_from:
     return config
   dataset, _ = _open_prepared(train_spec, "train_data")
@@ -240,7 +240,7 @@ def adopt_prepared_tokenizer(config: Config) -> Config:
 
 
 def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: str) -> Vocabulary:
-  if os.path.exists(path):
+  if paths.exists(path):
     vocab = Vocabulary.load(path)
     if vocab.kind != config.tokenizer:
       raise ConfigError(f"--tokenizer={config.tokenizer} differs from the {vocab.kind!r} vocabulary"
@@ -256,7 +256,7 @@ def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: st
 def _load_or_fix_labels(examples: Sequence[dict], config: Config, spec: str, path: str) -> Labels:
   """The run's labels: fixed from the training data on the first run, then loaded (so that a
   resumed run, prediction and export map names to the same ids)."""
-  if os.path.exists(path):
+  if paths.exists(path):
     return Labels.load(path)
   labels = Labels.from_training(examples, config.num_classes, f"--train_data={spec}")
   if jax.process_index() == 0:

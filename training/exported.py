@@ -1,11 +1,11 @@
 """The exported-model file: one msgpack holding parameters, vocabulary, labels and the model's
 definition (written by `python -m training.export`, read by `load_exported`)."""
 
-import os
 
 import jax
 from flax import serialization
 
+from pipeline import paths
 from pipeline.errors import DataError
 from pipeline.labels import Labels
 from pipeline.tokenizers import Vocabulary
@@ -29,10 +29,7 @@ def export(run, path: str) -> int:
       "step": run.step,
   }
   data = serialization.msgpack_serialize(blob)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  paths.write_bytes(path, data)
   return len(data)
 
 
@@ -40,8 +37,7 @@ def load_exported(path: str):
   """(model, params, vocabulary, labels or None) from an exported file."""
   from training import models
 
-  with open(path, "rb") as f:
-    blob = serialization.msgpack_restore(f.read())
+  blob = serialization.msgpack_restore(paths.read_bytes(path))
   if blob.get("format") != FORMAT:
     raise DataError(f"{path}: not an exported model of format {FORMAT}")
   model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])

@@ -18,6 +18,7 @@ from absl import logging
 
 from pipeline.errors import DataError
 from pipeline.labels import Labels
+from pipeline import paths
 from pipeline.paths import absolute
 from pipeline.sequence_batches import encode_all
 from pipeline.tokenizers import EOS, Vocabulary
@@ -44,8 +45,7 @@ class TrainedRun:
 def load_config(workdir: str) -> Config:
   path = os.path.join(workdir, RUN_CONFIG_FILE)
   try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)["full_config"]
+    saved = json.loads(paths.read_text(path))["full_config"]
   except (OSError, ValueError, KeyError) as e:
     raise DataError(f"--workdir={workdir}: no trained run there ({path}: {e.strerror if isinstance(e, OSError) else e})") from None
   fields = {name: saved[name] for name in Config.__dataclass_fields__ if name in saved}
@@ -64,7 +64,7 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
   model = build_model(config, len(vocab), labels.num_classes if labels else 0)
   latest = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False)
   checkpointers = [latest]
-  if os.path.isdir(os.path.join(workdir, BEST_DIR)):  # (opening it would create it in a run without one)
+  if paths.is_dir(os.path.join(workdir, BEST_DIR)):  # (opening it would create it in a run without one)
     checkpointers.append(Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False))
   try:
     steps = {s: c for c in checkpointers for s in c.all_steps()}  # a step in both: the best's

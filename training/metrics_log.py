@@ -2,11 +2,11 @@
 
 import hashlib
 import json
-import os
 
 import jax
 import numpy as np
 
+from pipeline import paths
 from training.tensorboard_log import TensorBoardLog
 
 
@@ -36,16 +36,18 @@ class MetricsLog:
     self.path, self.enabled = path, enabled
     self._tensorboard = TensorBoardLog(tensorboard_dir, resume_step, enabled and tensorboard_dir is not None)
     self._rows = []
-    if enabled and os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        self._rows = [row for row in map(_parse_row, f) if row and row["step"] <= resume_step]
-      _write_atomically(path, "".join(json.dumps(row) + "\n" for row in self._rows))
+    if enabled and paths.exists(path):
+      lines = paths.read_text(path).split("\n")
+      self._rows = [row for row in map(_parse_row, lines) if row and row["step"] <= resume_step]
+      paths.write_text(path, self._text())
+
+  def _text(self) -> str:
+    return "".join(json.dumps(row) + "\n" for row in self._rows)
 
   def write(self, row: dict) -> None:
     if self.enabled:
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
       self._rows.append(row)
+      paths.append_text(self.path, json.dumps(row) + "\n", whole_text=self._text)
       self._tensorboard.write(row)
 
   def close(self) -> None:
@@ -79,11 +81,4 @@ def _parse_row(line: str) -> dict | None:
 
 
 def write_json(path: str, value: dict) -> None:
-  _write_atomically(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_atomically(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(value, indent=2) + "\n")

@@ -13,6 +13,7 @@ import os
 
 from absl import app, flags
 
+from pipeline import paths
 from training import cli
 
 _OUT = flags.DEFINE_string("out", None, "The image to write (e.g. curves.png).", required=True)
@@ -26,15 +27,14 @@ class PlotError(ValueError):
 
 def read_rows(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  if not paths.exists(path):
     raise PlotError(f"{workdir}: no metrics.jsonl (is it a run's workdir?)")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # the half-written last line of a running or killed run
+  for line in paths.read_text(path).split("\n"):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue  # a blank line, or the half-written last line of a running or killed run
   return rows
 
 

@@ -15,12 +15,12 @@ else its latest (`inference.load_run`).
 
 import dataclasses
 import os
-import shutil
 
 import jax
 import numpy as np
 from absl import logging
 
+from pipeline import paths
 from training.config import Config, ConfigError
 from training.data import VOCAB_FILE
 
@@ -46,10 +46,9 @@ def adopt_architecture(config: Config) -> Config:
 def copy_vocabulary(init_from: str, workdir: str) -> None:
   """The language model's vocabulary becomes the run's (once: a resumed run keeps its own)."""
   target = os.path.join(workdir, VOCAB_FILE)
-  if not os.path.exists(target) and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(os.path.join(init_from, VOCAB_FILE), target + ".tmp")
-    os.replace(target + ".tmp", target)
+  if not paths.exists(target) and jax.process_index() == 0:
+    paths.make_dirs(workdir)
+    paths.write_bytes(target, paths.read_bytes(os.path.join(init_from, VOCAB_FILE)))
 
 
 def initial_params(init_from: str, params):

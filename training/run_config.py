@@ -10,6 +10,7 @@ data position is the step and arrays are restored with the new mesh's shardings 
 import json
 import os
 
+from pipeline import paths
 from training.config import Config, ConfigError
 from training.metrics_log import write_json
 
@@ -19,10 +20,9 @@ DATA_LAYOUT_FIELDS = ("batch_size", "seq_len")
 
 def _read(workdir: str) -> dict | None:
   path = os.path.join(workdir, RUN_CONFIG_FILE)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def check_resume(config: Config, workdir: str) -> None:

@@ -1,22 +1,29 @@
 """The workdir: checks that a run can keep what it writes, made before any training starts,
-and the lock that keeps a second run out of it."""
+and the lock that keeps a second run out of it.
+
+A workdir may be local (or a shared filesystem) or on an object store (`gs://...`, through
+`pipeline.paths`). Object stores have no free-space figure and no file locks: there the space
+check is skipped and the lock is a warning (keep one run per workdir yourself).
+"""
 
 import os
 import shutil
 import socket
 import time
 
+from absl import logging
+
+from pipeline import paths
 from training.config import ConfigError
 
 
 def check_writable(workdir: str) -> None:
   """Creates `workdir` if needed and proves a file can be written there."""
-  probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+  probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{os.getpid()}")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    paths.make_dirs(workdir)
+    paths.write_text(probe, "ok")
+    paths.remove(probe)
   except OSError as e:
     raise ConfigError(f"--workdir={workdir}: cannot write there ({e.strerror or e})") from None
 
@@ -24,14 +31,15 @@ def check_writable(workdir: str) -> None:
 def require_free_space(workdir: str, free_bytes: int, checkpoint_bytes: int) -> None:
   """Refuses to start when the disk cannot hold the next checkpoint and its temporary copy."""
   needed = 2 * checkpoint_bytes
-  if free_bytes < needed:
+  if free_bytes is not None and free_bytes < needed:
     raise ConfigError(f"--workdir={workdir}: {free_bytes / 2**20:.1f} MiB free, but a checkpoint of this"
                       f" model needs about {needed / 2**20:.1f} MiB while it is written; free some"
                       " space or choose another --workdir")
 
 
-def free_bytes(workdir: str) -> int:
-  return shutil.disk_usage(workdir).free
+def free_bytes(workdir: str) -> int | None:
+  """Free bytes where the workdir is; None on an object store (no such limit to check)."""
+  return shutil.disk_usage(workdir).free if paths.is_local(workdir) else None
 
 
 class WorkdirLock:
@@ -48,6 +56,10 @@ class WorkdirLock:
 
   def __enter__(self) -> "WorkdirLock":
     if not self.enabled:
+      return self
+    if not paths.is_local(self.path):
+      logging.warning("--workdir=%s is on an object store, which has no locks: make sure no other run"
+                      " uses it", os.path.dirname(self.path))
       return self
     import fcntl
 
