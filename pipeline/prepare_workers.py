@@ -1,4 +1,4 @@
-"""What the worker processes of `pipeline.prepare` run: count tokens, or encode texts to records.
+"""What the worker processes of `pipeline.prepared_writer` run: count tokens, or encode texts to records.
 
 Module-level functions, so that a process pool started with `spawn` (safe beside any threads of
 the parent) can find them by name. Each worker builds its tokenizer state once, in `start`.

@@ -315,7 +315,8 @@ def _decode_line(data: bytes, path: str, number: int, utf8_errors: str, encoding
   except LookupError:
     raise DataError(f"--encoding={encoding}: unknown text encoding") from None
   except UnicodeDecodeError as e:
-    where = f"{path}:{number}: not valid {encoding} (byte {data[e.start]:#04x} at column {e.start + 1})"
+    name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    where = f"{path}:{number}: not valid {name} (byte {data[e.start]:#04x} at column {e.start + 1})"
     if utf8_errors != "replace":
       raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
                       " or --utf8_errors=replace to replace such bytes") from None

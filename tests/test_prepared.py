@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import prepare, sources
+from pipeline import prepared_writer as prepare, sources
 from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
 from pipeline.prepared import PreparedDataset
@@ -217,7 +217,7 @@ def test_streamed_examples_equal_the_examples_read_whole(tmp_path):
     assert list(sources.iter_examples(parsed, with_labels=with_labels)) == list(
         sources.read_examples(parsed, with_labels=with_labels))
   (tmp_path / "bad.txt").write_bytes(b"1 fine\n0 caf\xe9\n")
-  with pytest.raises(DataError, match=r"bad.txt:2: not valid utf-8"):
+  with pytest.raises(DataError, match=r"bad.txt:2: not valid UTF-8"):
     list(sources.iter_examples(sources.parse_spec(f"lines:{tmp_path / 'bad.txt'}", "data"), with_labels=True))
 
 

@@ -1,27 +1,35 @@
 """Wires the pipeline to a run: reads the data, fixes the vocabulary, makes the datasets.
 
-Training data is a prepared dataset (`prepared:DIR`: only its index is read at start-up, and
-each process reads the records of its own rows as it goes) or any other source, read and
-tokenised in memory at start-up (small data). The vocabulary (and the class names) come from
-the prepared dataset, or are built from the in-memory training data on the first run; either
-way they are saved in the workdir and a resumed run loads them, so token ids never shift under a
-checkpoint. Dev and test splits may be prepared (with the training data's vocabulary) or not.
+Every split is read as a prepared dataset (`pipeline.prepared`): only its index at start-up,
+and its records batch by batch, each process those of its own rows. A split given as any other
+source (`text:`, `jsonl:`, ..., the generated default) is prepared into `WORKDIR/data/` on first
+use, by process 0, and read the same way; `python -m pipeline.prepare` does it ahead of time for
+corpora that should be prepared once for many runs (or on a machine of their own).
+
+The run's vocabulary (and class names) are the training split's, saved in the workdir on the
+first run; a resumed run keeps them, so token ids never shift under a checkpoint. Dev and test
+splits are read in the run's vocabulary and labels.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from pipeline import batch_plans, paths, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
-from pipeline.prepared import InMemorySequences, PreparedDataset
-from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
-from pipeline.token_windows import token_stream, window_batches
+from pipeline.prepared_writer import prepare_corpus
+from pipeline.prepared import META_FILE, PreparedDataset
+from pipeline.sequence_batches import make_plan_function, sequence_batches
+from pipeline.token_windows import window_batches
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
 
@@ -52,10 +60,12 @@ class _Split:
 def prepare_data(config: Config, workdir: str) -> RunData:
   process_index, process_count = jax.process_index(), jax.process_count()
   train_spec, eval_spec = config.data_specs()
-  read_training = _prepared_training if is_prepared(train_spec) else _in_memory_training
-  train, holdout, vocab, labels = read_training(config, workdir, train_spec, eval_spec)
-  held_out = {"eval_data": holdout or _held_out_split(eval_spec, "eval_data", config, vocab, labels),
-              "test_data": _held_out_split(config.test_data, "test_data", config, vocab, labels)}
+  holdout = eval_spec if eval_spec.startswith(sources.HOLDOUT) else ""
+  train_spec = _prepared_spec(train_spec, "train_data", config, workdir, holdout=holdout)
+  train, holdout_split, vocab, labels = _training_split(config, workdir, train_spec, eval_spec)
+  held_out = {flag: _held_out_split(_prepared_spec(spec, flag, config, workdir), flag, config, vocab, labels)
+              for flag, spec in (("eval_data", "" if holdout else eval_spec), ("test_data", config.test_data))}
+  held_out["eval_data"] = held_out["eval_data"] or holdout_split
 
   if config.task == "lm":
     lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
@@ -106,40 +116,71 @@ def is_prepared(spec: str) -> bool:
   return spec.startswith(sources.PREPARED + ":")
 
 
-def _read_examples(config: Config, spec: str, flag: str) -> Sequence[dict]:
-  return sources.read_joined(spec, flag, with_labels=config.task == "classify", text_field=config.text_field,
-                             label_field=config.label_field, tfds_data_dir=config.tfds_data_dir or None,
-                             utf8_errors=config.utf8_errors, encoding=config.encoding)
-
-
-def _in_memory_split(examples: Sequence[dict], spec: str, config: Config, vocab: Vocabulary,
-                     labels: Labels | None) -> _Split:
-  if config.task == "lm":
-    return _Split(stream=token_stream(examples, vocab))
-  ids = labels.ids(examples, spec)  # a label the run does not know fails here
-  return _Split(sequences=InMemorySequences(encode_all(examples, vocab)), labels=ids)
-
-
 def _view_split(view, config: Config) -> _Split:
   if config.task == "lm":
     return _Split(stream=view.stream())
   return _Split(sequences=view.sequences(), labels=view.label_ids())
 
 
-def _in_memory_training(config: Config, workdir: str, train_spec: str, eval_spec: str):
-  """Reads and tokenises the training sources at start-up (small data); the vocabulary and
-  labels are fixed from the training examples on the first run. Returns (train split, holdout
-  dev split or None, vocabulary, labels)."""
-  examples = _read_examples(config, train_spec, "train_data")
-  dev = None
-  if eval_spec.startswith(sources.HOLDOUT):
-    examples, dev = sources.holdout_split(examples, eval_spec, "eval_data")
-  vocab = _load_or_build_vocabulary(examples, config, os.path.join(workdir, VOCAB_FILE))
-  labels = None
-  if config.task == "classify":
-    labels = _load_or_fix_labels(examples, config, train_spec, os.path.join(workdir, LABELS_FILE))
-  train = _in_memory_split(examples, train_spec, config, vocab, labels)
-  return train, dev and _in_memory_split(dev, eval_spec, config, vocab, labels), vocab, labels
+# Where the sources are read: once, into the workdir.
+DATA_DIR = "data"
+
+
+def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: str = "") -> str:
+  """`spec` itself if it names a prepared dataset (or nothing); else `prepared:DIR` of its copy,
+  prepared into `WORKDIR/data/` on first use, by process 0 while the others wait.
+
+  The copy is keyed by the spec, the files' sizes and times, and the flags that change how they
+  read, so a resumed run reuses it and changed data is read again. Its vocabulary and labels are
+  the run's once the run has them (a resumed run, or `--init_from`); else they are fixed from the
+  training split (without the documents `holdout` holds out), as the trainer always has.
+  """
+  if not spec or is_prepared(spec) or spec.startswith(sources.HOLDOUT):
+    return spec
+  with_labels = config.task == "classify"
+  read_options = dict(text_field=config.text_field, label_field=config.label_field,
+                      tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
+                      encoding=config.encoding)
+  key = json.dumps([spec, _file_stamps(spec, flag), read_options, with_labels, config.tokenizer, config.vocab_size,
+                    config.num_classes, holdout])
+  directory = os.path.join(workdir, DATA_DIR, f"{flag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+  failure = None
+  if jax.process_index() == 0 and not paths.exists(os.path.join(directory, META_FILE)):
+    try:
+      _prepare_into(directory, spec, flag, config, workdir, read_options, holdout)
+    except (DataError, ConfigError) as e:
+      failure = e
+  if jax.process_count() > 1:  # the others wait for process 0, and learn whether it failed
+    failed = bool(multihost_utils.broadcast_one_to_all(np.array(failure is not None)))
+    if failed and failure is None:
+      failure = DataError(f"--{flag}={spec}: process 0 could not read it (see its log)")
+  if failure is not None:
+    raise failure
+  return f"{sources.PREPARED}:{directory}"
+
+
+def _prepare_into(directory: str, spec: str, flag: str, config: Config, workdir: str, read_options: dict,
+                  holdout: str) -> None:
+  has_vocabulary = paths.exists(os.path.join(workdir, VOCAB_FILE))
+  if has_vocabulary and Vocabulary.load(os.path.join(workdir, VOCAB_FILE)).kind != config.tokenizer:
+    raise ConfigError(f"--tokenizer={config.tokenizer} differs from the vocabulary saved in {workdir};"
+                      " resume with the same flags or use a new --workdir")
+  logging.info("Reading --%s=%s into %s (once)", flag, spec, directory)
+  prepare_corpus(spec, directory, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
+                 vocab_from=workdir if has_vocabulary else "", with_labels=config.task == "classify",
+                 num_classes=config.num_classes, read_options=read_options, flag=flag, holdout=holdout)
+
+
+def _file_stamps(spec: str, flag: str) -> list:
+  """(size, modification time) of each file a spec names (a missing one is reported later)."""
+  stamps = []
+  for part in spec.split(","):
+    kind, _, rest = part.partition(":")
+    path = sources.parse_spec(part, flag).path if kind in sources.FILE_KINDS else None
+    if path and paths.exists(path):
+      stat = epath.Path(path).stat()
+      stamps.append([stat.length, stat.mtime])
+  return stamps
 
 
 def _open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
@@ -151,10 +192,10 @@ def _open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
   return dataset, dataset.view(parsed.slice, spec)
 
 
-def _prepared_training(config: Config, workdir: str, train_spec: str, eval_spec: str):
-  """Reads a prepared dataset's index (its records are read batch by batch, each process its
-  own rows); the run's vocabulary and labels are the dataset's. Returns what
-  `_in_memory_training` does."""
+def _training_split(config: Config, workdir: str, train_spec: str, eval_spec: str):
+  """(train split, holdout dev split or None, vocabulary, labels) of a prepared dataset: its
+  index is read now, its records batch by batch (each process its own rows); the run's
+  vocabulary and labels are the dataset's."""
   dataset, view = _open_prepared(train_spec, "train_data")
   dev = None
   if eval_spec.startswith(sources.HOLDOUT):
@@ -176,11 +217,9 @@ def _documents_of(dataset: PreparedDataset, view) -> np.ndarray:
 
 
 def _held_out_split(spec: str, flag: str, config: Config, vocab: Vocabulary, labels: Labels | None) -> _Split | None:
-  """A dev or test split, prepared or read in memory, in the run's vocabulary and labels."""
+  """A dev or test split (a prepared dataset) in the run's vocabulary and labels."""
   if not spec:
     return None
-  if not is_prepared(spec):
-    return _in_memory_split(_read_examples(config, spec, flag), spec, config, vocab, labels)
   dataset, view = _open_prepared(spec, flag)
   if dataset.vocab != vocab:
     raise DataError(f"--{flag}={spec}: prepared with another vocabulary than the run's; prepare it with"
@@ -237,28 +276,3 @@ def adopt_prepared_tokenizer(config: Config) -> Config:
   if changed:
     logging.info("From --train_data: %s", "  ".join(f"--{k}={v}" for k, v in changed.items()))
   return dataclasses.replace(config, **adopted)
-
-
-def _load_or_build_vocabulary(examples: Sequence[dict], config: Config, path: str) -> Vocabulary:
-  if paths.exists(path):
-    vocab = Vocabulary.load(path)
-    if vocab.kind != config.tokenizer:
-      raise ConfigError(f"--tokenizer={config.tokenizer} differs from the {vocab.kind!r} vocabulary"
-                        f" saved in {path}; resume with the same flags or use a new --workdir")
-    return vocab
-  vocab = Vocabulary.build((example["text"] for example in examples), config.tokenizer,
-                           config.vocab_size or None)
-  if jax.process_index() == 0:
-    vocab.save(path)
-  return vocab
-
-
-def _load_or_fix_labels(examples: Sequence[dict], config: Config, spec: str, path: str) -> Labels:
-  """The run's labels: fixed from the training data on the first run, then loaded (so that a
-  resumed run, prediction and export map names to the same ids)."""
-  if paths.exists(path):
-    return Labels.load(path)
-  labels = Labels.from_training(examples, config.num_classes, f"--train_data={spec}")
-  if jax.process_index() == 0:
-    labels.save(path)
-  return labels
