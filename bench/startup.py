@@ -4,13 +4,13 @@ against a prepared dataset (`pipeline.prepare`).
   python -m bench.startup --workdir=/tmp/startup --sizes_mb=20,132,1024
 
 For each size it writes a corpus of IMDB review text (JSON lines, from `../shared/data/imdb`,
-repeated past 132 MB), prepares it once (word tokens, 20,000 of them), and starts a word-level
-language model (LSTM 256) on it twice: reading the JSON lines directly (in memory, up to
-`--in_memory_up_to_mb`) and reading the prepared dataset. For each it measures the seconds from
-the process's start to its first training step (the moment the step's row reaches
-`metrics.jsonl`) and the peak resident memory of the process (`ru_maxrss`). The corpora, the
-prepared datasets and the runs stay in `--workdir` (reused by a later call); the table goes to
-`docs/startup.md`.
+repeated past 132 MB), prepares it once with `pipeline.prepare` (word tokens, 20,000 of them),
+and starts a word-level language model (LSTM 256) on it: on the prepared dataset, and (up to
+`--direct_up_to_mb`) on the JSON lines given directly, which the trainer's first start prepares
+into its workdir. For each it measures the seconds from the process's start to its first
+training step (the moment the step's row reaches `metrics.jsonl`) and the peak resident memory of
+the process (`ru_maxrss`). The corpora, the prepared datasets (with the figures of their prepare
+job) and the runs stay in `--workdir`, reused by a later call; the table goes to `docs/startup.md`.
 """
 
 import argparse
@@ -74,8 +74,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--sizes_mb", default="20,132,1024")
-  parser.add_argument("--in_memory_up_to_mb", type=int, default=132,
-                      help="also start from the JSON lines directly up to this size (it reads everything)")
+  parser.add_argument("--direct_up_to_mb", type=int, default=132,
+                      help="also start from the JSON lines given directly up to this size")
   parser.add_argument("--num_workers", type=int, default=os.cpu_count())
   parser.add_argument("--out", default=os.path.join(ROOT, "docs", "startup.md"))
   args = parser.parse_args()
@@ -87,30 +87,34 @@ def main() -> None:
     corpus = os.path.join(args.workdir, f"imdb_text_{megabytes}mb.jsonl")
     size = write_corpus(corpus, megabytes)
     prepared = os.path.join(args.workdir, f"prepared_{megabytes}mb")
-    prepare_row = None
+    prepare_figures = prepared + ".prepare.json"
     if not os.path.exists(os.path.join(prepared, "prepared.json")):
-      prepare_row = measured([sys.executable, "-m", "pipeline.prepare", f"--data=jsonl:{corpus}", "--tokenizer=word",
-                              "--vocab_size=20000", f"--out={prepared}", f"--num_workers={args.num_workers}"],
-                             os.path.join(args.workdir, f"prepare_{megabytes}mb.log"))
-    ways = [("prepared", f"prepared:{prepared}", ["--tokenizer=word"])]
-    if megabytes <= args.in_memory_up_to_mb:
-      ways.insert(0, ("in memory (jsonl)", f"jsonl:{corpus}", ["--tokenizer=word", "--vocab_size=20000"]))
+      figures = measured([sys.executable, "-m", "pipeline.prepare", f"--data=jsonl:{corpus}", "--tokenizer=word",
+                          "--vocab_size=20000", f"--out={prepared}", f"--num_workers={args.num_workers}"],
+                         os.path.join(args.workdir, f"prepare_{megabytes}mb.log"))
+      with open(prepare_figures, "w") as f:
+        json.dump(figures, f)
+    prepare_row = json.load(open(prepare_figures)) if os.path.exists(prepare_figures) else None
+    ways = [("prepared:, from pipeline.prepare", f"prepared:{prepared}", [])]
+    if megabytes <= args.direct_up_to_mb:
+      ways.insert(0, ("jsonl: given directly (first start prepares it)", f"jsonl:{corpus}",
+                      ["--tokenizer=word", "--vocab_size=20000"]))
     for way, data, extra in ways:
-      run = os.path.join(args.workdir, f"run_{megabytes}mb_{way.split()[0]}")
+      run = os.path.join(args.workdir, f"run_{megabytes}mb_{way.split(':')[0]}")
       subprocess.run(["rm", "-rf", run], check=True)
       result = measured([sys.executable, "-m", "training.train", f"--workdir={run}", f"--train_data={data}",
                          *MODEL_FLAGS, *extra], run + ".log", first_row_of=os.path.join(run, "metrics.jsonl"))
       table.append([f"{size / 2**20:,.0f} MiB", way, f"{result['first_step_s']:.1f}",
                     f"{result['peak_rss_mib']:,.0f}",
                     f"{prepare_row['seconds']:.0f} s, {prepare_row['peak_rss_mib']:,.0f} MiB"
-                    if prepare_row and way == "prepared" else "-"])
+                    if prepare_row and way.startswith("prepared") else "-"])
       print(table[-1], flush=True)
   write_table(args.out, "Start-up and memory against corpus size",
               f"`python -m bench.startup --sizes_mb={args.sizes_mb}` on {machine()}: a word-level LSTM 256"
               " language model (vocabulary 20,000, batch 32 x 64) started on IMDB review text. Seconds from the"
               " process's start to its first training step (JAX start-up and compilation included) and the"
-              " process's peak resident memory. The prepare column is the one-off `pipeline.prepare` job"
-              " (when this call ran it).",
+              " process's peak resident memory. The last column is the one-off `pipeline.prepare` job"
+              f" ({args.num_workers} worker processes; its own process's peak memory).",
               ["corpus (JSON lines)", "training data", "start to first step (s)", "peak RSS (MiB)", "prepare (once)"],
               table)
 

@@ -71,11 +71,20 @@ def _flag_names(argv: list[str]) -> list[str]:
   return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
 
+def _prepare_flags() -> set[str]:
+  """The flags of `python -m pipeline.prepare` (defined in a process of their own: several share
+  names with the trainer's)."""
+  listing = subprocess.run([sys.executable, "-c", "import pipeline.prepare; from absl import flags;"
+                            " print(chr(10).join(flags.FLAGS))"], cwd=ROOT, capture_output=True, text=True, check=True)
+  return set(listing.stdout.split())
+
+
 def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
   from absl import flags
 
   import training.train  # noqa: F401  (defines the trainer's flags)
 
+  prepare_flags, prepared_dirs = _prepare_flags(), set()  # the --out of each prepare shown so far
   checked = 0
   for command in all_commands():
     for part in command.split(" && "):
@@ -90,6 +99,13 @@ def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
           assert os.path.isfile(os.path.join(ROOT, *module.split(".")) + ".py"), f"{command}: no module {module}"
         else:
           assert importlib.util.find_spec(module), f"{command}: {module} is not installed"
+        if module == "pipeline.prepare":
+          values = dict(arg[2:].partition("=")[::2] for arg in argv[3:] if arg.startswith("--"))
+          for name in values:
+            assert name in prepare_flags, f"{command}: unknown flag --{name}"
+          if "vocab_from" in values:
+            assert values["vocab_from"] in prepared_dirs, f"{command}: --vocab_from is prepared by no command above it"
+          prepared_dirs.add(values.get("out"))
         if module == "training.train":
           for name in _flag_names(argv[3:]):
             assert name in flags.FLAGS, f"{command}: unknown flag --{name}"
@@ -103,6 +119,8 @@ def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
                 continue
               if spec.split(":")[0] in ("text", "lines", "jsonl", "csv", "tsv", "parquet"):
                 assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no file {path} (relative to the repo root)"
+              if spec.split(":")[0] == "prepared":
+                assert path in prepared_dirs, f"{command}: {path} is prepared by no command above it"
         checked += 1
       elif argv and argv[0] in ("sbatch", "kubectl"):
         path = argv[-1]

@@ -187,6 +187,10 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
                              set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR), enabled=data.eval_batches is not None)
 
   step, evaluated_at, eval_metrics = start_step, None, {}
+  # Several processes on CPUs (gloo collectives) deadlocked with tens of steps dispatched ahead
+  # (a 2 x 2 job of a 20,000-word LM hung for good before its first log line at --log_every=50):
+  # there, each step waits for the last. Accelerators keep dispatching ahead.
+  steps_in_flight_limited = jax.process_count() > 1 and jax.default_backend() == "cpu"
   preemption = PreemptionWatch()
   preempted = False
   stopped_early = selection.patience_exhausted(step)  # a run that stopped early stays stopped
@@ -195,6 +199,8 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       batch = parallel.global_batch(next(train_batches), mesh)
       state, metrics = train_fn(state, batch)
       step += 1
+      if steps_in_flight_limited:
+        jax.block_until_ready(metrics)
       checkpointer.check_save()  # a save that failed in the background stops the run here
       reporter.add(metrics, batch["inputs"].shape)
       preempted = preemption.should_stop(step)
