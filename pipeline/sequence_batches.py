@@ -13,6 +13,7 @@ processes agree on every batch's shape. To plan, every process needs every examp
 batches themselves are built lazily, in worker threads, reading only this process's rows.
 """
 
+import concurrent.futures
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -46,19 +47,31 @@ class PlannedBatches:
     self._segments = segments_per_row
     self._shard_index, self._shard_count = shard_index, shard_count
     self._lock = threading.Lock()
-    self._plans: dict[int, list] = {}
+    self._plans: dict[int, concurrent.futures.Future] = {}
     self._epoch_starts = [0]  # index of each planned epoch's first batch
+    # Training plans the next epoch in the background while this one is read, so the trainer
+    # does not wait at an epoch boundary (packing plans take about a second per IMDB epoch).
+    self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plan-ahead") if repeat else None
 
   def __len__(self):
     return sys.maxsize if self._repeat else len(self._plan(0))
 
+  def _planned(self, epoch: int) -> concurrent.futures.Future:
+    if self._planner is not None:
+      return self._planner.submit(self._plan_for_epoch, epoch)
+    done = concurrent.futures.Future()
+    done.set_result(self._plan_for_epoch(epoch))
+    return done
+
   def _plan(self, epoch: int) -> list:
     with self._lock:  # Grain reads from several threads.
-      if epoch not in self._plans:
-        self._plans[epoch] = self._plan_for_epoch(epoch)
-        for old in [e for e in self._plans if e < epoch - 1]:
-          del self._plans[old]  # keep memory flat over long runs
-      return self._plans[epoch]
+      for wanted in (epoch, epoch + 1) if self._repeat else (epoch,):
+        if wanted not in self._plans:
+          self._plans[wanted] = self._planned(wanted)
+      for old in [e for e in self._plans if e < epoch - 1]:
+        del self._plans[old]  # keep memory flat over long runs
+      plan = self._plans[epoch]
+    return plan.result()
 
   def _locate(self, index: int) -> tuple[int, int]:
     epoch = 0

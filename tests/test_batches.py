@@ -1,6 +1,7 @@
 """Grain batches in every mode: coverage, shapes, contiguous lanes, process shards, iterator state."""
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -165,3 +166,29 @@ def test_iterator_state_round_trip_mid_epoch_for_sequences(batching):
 def test_iterator_state_round_trip_mid_epoch_for_windows():
   _assert_state_round_trip(lambda: iter(window_batches(stream(), batch_size=4, seq_len=5, train=True,
                                                        carry_state=True)), skip=6)
+
+
+def test_training_plans_the_next_epoch_while_this_one_is_read():
+  from pipeline.batch_plans import pad_plan
+  from pipeline.sequence_batches import PlannedBatches
+
+  planned = []
+
+  def plan_for_epoch(epoch):
+    planned.append(epoch)
+    return pad_plan(len(EXAMPLES), batch_size=4, seq_len=8, seed=0, epoch=epoch, shuffle=True)
+
+  source = PlannedBatches(encode_all(EXAMPLES, VOCAB), np.zeros(len(EXAMPLES), np.int32), plan_for_epoch, repeat=True,
+                          segments_per_row=1, shard_index=0, shard_count=1)
+  source[0]  # the first batch of epoch 0
+  deadline = time.monotonic() + 10
+  while 1 not in planned and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert planned == [0, 1]  # epoch 1 planned before any of its batches was asked for
+  per_epoch = len(plan_for_epoch(0))
+  planned.clear()
+  source[per_epoch]  # epoch 1's first batch: its plan is ready; epoch 2's is started
+  deadline = time.monotonic() + 10
+  while 2 not in planned and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert planned == [2]
