@@ -1,5 +1,5 @@
-"""Start-up time and peak memory of a training process against corpus size: in-memory sources
-against a prepared dataset (`pipeline.prepare`).
+"""Start-up time and peak memory of a training process against corpus size: a prepared dataset
+(`pipeline.prepare`) against the same JSON lines given directly.
 
   python -m bench.startup --workdir=/tmp/startup --sizes_mb=20,132,1024
 

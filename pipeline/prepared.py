@@ -117,11 +117,9 @@ class PreparedDataset:
     if self._source is None:  # opened on first read: many processes open only what they read
       from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-      shards, start = [], 0
-      for shard in self.meta["shards"]:
-        shards.append(_Shard(str(self.directory / shard["file"]), 0, shard["records"], shard["records"]))
-        start += shard["records"]
-      self._source = ArrayRecordDataSource(shards)
+      self._source = ArrayRecordDataSource([
+          _Shard(str(self.directory / shard["file"]), 0, shard["records"], shard["records"])
+          for shard in self.meta["shards"]])
     return self._source
 
   def read(self, records: Sequence[int]) -> list[np.ndarray]:
@@ -138,11 +136,12 @@ class PreparedDataset:
   def view(self, slice_text: str | None, spec: str) -> "PreparedView":
     """The records (and for token slices, the stream range) that `[SLICE]` selects."""
     if self.meta["slice_unit"] == "tokens" and slice_text:
-      view = PreparedView(self, np.arange(self.num_records))
-      tokens = slice_range(slice_text, view.stream_length(), f"{self.what}={spec}")
+      records = np.arange(self.num_records)
+      length = len(PreparedStream(self, records, None))
+      tokens = slice_range(slice_text, length, f"{self.what}={spec}")
       if not tokens:
-        raise DataError(f"{self.what}={spec}: the slice selects none of the {view.stream_length()} tokens")
-      return PreparedView(self, view.records, token_range=(tokens.start, tokens.stop))
+        raise DataError(f"{self.what}={spec}: the slice selects none of the {length} tokens")
+      return PreparedView(self, records, token_range=(tokens.start, tokens.stop))
     starts = self.document_records()
     documents = slice_range(slice_text, len(starts) - 1, f"{self.what}={spec}")
     if not documents:
@@ -152,8 +151,12 @@ class PreparedDataset:
   def documents_view(self, documents: np.ndarray) -> "PreparedView":
     """The records of the given documents (indices into the dataset's documents), in order."""
     starts = self.document_records()
-    records = [np.arange(starts[d], starts[d + 1]) for d in documents]
-    return PreparedView(self, np.concatenate(records) if records else np.zeros(0, np.int64))
+    documents = np.asarray(documents, np.int64)
+    counts = starts[documents + 1] - starts[documents]
+    # Each document's first record, repeated over its records, plus the position within it.
+    firsts = np.repeat(starts[documents], counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return PreparedView(self, firsts + within)
 
 
 class PreparedView:
@@ -176,9 +179,6 @@ class PreparedView:
     return np.asarray(self.dataset.label_ids[self.records], np.int32)
 
   # Per token.
-  def stream_length(self) -> int:
-    return len(self.stream())
-
   def stream(self) -> "PreparedStream":
     return PreparedStream(self.dataset, self.records, self._token_range)
 

@@ -160,10 +160,10 @@ def _mapped(pool, function, items: Iterable, num_workers: int) -> Iterator:
     yield in_flight.popleft().get()
 
 
-def _progress(description: str, total: int | None = None):
+def _progress(description: str):
   from tqdm import tqdm  # a bar on a terminal only (disable=None)
 
-  return tqdm(desc=description, total=total, unit=" docs", disable=None, file=sys.stderr, smoothing=0.1)
+  return tqdm(desc=description, unit=" docs", disable=None, file=sys.stderr, smoothing=0.1)
 
 
 def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, num_workers: int):
@@ -179,7 +179,7 @@ def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, n
       bar.update(len(texts))
       yield texts if kind else []
 
-  pool = _pool(num_workers, kind or "char", None)
+  pool = _pool(num_workers if kind else 1, kind or "char", None)  # (no tokenising: no workers)
   with _progress("counting tokens" if kind else "reading labels") as bar:
     try:
       for chunk_counts in _mapped(pool, prepare_workers.count_tokens, texts_of(chunks), num_workers):

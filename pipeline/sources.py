@@ -182,15 +182,17 @@ def _open_binary(path: str):
       yield f
 
 
-def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8") -> str:
+def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8", line: int | None = None) -> str:
+  """`data` decoded: the whole file, or its line number `line` (errors then name that line)."""
   try:
     return data.decode(encoding)
   except LookupError:
     raise DataError(f"--encoding={encoding}: unknown text encoding") from None
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
+    number = line if line is not None else data[:e.start].count(b"\n") + 1
+    position = f"column {e.start + 1}" if line is not None else f"offset {e.start}"
     name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    where = f"{path}:{line}: not valid {name} (byte {data[e.start]:#04x} at offset {e.start})"
+    where = f"{path}:{number}: not valid {name} (byte {data[e.start]:#04x} at {position})"
     if utf8_errors != "replace":
       raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
                       " or --utf8_errors=replace to replace such bytes") from None
@@ -302,26 +304,11 @@ def _streamed_lines(spec: SourceSpec, utf8_errors: str, encoding: str) -> Iterat
   try:
     with _open_binary(spec.path) as f:
       for number, data in enumerate(f, start=1):
-        line = _decode_line(data, spec.path, number, utf8_errors, encoding).rstrip("\n").removesuffix("\r")
+        line = _decode(data, spec.path, utf8_errors, encoding, line=number).rstrip("\n").removesuffix("\r")
         if line.strip():
           yield number, line
   except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
     raise DataError(f"{spec.path}: cannot read ({e})") from None
-
-
-def _decode_line(data: bytes, path: str, number: int, utf8_errors: str, encoding: str) -> str:
-  try:
-    return data.decode(encoding)
-  except LookupError:
-    raise DataError(f"--encoding={encoding}: unknown text encoding") from None
-  except UnicodeDecodeError as e:
-    name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    where = f"{path}:{number}: not valid {name} (byte {data[e.start]:#04x} at column {e.start + 1})"
-    if utf8_errors != "replace":
-      raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
-                      " or --utf8_errors=replace to replace such bytes") from None
-    logging.warning("%s; replaced with U+FFFD", where)
-    return data.decode(encoding, errors="replace")
 
 
 def _record_example(record: dict, where: str, with_labels: bool, text_field: str, label_field: str) -> dict:

@@ -85,6 +85,9 @@ def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(tmp_pat
                        vocab)
   stream = dataset.view(None, spec).stream()
   assert len(stream) == len(whole)
+  starts = dataset.document_records()  # two documents: the book's many records, then one
+  assert dataset.documents_view(np.array([1, 0])).records.tolist() == (
+      list(range(starts[1], starts[2])) + list(range(starts[0], starts[1])))
   assert stream.read(0, len(whole)).tolist() == whole.tolist()
   rng = np.random.default_rng(0)
   ranges = [tuple(sorted(rng.integers(-3, len(whole) + 3, size=2))) for _ in range(50)]

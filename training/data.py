@@ -26,15 +26,14 @@ from jax.experimental import multihost_utils
 from pipeline import batch_plans, paths, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
+# A workdir keeps its vocabulary and labels under the same names as a prepared dataset, so either
+# can be given to `pipeline.prepare --vocab_from`.
+from pipeline.prepared import LABELS_FILE, META_FILE, VOCAB_FILE, PreparedDataset
 from pipeline.prepared_writer import prepare_corpus
-from pipeline.prepared import META_FILE, PreparedDataset
 from pipeline.sequence_batches import make_plan_function, sequence_batches
 from pipeline.token_windows import window_batches
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
-
-VOCAB_FILE = "vocab.json"
-LABELS_FILE = "labels.json"
 
 
 @dataclasses.dataclass
@@ -175,7 +174,7 @@ def _file_stamps(spec: str, flag: str) -> list:
   """(size, modification time) of each file a spec names (a missing one is reported later)."""
   stamps = []
   for part in spec.split(","):
-    kind, _, rest = part.partition(":")
+    kind = part.partition(":")[0]
     path = sources.parse_spec(part, flag).path if kind in sources.FILE_KINDS else None
     if path and paths.exists(path):
       stat = epath.Path(path).stat()
