@@ -18,16 +18,28 @@ from pipeline.errors import DataError
 
 PAD, UNK, EOS = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
-KINDS = ("char", "word")
+KINDS = ("char", "word", "ptb")
 
-# Words are runs of letters, digits, underscores and inner apostrophes; any other
-# non-space character is a token of its own. Text is lower-cased.
+# word: runs of letters, digits, underscores and inner apostrophes; any other non-space
+# character is a token of its own. Text is lower-cased.
 _WORD_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+# ptb: words as the Penn Treebank splits them, so that raw text ("doesn't", "it's") and text
+# that was already tokenised that way ("does n't", "it 's": SST, PTB, many parsed corpora)
+# give the same tokens. Negation and clitics become tokens of their own, shared by every
+# word they attach to ("n't" in "isn't", "don't", "can't"). Lower-cased.
+_PTB_RE = re.compile(r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+|[^\w\s]")
+# Treebank escapes of brackets, read back as the brackets they stand for.
+_PTB_ESCAPES = re.compile(r"-(lrb|rrb|lsb|rsb|lcb|rcb)-")
+_PTB_BRACKETS = {"lrb": " ( ", "rrb": " ) ", "lsb": " [ ", "rsb": " ] ", "lcb": " { ", "rcb": " } "}
 
 
 def split_tokens(text: str, kind: str) -> list[str]:
   if kind == "char":
     return list(text)
+  if kind == "ptb":
+    text = _PTB_ESCAPES.sub(lambda match: _PTB_BRACKETS[match.group(1)], text.lower())
+    return _PTB_RE.findall(text)
   return _WORD_RE.findall(text.lower())
 
 

@@ -43,3 +43,17 @@ def test_unreadable_vocabulary_and_unknown_kind_are_clear_errors(tmp_path):
     Vocabulary.load(str(path))
   with pytest.raises(DataError, match="--tokenizer='bpe'"):
     Vocabulary.build(["x"], "bpe")
+
+
+def test_ptb_splits_raw_and_treebank_text_alike():
+  raw = "It doesn't work, and it's the director's fault (I can't stand it)."
+  treebank = "it does n't work , and it 's the director 's fault -LRB- i ca n't stand it -RRB- ."
+  expected = ["it", "does", "n't", "work", ",", "and", "it", "'s", "the", "director", "'s", "fault",
+              "(", "i", "ca", "n't", "stand", "it", ")", "."]
+  vocab = Vocabulary.build([raw], "ptb")
+  assert [vocab.tokens[i] for i in vocab.encode(raw)] == expected
+  assert list(vocab.encode(treebank)) == list(vocab.encode(raw))
+  # The word tokenizer keeps contractions whole, so the two spellings share no negation token.
+  assert "n't" not in Vocabulary.build([raw], "word").tokens
+  # Other apostrophes are split as punctuation, as in `word` outside words.
+  assert Vocabulary.build(["o'clock 'tis"], "ptb").tokens[3:] == ["'", "clock", "o", "tis"]

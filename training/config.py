@@ -6,6 +6,7 @@ one directly. The defaults are those of the flags.
 
 import dataclasses
 
+from pipeline import tokenizers
 from pipeline.batch_plans import BATCHINGS
 from pipeline.paths import absolute
 from pipeline.sources import with_absolute_path
@@ -127,7 +128,7 @@ def _require(condition: bool, flag: str, message: str) -> None:
 def validate(config: Config, device_count: int = 1) -> None:
   """Raises `ConfigError` naming the first invalid flag."""
   for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
-                        ("lr_decay", LR_DECAYS), ("tokenizer", ("char", "word")),
+                        ("lr_decay", LR_DECAYS), ("tokenizer", tokenizers.KINDS),
                         ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
                         ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS),
                         ("recurrent_backward", RECURRENT_BACKWARDS)):

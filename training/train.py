@@ -51,7 +51,7 @@ flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the dev spli
                     " selection); empty: none (or the generated task's held-out part when --train_data is empty too).")
 flags.DEFINE_string("test_data", _D.test_data, "KIND:PATH[SLICE] of the test split: evaluated once, at the"
                     " end, with the parameters of the best --eval_data evaluation; empty: none.")
-flags.DEFINE_string("tokenizer", _D.tokenizer, "char | word.")
+flags.DEFINE_string("tokenizer", _D.tokenizer, "char | word | ptb (words split as the Penn Treebank does: does n't, it 's).")
 flags.DEFINE_integer("vocab_size", _D.vocab_size, "Keep the most frequent tokens; 0 keeps all.")
 flags.DEFINE_string("text_field", _D.text_field, "Text field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records.")
 flags.DEFINE_string("label_field", _D.label_field, "Label field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records;"
