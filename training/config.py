@@ -20,6 +20,7 @@ ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
 PARALLELISMS = ("jit", "shard_map")
 RECURRENT_BACKWARDS = ("fused", "autodiff")
+RECURRENT_KERNELS = ("auto", "scan", "onednn")
 
 # With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
 DEFAULT_DATA = {
@@ -55,6 +56,9 @@ class Config:
   num_classes: int = 0  # 0: one more than the largest training label
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
+  # The LSTM's time loop: "onednn" (the fused kernel PyTorch uses on x86-64 CPUs), "scan" (the
+  # portable JAX layer), or "auto": onednn where it is installed and applies (training.kernels).
+  recurrent_kernel: str = "auto"
   remat: bool = False  # recompute in the backward pass what it would otherwise keep (long windows)
   # Data.
   train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
@@ -131,7 +135,7 @@ def validate(config: Config, device_count: int = 1) -> None:
                         ("lr_decay", LR_DECAYS), ("tokenizer", tokenizers.KINDS),
                         ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
                         ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS),
-                        ("recurrent_backward", RECURRENT_BACKWARDS)):
+                        ("recurrent_backward", RECURRENT_BACKWARDS), ("recurrent_kernel", RECURRENT_KERNELS)):
     value = getattr(config, flag)
     _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
   for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",

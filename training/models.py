@@ -12,7 +12,6 @@ The carried state of a stack is one array `carry [L, S, B, H]`: layer, state par
 and c), batch row, unit. One array is simple to checkpoint and to shard on its batch axis.
 """
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -36,6 +35,11 @@ class RecurrentLayer(nn.Module):
   backward: str = "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
   time_major: bool = False  # inputs, mask, resets and outputs as [T, B, ...] (the Encoder's layout)
   remat: bool = False  # keep less for the backward pass, recompute the rest (long windows)
+  kernel: str = "scan"  # "onednn": oneDNN's fused LSTM where a batch allows it (training.kernels)
+  # Whether the caller reads the final carry. A classifier does not, which lets oneDNN's kernel
+  # (which knows no masks) also take right-padded batches: their outputs are exact, their final
+  # carry is not.
+  final_carry_used: bool = True
 
   @nn.compact
   def __call__(self, inputs, mask, carry, resets=None):
@@ -45,7 +49,8 @@ class RecurrentLayer(nn.Module):
     Where `mask` is False the step leaves the state as it was and outputs zeros, so a padded
     batch computes exactly what its unpadded rows would. Where `resets` is True the state is
     zeroed before that step (a new sequence starts inside the row). Returns
-    (outputs [B, T, H] (or [T, B, H]), final carry [S, B, H]).
+    (outputs [B, T, H] (or [T, B, H]), final carry [S, B, H]; unspecified for rows with padding
+    when not `final_carry_used`).
     """
     cell = CELLS[self.cell]
     width = cell.num_gates * self.hidden_size
@@ -56,21 +61,50 @@ class RecurrentLayer(nn.Module):
       recurrent["b_h"] = self.param("b_h", nn.initializers.zeros_init(), (width,))
 
     to_time_major = (lambda x: x) if self.time_major else (lambda x: None if x is None else jnp.swapaxes(x, 0, 1))
-    mask, resets = to_time_major(mask), to_time_major(resets)
-    # Hoisted out of the time loop: one [T*B, D] x [D, H] matmul per gate instead of T small
-    # ones, made time-major and split by gate as the loop reads it (see `Cell.core`).
-    layout = "tbd,dh->tbh" if self.time_major else "btd,dh->tbh"
-    x_gates = tuple(jnp.einsum(layout, inputs, w) + b_gate
-                    for w, b_gate in zip(cell.split(w_x), cell.split(b)))
+    inputs, mask, resets = to_time_major(inputs), to_time_major(mask), to_time_major(resets)
+
+    def x_gates():
+      # Hoisted out of the time loop: one [T*B, D] x [D, H] matmul per gate instead of T small
+      # ones, time-major and split by gate as the loop reads it (see `Cell.core`).
+      return tuple(jnp.einsum("tbd,dh->tbh", inputs, w) + b_gate for w, b_gate in zip(cell.split(w_x), cell.split(b)))
+
     if self.backward == "autodiff":
-      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates, mask, resets, carry, self.remat)
+      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates(), mask, resets, carry, self.remat)
     else:
-      run = functools.partial(scan_layer, self.cell, self.unroll, self.remat, recurrent, x_gates)
-      # Full windows (every per-token window but a stream's last) take the path without masking.
-      has_padding = ~jnp.all(mask) if resets is None else ~jnp.all(mask) | jnp.any(resets)
-      outputs, final = jax.lax.cond(has_padding, lambda: run(mask, resets, carry),
-                                    lambda: run(None, None, carry))
+      run = lambda mask, resets: scan_layer(self.cell, self.unroll, self.remat, recurrent, x_gates(), mask, resets,
+                                            carry)
+      if self.kernel == "onednn":
+        use_kernel = _kernel_applies(mask, resets, self.final_carry_used)
+        kernel = lambda: _onednn_lstm(inputs, w_x, recurrent["W_h"], b, mask, resets, carry)
+        outputs, final = jax.lax.cond(use_kernel, kernel, lambda: run(mask, resets))
+      else:
+        # Full windows (every per-token window but a stream's last) take the path without masking.
+        has_padding = ~jnp.all(mask) if resets is None else ~jnp.all(mask) | jnp.any(resets)
+        outputs, final = jax.lax.cond(has_padding, lambda: run(mask, resets), lambda: run(None, None))
     return to_time_major(outputs), final
+
+
+def _kernel_applies(mask, resets, final_carry_used: bool):
+  """Whether oneDNN's LSTM computes this time-major batch exactly: no state reset after the
+  first step (one at the first step is a zero initial state), and no padding, or (when the
+  final carry is not read) padding only after each row's last real step."""
+  no_later_resets = True if resets is None else ~jnp.any(resets[1:])
+  if final_carry_used:
+    return no_later_resets & jnp.all(mask)
+  lengths = mask.sum(axis=0)
+  right_padded = jnp.all(mask == (jnp.arange(mask.shape[0])[:, None] < lengths[None, :]))
+  return no_later_resets & right_padded
+
+
+def _onednn_lstm(inputs, w_x, w_h, b, mask, resets, carry):
+  from training.kernels import onednn  # registers its FFI targets: only for a model that uses it
+
+  if resets is not None:
+    carry = jnp.where(resets[0][None, :, None], 0.0, carry)
+  outputs, h, c = onednn.lstm(inputs, w_x, w_h, b, carry[0], carry[1])
+  # Padded steps (after a row's end) output zeros, as in the scan; their zero gradient reaches
+  # no real step, since every real step comes before them.
+  return jnp.where(mask[:, :, None], outputs, 0.0), jnp.stack([h, c])
 
 
 def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry, remat=False):
@@ -108,6 +142,8 @@ class Encoder(nn.Module):
   backward: str = "fused"
   remat: bool = False
   bidirectional: bool = False
+  kernel: str = "scan"
+  final_carry_used: bool = True  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool, reversal=None):
@@ -134,7 +170,8 @@ class Encoder(nn.Module):
     final = []
     for layer in range(self.num_layers):
       x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
-                                      remat=self.remat, name=f"{prefix}_{layer}")(x, mask, carry[layer], resets)
+                                      remat=self.remat, kernel=self.kernel,
+                                      final_carry_used=self.final_carry_used, name=f"{prefix}_{layer}")(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
     return x, jnp.stack(final)
@@ -175,12 +212,14 @@ class LanguageModel(nn.Module):
   backward: str = "fused"
   remat: bool = False
   tie_embeddings: bool = False
+  kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, name="encoder")
+                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
+                      name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
 
@@ -211,6 +250,7 @@ class SequenceClassifier(nn.Module):
   bidirectional: bool = False
   next_token_head: bool = False
   tie_embeddings: bool = False
+  kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
@@ -223,7 +263,7 @@ class SequenceClassifier(nn.Module):
     segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      name="encoder")
+                      kernel=self.kernel, final_carry_used=False, name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     if self.bidirectional and self.pooling == "last":

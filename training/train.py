@@ -14,7 +14,7 @@ from pipeline.errors import DataError
 from launch import distributed
 from training import cli
 from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS,
-                             RECURRENT_BACKWARDS, TASKS, UTF8_ERRORS, Config, ConfigError)
+                             RECURRENT_BACKWARDS, RECURRENT_KERNELS, TASKS, UTF8_ERRORS, Config, ConfigError)
 
 _D = Config()  # The flags' defaults are the config's.
 
@@ -45,6 +45,10 @@ flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteratio
 flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
                     f"Gradient of the time loop: {' | '.join(RECURRENT_BACKWARDS)} (hand-written, weight"
                     " gradients as one matmul after the loop | jax.grad of the scan, the reference).")
+flags.DEFINE_string("recurrent_kernel", _D.recurrent_kernel,
+                    f"The LSTM's time loop: {' | '.join(RECURRENT_KERNELS)} (oneDNN's fused LSTM where it is"
+                    " installed and applies: CPU, LSTM, no --remat, one device or --parallelism=shard_map; the"
+                    " portable JAX scan always; oneDNN or an error saying why not).")
 flags.DEFINE_string("train_data", _D.train_data,
                     "KIND:PATH[SLICE] with KIND text|lines|jsonl|csv|tsv|parquet|tfds|synthetic; empty: generated task.")
 flags.DEFINE_string("eval_data", _D.eval_data, "KIND:PATH[SLICE] of the dev split (evaluations and model"

@@ -22,18 +22,22 @@ from training.selection import ModelSelection
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
+from training.kernels import recurrent_kernel
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
 from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer, make_schedule
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
 
 
-def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, dict]:
+def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan") -> tuple[str, dict]:
   """(model class name, its keyword arguments): what `build_model` builds, in plain values
-  (`training.export` saves it, so that an exported file rebuilds the same model)."""
+  (`training.export` saves it, so that an exported file rebuilds the same model). `kernel`: the
+  LSTM's time loop (`training.kernels.recurrent_kernel`); exported models keep the portable one."""
   kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
                 unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
+  if kernel != "scan":
+    kwargs["kernel"] = kernel
   if config.tie_embeddings:
     kwargs["tie_embeddings"] = True
   if config.task == "lm":
@@ -49,8 +53,8 @@ def model_spec(config: Config, vocab_size: int, num_classes: int) -> tuple[str, 
 MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
 
 
-def build_model(config: Config, vocab_size: int, num_classes: int):
-  name, kwargs = model_spec(config, vocab_size, num_classes)
+def build_model(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan"):
+  name, kwargs = model_spec(config, vocab_size, num_classes, kernel)
   return MODEL_CLASSES[name](**kwargs)
 
 
@@ -83,7 +87,7 @@ class Steps:
 def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
   """The model's train and eval steps on `mesh`, and its initial state (the trainer's, and the
   benchmarks' so that they measure exactly what the trainer runs)."""
-  model = build_model(config, vocab_size, num_classes)
+  model = build_model(config, vocab_size, num_classes, recurrent_kernel(config, mesh.devices.size))
   optimizer = make_optimizer_for(config)
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,

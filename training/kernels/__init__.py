@@ -1,0 +1,48 @@
+"""Backend-specific fast paths for the recurrent layer, chosen at run time.
+
+`training.recurrence` (a `lax.scan` with a hand-written backward pass) runs everywhere and is
+the reference. A kernel here replaces it only where it computes the same thing (tests hold each
+to the reference) and only on the backends it was built for.
+"""
+
+from training.config import Config, ConfigError
+
+# "auto" takes oneDNN's LSTM when one step's recurrent matmul has at least this many
+# multiply-adds (rows per device x H x 4H). Below it the kernel's per-step thread hand-offs cost
+# more than they save: on a 2-core x86-64 CPU (bench.throughput) the scan was 2x faster at
+# 32 x 128 units, even at 20 x 200, and oneDNN 1.06-1.27x faster from 64 x 256 up.
+MIN_STEP_WORK = 1 << 23
+
+
+def recurrent_kernel(config: Config, devices: int) -> str:
+  """"onednn" or "scan": the time loop that `config` gets with `devices` data-parallel devices.
+
+  oneDNN's LSTM applies to a single-device run or one under `shard_map` (each device runs the
+  kernel on its own rows; under plain `jax.jit` XLA would not know how to split the call), to
+  the LSTM only, and not with `--remat` (the kernel keeps its own workspace) or
+  `--recurrent_backward=autodiff` (the reference asked for); "auto" also leaves small models
+  (below `MIN_STEP_WORK`) to the scan, which is faster there.
+  """
+  if config.recurrent_kernel == "scan":
+    return "scan"
+  reasons = []
+  if config.model != "lstm":
+    reasons.append(f"--model={config.model} (the kernel is an LSTM)")
+  if config.remat:
+    reasons.append("--remat")
+  if config.recurrent_backward != "fused":
+    reasons.append(f"--recurrent_backward={config.recurrent_backward}")
+  if devices > 1 and config.parallelism != "shard_map":
+    reasons.append(f"{devices} devices under --parallelism={config.parallelism} (use shard_map)")
+  rows = max(config.batch_size // max(devices, 1), 1)
+  if config.recurrent_kernel == "auto" and rows * 4 * config.hidden_size ** 2 < MIN_STEP_WORK:
+    reasons.append(f"{rows} rows x {config.hidden_size} units per step is small (the scan is faster)")
+  if not reasons:
+    from training.kernels import onednn  # imports jax's FFI: only when it may be used
+
+    if onednn.available():
+      return "onednn"
+    reasons.append(onednn.why_unavailable())
+  if config.recurrent_kernel == "onednn":
+    raise ConfigError(f"--recurrent_kernel=onednn: not available here: {'; '.join(reasons)}")
+  return "scan"

@@ -1,0 +1,158 @@
+"""oneDNN's fused LSTM (the kernel behind PyTorch's `nn.LSTM` on x86-64 CPUs) as a JAX layer.
+
+An optional fast path, chosen at run time: `available()` is true on a Linux x86-64 CPU backend
+where the oneDNN wheel is installed (`pip install -e ".[onednn]"`: `onednn-cpu-gomp`, and
+`onednn-devel-cpu-gomp` for its headers) and a C++ compiler is found. The handler
+(`onednn_lstm.cc`) is compiled once into a cache directory (`$RNN_KERNEL_CACHE`, default
+`~/.cache/rnn-at-scale`) and registered with `jax.ffi`. Everywhere else, and for what the kernel
+does not do (masks, resets, the GRU and Elman cells), the portable layer in
+`training.recurrence` runs; it is also the reference the tests hold this one to.
+
+`lstm(x, W_x, W_h, b, h0, c0)` computes what `recurrence.scan_layer` computes for an LSTM
+without masks or resets, input projection included, and its gradients (oneDNN's backward
+primitive, through `jax.custom_vjp`).
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
+_TARGETS = {"onednn_lstm_forward_training": "OnednnLstmForwardTraining",
+            "onednn_lstm_forward_inference": "OnednnLstmForwardInference",
+            "onednn_lstm_backward": "OnednnLstmBackward"}
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_unavailable: str | None = None
+
+
+def _onednn_prefix() -> str | None:
+  """Where the oneDNN wheels put `lib/libdnnl.so` and `include/` (the environment's prefix)."""
+  for prefix in (sys.prefix, sysconfig.get_config_var("prefix") or "", os.environ.get("DNNL_ROOT", "")):
+    if prefix and os.path.exists(os.path.join(prefix, "lib", "libdnnl.so")) and \
+        os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp")):
+      return prefix
+  return None
+
+
+def _cache_dir() -> str:
+  return os.environ.get("RNN_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rnn-at-scale")
+
+
+def _build(prefix: str) -> str:
+  """Compiles the handler unless a build of this source for this jaxlib and oneDNN exists."""
+  with open(_SOURCE, "rb") as f:
+    source = f.read()
+  key = hashlib.sha256(source + jax.ffi.include_dir().encode() + prefix.encode() + jax.__version__.encode())
+  out = os.path.join(_cache_dir(), f"onednn_lstm-{key.hexdigest()[:16]}.so")
+  if os.path.exists(out):
+    return out
+  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+  if not compiler:
+    raise RuntimeError("no C++ compiler (g++, c++ or clang++; or set CXX)")
+  os.makedirs(_cache_dir(), exist_ok=True)
+  tmp = f"{out}.{os.getpid()}.tmp"
+  lib = os.path.join(prefix, "lib")
+  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", tmp, _SOURCE,
+             f"-I{jax.ffi.include_dir()}", f"-I{os.path.join(prefix, 'include')}", f"-L{lib}", "-ldnnl",
+             f"-Wl,-rpath,{lib}"]
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode != 0:
+    raise RuntimeError(f"compiling {_SOURCE} failed:\n{result.stderr[-2000:]}")
+  os.replace(tmp, out)  # atomic: another process may be building the same file
+  return out
+
+
+def _load() -> ctypes.CDLL:
+  """Builds, loads and registers the handlers once per process; raises why when it cannot."""
+  global _library, _unavailable
+  with _lock:
+    if _library is not None:
+      return _library
+    if _unavailable is not None:
+      raise RuntimeError(_unavailable)
+    try:
+      if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise RuntimeError(f"oneDNN wheels exist for Linux x86-64 only (this is {platform.system()} {platform.machine()})")
+      prefix = _onednn_prefix()
+      if prefix is None:
+        raise RuntimeError('oneDNN is not installed (pip install -e ".[onednn]")')
+      library = ctypes.CDLL(_build(prefix))
+      for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+      library.onednn_lstm_workspace_bytes.restype = ctypes.c_int64
+      library.onednn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4
+    except (OSError, RuntimeError) as e:
+      _unavailable = str(e)
+      raise RuntimeError(_unavailable) from None
+    _library = library
+    return library
+
+
+def available() -> bool:
+  """Whether the fused LSTM can run here (a CPU backend with oneDNN and a compiler)."""
+  if jax.default_backend() != "cpu":
+    return False
+  try:
+    _load()
+    return True
+  except RuntimeError as e:
+    logging.log_first_n(logging.INFO, "oneDNN LSTM not used: %s", 1, e)
+    return False
+
+
+def why_unavailable() -> str | None:
+  return None if available() else _unavailable or f"the backend is {jax.default_backend()}, not cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _workspace_bytes(steps: int, batch: int, inputs: int, hidden: int) -> int:
+  size = _load().onednn_lstm_workspace_bytes(steps, batch, inputs, hidden)
+  if size < 0:
+    raise RuntimeError(f"oneDNN cannot make an LSTM of shape T={steps} N={batch} C={inputs} H={hidden}")
+  return size
+
+
+def _forward(training: bool, x, w_x, w_h, b, h0, c0):
+  steps, batch, inputs = x.shape
+  hidden = w_h.shape[0]
+  state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+  results = [jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32), state, state]
+  if training:
+    results.append(jax.ShapeDtypeStruct((_workspace_bytes(steps, batch, inputs, hidden),), jnp.uint8))
+  name = "onednn_lstm_forward_training" if training else "onednn_lstm_forward_inference"
+  return jax.ffi.ffi_call(name, results, vmap_method="sequential")(x, w_x, w_h, b, h0, c0)
+
+
+@jax.custom_vjp
+def lstm(x, w_x, w_h, b, h0, c0):
+  """x [T, B, C] time-major, W_x [C, 4H], W_h [H, 4H], b [4H] (gates i, f, g, o), h0 and c0
+  [B, H] -> (outputs [T, B, H], h_T [B, H], c_T [B, H]), all float32."""
+  return tuple(_forward(False, x, w_x, w_h, b, h0, c0))
+
+
+def _lstm_fwd(x, w_x, w_h, b, h0, c0):
+  y, h_t, c_t, workspace = _forward(True, x, w_x, w_h, b, h0, c0)
+  return (y, h_t, c_t), (x, w_x, w_h, b, h0, c0, y, h_t, c_t, workspace)
+
+
+def _lstm_bwd(saved, cotangents):
+  x, w_x, w_h, b, h0, c0 = saved[:6]
+  d_y, d_h_t, d_c_t = cotangents
+  results = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (x, w_x, w_h, b, h0, c0)]
+  return tuple(jax.ffi.ffi_call("onednn_lstm_backward", results, vmap_method="sequential")(
+      *saved, d_y, d_h_t, d_c_t))
+
+
+lstm.defvjp(_lstm_fwd, _lstm_bwd)
