@@ -1,7 +1,7 @@
 r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one run.
 
   pip install -e ".[bench]"        # PyTorch 2.13 (CPU build here), the peer; never a dependency
-  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--json=FILE]
+  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--recurrent_kernel=auto,scan] [--json=FILE]
 
 For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
@@ -12,6 +12,8 @@ For each config it measures, back to back on the same machine:
 - `torch`: the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
   token and the state carried across windows; per-sequence configs: the last state through the
   same MLP head), on the same batch shapes;
+- with `--recurrent_kernel=auto,scan`, the project's two time loops (oneDNN's fused LSTM, where
+  "auto" picks it, and the portable scan) one after the other;
 - the model's FLOPs per token (forward and backward, 3x the forward's multiply-adds x 2) and the
   fraction of the machine's float32 matmul speed, measured in the same run, that each side reaches.
 
@@ -33,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from training import parallel
-from training.config import Config
+from training.config import Config, ConfigError
+from training.kernels import recurrent_kernel
 from training.data import prepare_data
 from training.trainer import build_steps, train_and_evaluate
 
@@ -59,7 +62,7 @@ CONFIGS = {
 }
 
 
-def make_config(name: str, steps: int, backward: str) -> Config:
+def make_config(name: str, steps: int, backward: str, kernel: str = "auto") -> Config:
   fields, _ = CONFIGS[name]
   task = fields.get("task", "lm")
   if task == "lm":
@@ -67,7 +70,8 @@ def make_config(name: str, steps: int, backward: str) -> Config:
   else:
     data = f"jsonl:{IMDB}" if os.path.exists(IMDB) else "synthetic:recall"
   return Config(**fields, train_data=data, model="lstm", num_steps=steps, log_every=max(steps // 6, 1),
-                eval_every=0, checkpoint_every=10 * steps, learning_rate=1e-3, recurrent_backward=backward)
+                eval_every=0, checkpoint_every=10 * steps, learning_rate=1e-3, recurrent_backward=backward,
+                recurrent_kernel=kernel)
 
 
 def lm_flops_per_token(config: Config, vocab_size: int) -> float:
@@ -198,8 +202,14 @@ def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, ste
           "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def run_config(name: str, steps: int, backward: str, peak: float) -> dict:
-  config = make_config(name, steps, backward)
+def time_loop(config: Config) -> str:
+  """What runs the recurrence for this config on one device, as the table names it."""
+  kernel = recurrent_kernel(config, 1)
+  return "oneDNN" if kernel == "onednn" else f"scan, {config.recurrent_backward}"
+
+
+def run_config(name: str, steps: int, backward: str, kernel: str, peak: float) -> dict:
+  config = make_config(name, steps, backward, kernel)
   with tempfile.TemporaryDirectory() as tmp:
     # The bare step first: it compiles every batch shape into the persistent cache (main()),
     # so that the trainer's windows measure the loop, not compilation, as in a long run.
@@ -209,7 +219,7 @@ def run_config(name: str, steps: int, backward: str, peak: float) -> dict:
   vocab_size, num_classes = len(data.vocab), data.num_classes
   torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps)
   flops = lm_flops_per_token(config, vocab_size)
-  result = {"config": name, "description": CONFIGS[name][1], "recurrent_backward": backward,
+  result = {"config": name, "description": CONFIGS[name][1], "time_loop": time_loop(config),
             "vocab_size": vocab_size, "flops_per_token": flops, "trainer_tokens_per_sec": trainer["tokens_per_sec"],
             "trainer_fed_tokens_per_sec": trainer["fed_tokens_per_sec"],
             "bare_step_tokens_per_sec": bare["tokens_per_sec"],
@@ -238,7 +248,7 @@ def print_table(results: list[dict], peak: float, steps: int) -> None:
     torch_cells = (f"{r['torch_tokens_per_sec']:,.0f} | **{r['ratio']:.2f}x** | {100 * r['project_peak_fraction']:.0f}%"
                    f" | {100 * r['torch_peak_fraction']:.0f}%") if "ratio" in r else \
         f"- | - | {100 * r['project_peak_fraction']:.0f}% | -"
-    print(f"| {r['description']} ({r['recurrent_backward']}) | {r['flops_per_token'] / 1e6:.1f}"
+    print(f"| {r['description']} ({r['time_loop']}) | {r['flops_per_token'] / 1e6:.1f}"
           f" | {r['trainer_tokens_per_sec']:,.0f} | {r['bare_step_tokens_per_sec']:,.0f}"
           f" | {100 * r['loop_overhead']:+.1f}% | {torch_cells} |")
 
@@ -248,6 +258,8 @@ def main() -> None:
   parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
   parser.add_argument("--steps", type=int, default=30, help="measured steps per side and config")
   parser.add_argument("--recurrent_backward", default="fused", help="fused, autodiff, or both (comma-separated)")
+  parser.add_argument("--recurrent_kernel", default="auto",
+                      help="auto, scan, onednn, or several (comma-separated): the trainer's --recurrent_kernel")
   parser.add_argument("--json", default="", help="also write the results here")
   args = parser.parse_args()
   names = args.configs.split(",")
@@ -261,9 +273,19 @@ def main() -> None:
   peak = matmul_flops_per_sec()
   results = []
   for name in names:
-    for backward in args.recurrent_backward.split(","):
-      results.append(run_config(name, args.steps, backward, peak))
-      print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
+    measured = set()
+    for kernel in args.recurrent_kernel.split(","):
+      for backward in args.recurrent_backward.split(","):
+        try:
+          loop = time_loop(make_config(name, args.steps, backward, kernel))
+        except ConfigError as e:
+          print(f"{name}: skipped: {e}", file=sys.stderr)
+          continue
+        if loop in measured:  # e.g. "auto" that resolves to a loop measured already
+          continue
+        measured.add(loop)
+        results.append(run_config(name, args.steps, backward, kernel, peak))
+        print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
   print_table(results, peak, args.steps)
   if args.json:
     with open(args.json, "w") as f:

@@ -87,6 +87,11 @@ class Config:
   lr_decay: str = "none"
   weight_decay: float = 0.0
   grad_clip: float = 1.0
+  # Fine-tuning a pretrained encoder (ULMFiT's discriminative learning rates and, in its simplest
+  # form, gradual unfreezing): the encoder's step is this times the rest's ...
+  encoder_lr_scale: float = 1.0
+  # ... and it is not updated at all for the first N steps, while the new head settles.
+  freeze_encoder_steps: int = 0
   seed: int = 0
   # Reporting and checkpoints.
   log_every: int = 50
@@ -175,6 +180,9 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(config.patience == 0 or config.eval_every > 0, "patience",
            "early stopping counts evaluations: it needs --eval_every > 0")
   _require(config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}")
+  _require(config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}")
+  _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
+           f"must be >= 0, got {config.freeze_encoder_steps}")
   for flag in ("bidirectional", "lm_loss_weight", "init_from"):
     _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
 

@@ -85,6 +85,11 @@ flags.DEFINE_integer("warmup_steps", _D.warmup_steps, "Linear warm-up steps.")
 flags.DEFINE_string("lr_decay", _D.lr_decay, f"Learning-rate decay after warm-up: {' | '.join(LR_DECAYS)}.")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "AdamW weight decay.")
 flags.DEFINE_float("grad_clip", _D.grad_clip, "Clip gradients to this global norm; 0 disables.")
+flags.DEFINE_float("encoder_lr_scale", _D.encoder_lr_scale, "The encoder's (embedding and recurrent"
+                   " stack's) step relative to the rest's, e.g. 0.3 when fine-tuning a pretrained encoder"
+                   " (discriminative learning rates, ULMFiT).")
+flags.DEFINE_integer("freeze_encoder_steps", _D.freeze_encoder_steps, "Leave the encoder unchanged for this"
+                     " many first steps while the new head learns (the simplest gradual unfreezing).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of parameters, dropout and data order.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between train rows in metrics.jsonl.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Steps between evaluations; 0: only at the end.")

@@ -35,12 +35,28 @@ def learning_rate_at(schedule, step: int) -> float:
 
 
 def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
-                   weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
-  """AdamW with optional linear warm-up and cosine decay, after global-norm clipping."""
+                   weight_decay: float, grad_clip: float, encoder_lr_scale: float = 1.0,
+                   freeze_encoder_steps: int = 0) -> optax.GradientTransformation:
+  """AdamW with optional linear warm-up and cosine decay, after global-norm clipping.
+
+  `encoder_lr_scale`, `freeze_encoder_steps`: the parameters under `encoder` take steps this
+  many times smaller, and none in the first steps (fine-tuning a pretrained encoder). Only
+  when asked for: the optimiser state, and so checkpoints, are otherwise as they always were.
+  """
   schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
                            lr_decay=lr_decay)
   transforms = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  return optax.chain(*transforms, optax.adamw(schedule, weight_decay=weight_decay))
+  transforms.append(optax.adamw(schedule, weight_decay=weight_decay))
+  if encoder_lr_scale != 1.0 or freeze_encoder_steps > 0:
+    encoder_scale = lambda step: jnp.where(step < freeze_encoder_steps, 0.0, encoder_lr_scale)
+    transforms.append(optax.masked(optax.scale_by_schedule(encoder_scale), _encoder_mask))
+  return optax.chain(*transforms)
+
+
+def _encoder_mask(params):
+  """True for every parameter of the encoder (embedding and recurrent stack), False elsewhere."""
+  return {name: jax.tree.map(lambda _, encoder=name == "encoder": encoder, subtree)
+          for name, subtree in params.items()}
 
 
 def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:

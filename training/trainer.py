@@ -105,7 +105,8 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
 def make_optimizer_for(config: Config):
   return make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
                         warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
-                        weight_decay=config.weight_decay, grad_clip=config.grad_clip)
+                        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                        encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps)
 
 
 def schedule_for(config: Config):

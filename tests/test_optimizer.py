@@ -1,0 +1,47 @@
+"""The optimiser's fine-tuning options: the encoder's steps scaled, and frozen at first."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from training.train_state import make_optimizer
+
+PARAMS = {"encoder": {"embed": {"embedding": jnp.ones((4, 3))}, "layer_0": {"W_h": jnp.ones((3, 12))}},
+          "head": {"kernel": jnp.ones((3, 2))}}
+GRADS = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), PARAMS)
+
+
+def updates_over(steps, **options):
+  optimizer = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                             grad_clip=1.0, **options)
+  state, params, history = optimizer.init(PARAMS), PARAMS, []
+  for _ in range(steps):
+    updates, state = optimizer.update(GRADS, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(updates)
+  return history
+
+
+def test_encoder_steps_are_scaled_and_the_head_is_untouched():
+  plain, scaled = updates_over(3), updates_over(3, encoder_lr_scale=0.25)
+  for a, b in zip(plain, scaled):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(0.25 * x, y, rtol=1e-6), a["encoder"], b["encoder"])
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a["head"], b["head"])
+
+
+def test_a_frozen_encoder_starts_moving_after_its_steps():
+  history = updates_over(4, freeze_encoder_steps=2)
+  for step, updates in enumerate(history):
+    moved = [bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates["encoder"])]
+    assert all(moved) == (step >= 2) and any(moved) == (step >= 2)
+    assert bool(jnp.all(updates["head"]["kernel"] != 0))
+
+
+def test_default_options_keep_the_optimiser_state_as_it_was():
+  default = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                           grad_clip=1.0)
+  explicit = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                            grad_clip=1.0, encoder_lr_scale=1.0, freeze_encoder_steps=0)
+  assert jax.tree.structure(default.init(PARAMS)) == jax.tree.structure(explicit.init(PARAMS))
+  assert len(default.init(PARAMS)) == 2  # clip, adamw: no masked transform added
