@@ -169,9 +169,10 @@ class Encoder(nn.Module):
   def _stack(self, prefix, x, mask, carry, resets, train):
     final = []
     for layer in range(self.num_layers):
-      x, layer_carry = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
-                                      remat=self.remat, kernel=self.kernel,
-                                      final_carry_used=self.final_carry_used, name=f"{prefix}_{layer}")(x, mask, carry[layer], resets)
+      layer_module = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
+                                    remat=self.remat, kernel=self.kernel, final_carry_used=self.final_carry_used,
+                                    name=f"{prefix}_{layer}")
+      x, layer_carry = layer_module(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
     return x, jnp.stack(final)
