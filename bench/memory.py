@@ -4,7 +4,9 @@ r"""Memory of one train step against window length, with and without `--remat`.
 
 Reads XLA's own accounting of the compiled step (`memory_analysis()`: temporary buffers, the
 activations kept for the backward pass among them), so it needs no run and no accelerator; the
-figures are for this backend. Prints a Markdown table.
+figures are for this backend. Prints a Markdown table. Both columns are the portable scan's
+(`--remat` applies to it); where oneDNN's LSTM runs here, a third column gives its step memory
+(its forward workspace is an XLA buffer and counted; its scratchpad, reused across steps, is not).
 """
 
 import argparse
@@ -14,6 +16,7 @@ import jax
 
 from training import parallel
 from training.config import Config
+from training.kernels import onednn
 from training.trainer import build_steps
 
 
@@ -35,15 +38,21 @@ def main() -> None:
   parser.add_argument("--windows", default="128,256,512,1024,2048")
   args = parser.parse_args()
   base = Config(hidden_size=args.hidden_size, embed_size=args.hidden_size, num_layers=args.num_layers,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, recurrent_kernel="scan")
+  with_kernel = onednn.available()
   print(f"char LM, {args.num_layers} x {args.hidden_size}, batch {args.batch_size}; {jax.devices()[0].platform},"
         f" jax {jax.__version__}\n")
-  print("| window | step memory (MiB) | with --remat (MiB) | saved |")
-  print("| --- | --- | --- | --- |")
+  extra = (" oneDNN kernel (MiB) |", " --- |") if with_kernel else ("", "")
+  print("| window | step memory (MiB) | with --remat (MiB) | saved |" + extra[0])
+  print("| --- | --- | --- | --- |" + extra[1])
   for window in map(int, args.windows.split(",")):
     plain, remat = (step_temp_bytes(dataclasses.replace(base, seq_len=window, remat=r), args.vocab_size) / 2**20
                     for r in (False, True))
-    print(f"| {window} | {plain:,.0f} | {remat:,.0f} | {100 * (1 - remat / plain):.0f}% |", flush=True)
+    kernel = ""
+    if with_kernel:
+      fused = dataclasses.replace(base, seq_len=window, recurrent_kernel="onednn")
+      kernel = f" {step_temp_bytes(fused, args.vocab_size) / 2**20:,.0f} |"
+    print(f"| {window} | {plain:,.0f} | {remat:,.0f} | {100 * (1 - remat / plain):.0f}% |{kernel}", flush=True)
 
 
 if __name__ == "__main__":
