@@ -21,8 +21,10 @@ Everything here is read through `etils.epath`, so DIR may be on any filesystem i
 (`gs://...`); the index is memory-mapped where DIR is local and read whole elsewhere.
 """
 
+import collections
 import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -201,15 +203,25 @@ class PreparedSequences:
 
 class PreparedStream:
   """The records' tokens as one stream, each document followed by `<eos>`; `read(start, stop)`
-  touches only the records that overlap the range."""
+  touches only the records that overlap the range.
 
-  def __init__(self, dataset: PreparedDataset, records: np.ndarray, token_range: tuple[int, int] | None):
+  Consecutive windows of a lane read the same records (a record split from a book holds a
+  million tokens, a review a few windows' worth), so the records read last are kept, decoded, up
+  to `cache_bytes`: without it every window read and decoded whole records again, and a small
+  model waited on its data.
+  """
+
+  def __init__(self, dataset: PreparedDataset, records: np.ndarray, token_range: tuple[int, int] | None,
+               cache_bytes: int = 64 << 20):
     self._dataset, self._records = dataset, records
     ends = np.asarray(dataset.ends_document[records], bool)
     sizes = np.asarray(dataset.lengths[records], np.int64) + ends
     self._ends = ends
     self._offsets = np.concatenate([[0], np.cumsum(sizes)])  # record k covers [offsets[k], offsets[k+1])
     self._start, self._stop = token_range or (0, int(self._offsets[-1]))
+    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+    self._cache_bytes, self._cached_bytes = cache_bytes, 0
+    self._lock = threading.Lock()  # Grain reads windows from several threads
 
   def __len__(self):
     return self._stop - self._start
@@ -219,7 +231,7 @@ class PreparedStream:
 
   def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     """The tokens of each `[start, stop)` range of the stream (clipped to it), with one batched
-    read of every record they need."""
+    read of every record they need that is not cached."""
     spans = []
     for start, stop in ranges:
       start, stop = max(start, 0) + self._start, min(stop + self._start, self._stop)
@@ -229,22 +241,37 @@ class PreparedStream:
       first = int(np.searchsorted(self._offsets, start, side="right")) - 1
       last = int(np.searchsorted(self._offsets, stop, side="left"))  # exclusive
       spans.append((start, stop, first, last))
-    needed = sorted({k for _, _, first, last in spans for k in range(first, last)})
-    fetched = dict(zip(needed, self._dataset.read(self._records[needed])))
+    fetched = self._fetch(sorted({k for _, _, first, last in spans for k in range(first, last)}))
     out = []
     for start, stop, first, last in spans:
-      if stop <= start:
-        out.append(np.zeros(0, np.int32))
-        continue
       pieces = []
       for k in range(first, last):
-        pieces.append(fetched[k])
-        if self._ends[k]:
+        # Only the part of record k (its tokens, then <eos> if it ends a document) in the range.
+        base, record = int(self._offsets[k]), fetched[k]
+        lo, hi = max(start - base, 0), min(stop - base, len(record) + int(self._ends[k]))
+        pieces.append(record[lo:min(hi, len(record))])
+        if hi > len(record):
           pieces.append(np.array([EOS], np.int32))
-      joined = np.concatenate(pieces)
-      base = int(self._offsets[first])
-      out.append(joined[start - base:stop - base])
+      out.append(np.concatenate(pieces) if pieces else np.zeros(0, np.int32))
     return out
+
+  def _fetch(self, needed: list[int]) -> dict[int, np.ndarray]:
+    """Records `needed` (stream record numbers) decoded: from the cache, the rest in one read."""
+    with self._lock:
+      found = {k: self._cache[k] for k in needed if k in self._cache}
+      for k in found:
+        self._cache.move_to_end(k)
+    missing = [k for k in needed if k not in found]
+    read = dict(zip(missing, self._dataset.read(self._records[missing])))
+    with self._lock:
+      for k, tokens in read.items():
+        if k not in self._cache and tokens.nbytes <= self._cache_bytes:
+          self._cache[k] = tokens
+          self._cached_bytes += tokens.nbytes
+      while self._cached_bytes > self._cache_bytes:
+        _, evicted = self._cache.popitem(last=False)
+        self._cached_bytes -= evicted.nbytes
+    return {**found, **read}
 
 
 class ArrayStream:

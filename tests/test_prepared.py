@@ -13,7 +13,7 @@ import pytest
 from pipeline import prepared_writer as prepare, sources
 from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
-from pipeline.prepared import PreparedDataset
+from pipeline.prepared import PreparedDataset, PreparedStream
 from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
@@ -167,6 +167,28 @@ class CountingReads:
   def __call__(self, records):
     self.read_records.update(int(r) for r in records)
     return self._read(records)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 400, 64 << 20])
+def test_stream_reads_equal_the_whole_stream_for_any_cache_and_cached_records_are_not_read_again(
+    tmp_path, monkeypatch, cache_bytes):
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)  # a book in many records, some ranges spanning several
+  text = " ".join(np.random.default_rng(2).choice(WORDS, size=300)) + "\n"
+  (tmp_path / "book.txt").write_text(text)
+  prepare.prepare_corpus(f"text:{tmp_path / 'book.txt'}", str(tmp_path / "out"), tokenizer="word")
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  whole = token_stream(read_all(f"text:{tmp_path / 'book.txt'}", False), dataset.vocab)
+  view = dataset.view(None, "x")
+  counter = CountingReads(dataset)
+  stream = PreparedStream(dataset, view.records, None, cache_bytes=cache_bytes)
+  rng = np.random.default_rng(0)
+  ranges = [tuple(sorted(rng.integers(0, len(whole) + 2, size=2))) for _ in range(8)]
+  for _ in range(2):  # the second pass reads from the cache, where it holds them
+    counter.read_records.clear()
+    for (start, stop), got in zip(ranges, stream.read_many(ranges)):
+      assert got.tolist() == whole[start:stop].tolist(), (start, stop)
+  assert stream._cached_bytes <= cache_bytes
+  assert (not counter.read_records) == (cache_bytes == 64 << 20)
 
 
 def test_each_process_reads_only_the_records_of_its_own_rows(tmp_path):
