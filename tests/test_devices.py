@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from launch import local
+from training.kernels import onednn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
@@ -15,10 +16,10 @@ FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=
          "--checkpoint_every=10"]
 
 
-def train(workdir, task, devices):
+def train(workdir, task, devices, *extra):
   env = local.process_env(devices, dict(os.environ))
   result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={workdir}",
-                           f"--task={task}", *FLAGS], cwd=ROOT, env=env, capture_output=True,
+                           f"--task={task}", *FLAGS, *extra], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -31,6 +32,19 @@ def test_four_devices_match_one_device(tmp_path, task):
   four = train(tmp_path / "four", task, devices=4)
   assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in four]
   for a, b in zip(one, four):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN LSTM unavailable here")
+@pytest.mark.parametrize("task", ["lm", "classify"])
+def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, task):
+  """Under shard_map every device runs oneDNN's LSTM on its own rows (each with its own dropout
+  masks, so the reference is the scan under shard_map on as many devices)."""
+  flags = ["--model=lstm", "--parallelism=shard_map"]
+  kernel = train(tmp_path / "kernel", task, 4, *flags, "--recurrent_kernel=onednn")
+  scan = train(tmp_path / "scan", task, 4, *flags, "--recurrent_kernel=scan")
+  assert len(kernel) == len(scan)
+  for a, b in zip(kernel, scan):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
 
 
