@@ -191,25 +191,22 @@ struct Backward {
         dw_h(Descs(s).w_h, pd.diff_weights_iter_desc(), true) {}
 };
 
-template <typename T>
-T& cached(std::map<Shape, std::unique_ptr<T>>& cache, const Shape& s) {
+// One primitive per shape (and kind), made on first use: making one compiles its kernels.
+template <typename T, typename... Extra>
+T& cached(std::map<Shape, std::unique_ptr<T>>& cache, const Shape& s, Extra... extra) {
   auto& entry = cache[s];
-  if (!entry) entry = std::make_unique<T>(s);
+  if (!entry) entry = std::make_unique<T>(s, extra...);
   return *entry;
 }
 
 Forward& training_forward(const Shape& s) {
   static std::map<Shape, std::unique_ptr<Forward>> cache;
-  auto& entry = cache[s];
-  if (!entry) entry = std::make_unique<Forward>(s, dnnl::prop_kind::forward_training);
-  return *entry;
+  return cached(cache, s, dnnl::prop_kind::forward_training);
 }
 
 Forward& inference_forward(const Shape& s) {
   static std::map<Shape, std::unique_ptr<Forward>> cache;
-  auto& entry = cache[s];
-  if (!entry) entry = std::make_unique<Forward>(s, dnnl::prop_kind::forward_inference);
-  return *entry;
+  return cached(cache, s, dnnl::prop_kind::forward_inference);
 }
 
 Backward& backward(const Shape& s) {
@@ -330,41 +327,26 @@ ffi::Error LstmBackward(In x, In w_x, In w_h, In b, In h0, In c0, In y, In h_T, 
   });
 }
 
+// The six inputs every call starts with: x, W_x, W_h, b, h0, c0.
+auto LstmInputs() { return ffi::Ffi::Bind().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>(); }
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmForwardTraining, LstmForwardTraining,
-                              ffi::Ffi::Bind()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
+                              LstmInputs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::U8>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmForwardInference, LstmForwardInference,
-                              ffi::Ffi::Bind()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
+                              LstmInputs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmBackward, LstmBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
-                                  .Arg<In>()
+                              LstmInputs()
                                   .Arg<In>()
                                   .Arg<In>()
                                   .Arg<In>()
