@@ -31,7 +31,7 @@ def test_classifier_padded_batch_equals_each_sequence_alone():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, bidirectional):
   model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling,
@@ -58,7 +58,7 @@ def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, bidirectio
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 def test_classifier_features_ignore_what_follows_the_sequence(pooling, bidirectional):
   model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, bidirectional=bidirectional)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 3, V)
@@ -137,6 +137,26 @@ def test_max_pooling_is_the_elementwise_maximum_over_each_sequence():
   np.testing.assert_allclose(pooled[0, 1], outputs[0, 2:5].max(axis=0))
   np.testing.assert_array_equal(pooled[0, 2], 0.0)  # an empty slot
   np.testing.assert_allclose(pooled[1, 0], outputs[1, :3].max(axis=0))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_concat_pooling_is_last_max_and_mean_side_by_side(bidirectional):
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 7), 3, V)
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+  segment_ends, mask = jnp.array([[2, 4], [6, 0]]), segment_ids > 0
+  models = {pooling: SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, head_widths=(), pooling=pooling,
+                                        bidirectional=bidirectional) for pooling in ("last", "max", "mean", "concat")}
+  params = models["concat"].init(jax.random.PRNGKey(1), tokens, mask, segment_ids, segment_ends, train=False)["params"]
+  width = H * (2 if bidirectional else 1)
+  assert params["head_out"]["kernel"].shape == (3 * width, 2)
+  logits = models["concat"].apply({"params": params}, tokens, mask, segment_ids, segment_ends, train=False)
+  # The head is linear: its logits are the sum of what each pooled third contributes.
+  kernel, bias = params["head_out"]["kernel"], params["head_out"]["bias"]
+  expected = bias
+  for third, pooling in enumerate(("last", "max", "mean")):
+    part = {**params, "head_out": {"kernel": kernel[third * width:(third + 1) * width], "bias": jnp.zeros(2)}}
+    expected = expected + models[pooling].apply({"params": part}, tokens, mask, segment_ids, segment_ends, train=False)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("embed_size", [H, 5])

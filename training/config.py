@@ -13,7 +13,7 @@ from pipeline.sources import with_absolute_path
 
 TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
-POOLINGS = ("last", "mean", "max")
+POOLINGS = ("last", "mean", "max", "concat")
 SELECT_METRICS = ("loss", "accuracy")
 LR_DECAYS = ("none", "cosine")
 ON_NONFINITE = ("stop", "skip")

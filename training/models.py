@@ -243,7 +243,7 @@ class SequenceClassifier(nn.Module):
   cell: str
   num_classes: int
   head_widths: Sequence[int] = (128,)
-  pooling: str = "last"  # "last", "mean" or "max"
+  pooling: str = "last"  # "last", "mean", "max" or "concat" (all three)
   dropout_rate: float = 0.0
   unroll: int = 1
   backward: str = "fused"
@@ -267,13 +267,10 @@ class SequenceClassifier(nn.Module):
                       kernel=self.kernel, final_carry_used=False, name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
-    if self.bidirectional and self.pooling == "last":
-      # The backward stack has read a whole sequence when it reaches the sequence's first token.
-      forward, backward = jnp.split(outputs, 2, axis=-1)
-      features = jnp.concatenate([pool(forward, segment_ids, segment_ends, "last"),
-                                  pool(backward, segment_ids, segment_starts, "last")], axis=-1)
-    else:
-      features = pool(outputs, segment_ids, segment_ends, self.pooling)
+    # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.
+    poolings = ("last", "max", "mean") if self.pooling == "concat" else (self.pooling,)
+    features = jnp.concatenate([self._pool(outputs, segment_ids, segment_starts, segment_ends, pooling)
+                                for pooling in poolings], axis=-1)
     for i, width in enumerate(self.head_widths):
       features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
@@ -284,6 +281,15 @@ class SequenceClassifier(nn.Module):
       if token_logits:
         return logits, tokens_out
     return logits
+
+
+  def _pool(self, outputs, segment_ids, segment_starts, segment_ends, pooling: str):
+    if self.bidirectional and pooling == "last":
+      # The backward stack has read a whole sequence when it reaches the sequence's first token.
+      forward, backward = jnp.split(outputs, 2, axis=-1)
+      return jnp.concatenate([pool(forward, segment_ids, segment_ends, "last"),
+                              pool(backward, segment_ids, segment_starts, "last")], axis=-1)
+    return pool(outputs, segment_ids, segment_ends, pooling)
 
 
 def starts_of(segment_ids, segment_ends):

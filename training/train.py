@@ -30,8 +30,8 @@ flags.DEFINE_integer("embed_size", _D.embed_size, "Token embedding width.")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate on embeddings, between layers and in the head.")
 flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
                   "Hidden widths of the classifier's MLP head (the class count is added).")
-flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, or"
-                    " the mean or elementwise max of the states).")
+flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, the"
+                    " mean or elementwise max of the states, or all three side by side).")
 flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: a second recurrent stack reads every sequence"
                   " backwards; the two stacks' outputs are concatenated.")
 flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
