@@ -1,7 +1,7 @@
 r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one run.
 
   pip install -e ".[bench]"        # PyTorch 2.13 (CPU build here), the peer; never a dependency
-  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--recurrent_kernel=auto,scan] [--json=FILE]
+  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--repeats=3] [--recurrent_kernel=auto,scan] [--json=FILE]
 
 For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
@@ -17,7 +17,9 @@ For each config it measures, back to back on the same machine:
 - the model's FLOPs per token (forward and backward, 3x the forward's multiply-adds x 2) and the
   fraction of the machine's float32 matmul speed, measured in the same run, that each side reaches.
 
-Ratios are the figures to quote: both sides ran minutes apart on the same machine. Prints a
+Ratios are the figures to quote: both sides ran minutes apart on the same machine. Each config
+is measured in `--repeats` rounds (bare step, trainer, PyTorch, in turn), and the table shows the
+medians with the range of the rounds' ratios: on a shared VM one round moves by 10%. Prints a
 Markdown table (and writes JSON with `--json`). On a GPU both sides use it (cuDNN for PyTorch).
 """
 
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.torch_peer import TorchPeer, import_torch
 from training import parallel
 from training.config import Config, ConfigError
 from training.kernels import recurrent_kernel
@@ -135,70 +138,21 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
 
 def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
   """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second)."""
-  try:
-    import torch
-  except ImportError:
-    print("PyTorch is not installed: `pip install -e \".[bench]\"` (torch==2.13.0) to compare.", file=sys.stderr)
+  torch = import_torch()
+  if torch is None:
     return None
-  device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
-  torch.manual_seed(0)
-  classify = config.task == "classify"
-
-  class Model(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embed = torch.nn.Embedding(vocab_size, config.embed_size)
-      self.lstm = torch.nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
-      if classify:
-        widths = [config.hidden_size, *config.head_widths]
-        layers = []
-        for a, b in zip(widths, widths[1:]):
-          layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-        self.head = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], num_classes))
-      else:
-        self.head = torch.nn.Linear(config.hidden_size, vocab_size)
-
-    def forward(self, tokens, state):
-      outputs, state = self.lstm(self.embed(tokens), state)
-      return self.head(outputs[:, -1] if classify else outputs), state
-
-  model = Model().to(device)
-  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-  loss_fn = torch.nn.CrossEntropyLoss()
-  generator = torch.Generator().manual_seed(0)
-  batches = []
-  for batch_size, length in shapes:
-    tokens = torch.randint(3, vocab_size, (batch_size, length + 1), generator=generator).to(device)
-    labels = torch.randint(0, max(num_classes, 2), (batch_size,), generator=generator).to(device)
-    batches.append((tokens, labels))
-  state = None
-
-  def step(tokens, labels):
-    nonlocal state
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits, new_state = model(inputs, None if classify else state)
-    if classify:
-      loss = loss_fn(logits, labels)
-    else:
-      loss = loss_fn(logits.reshape(-1, vocab_size), targets.reshape(-1))
-      state = tuple(s.detach() for s in new_state)  # truncated BPTT: carried, not backpropagated
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the project clips too
-    optimizer.step()
-
-  for tokens, labels in batches[:3]:
-    step(tokens, labels)
-  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-  sync()
+  peer = TorchPeer(torch, config, vocab_size, num_classes, shapes)
+  for tokens, labels in peer.batches[:3]:
+    peer.step(tokens, labels)
+  peer.sync()
   fed = 0
   start = time.perf_counter()
   for index in range(steps):
-    tokens, labels = batches[index % len(batches)]
-    step(tokens, labels)
+    tokens, labels = peer.batches[index % len(peer.batches)]
+    peer.step(tokens, labels)
     fed += tokens.shape[0] * (tokens.shape[1] - 1)
-  sync()
-  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": device,
+  peer.sync()
+  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": peer.device,
           "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
@@ -208,27 +162,41 @@ def time_loop(config: Config) -> str:
   return "oneDNN" if kernel == "onednn" else f"scan, {config.recurrent_backward}"
 
 
-def run_config(name: str, steps: int, backward: str, kernel: str, peak: float) -> dict:
-  config = make_config(name, steps, backward, kernel)
-  with tempfile.TemporaryDirectory() as tmp:
-    # The bare step first: it compiles every batch shape into the persistent cache (main()),
-    # so that the trainer's windows measure the loop, not compilation, as in a long run.
-    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
-    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
-    data = prepare_data(config, os.path.join(tmp, "trainer"))  # the trainer's saved vocabulary
-  vocab_size, num_classes = len(data.vocab), data.num_classes
-  torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps)
-  flops = lm_flops_per_token(config, vocab_size)
-  result = {"config": name, "description": CONFIGS[name][1], "time_loop": time_loop(config),
-            "vocab_size": vocab_size, "flops_per_token": flops, "trainer_tokens_per_sec": trainer["tokens_per_sec"],
-            "trainer_fed_tokens_per_sec": trainer["fed_tokens_per_sec"],
-            "bare_step_tokens_per_sec": bare["tokens_per_sec"],
-            "loop_overhead": 1.0 - trainer["tokens_per_sec"] / bare["tokens_per_sec"],
-            "project_peak_fraction": flops * trainer["fed_tokens_per_sec"] / peak}
-  if torch_figures:
-    result.update(torch_tokens_per_sec=torch_figures["tokens_per_sec"], torch=torch_figures,
-                  ratio=trainer["fed_tokens_per_sec"] / torch_figures["tokens_per_sec"],
-                  torch_peak_fraction=flops * torch_figures["tokens_per_sec"] / peak)
+def measure_round(config: Config, steps: int, tmp: str) -> dict:
+  """One bare step, one trainer and one PyTorch measurement, back to back."""
+  bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
+  trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
+  data = prepare_data(config, os.path.join(tmp, "trainer"))  # the trainer's saved vocabulary
+  torch_figures = measure_torch(config, len(data.vocab), data.num_classes, trainer["batch_shapes"], steps)
+  return {"bare": bare, "trainer": trainer, "torch": torch_figures, "vocab_size": len(data.vocab)}
+
+
+def run_config(name: str, config: Config, loop: str, peak: float, repeats: int) -> dict:
+  """Medians over `repeats` rounds: this VM's speed drifts by 10% within minutes, and a round
+  measures the three sides within a minute or two of each other."""
+  rounds = []
+  for _ in range(repeats):
+    # The first bare step compiles every batch shape into the persistent cache (main()), so that
+    # the trainer's windows measure the loop, not compilation, as in a long run.
+    with tempfile.TemporaryDirectory() as tmp:
+      rounds.append(measure_round(config, config.num_steps, tmp))
+  median = statistics.median
+  trainer = median(r["trainer"]["tokens_per_sec"] for r in rounds)
+  trainer_fed = median(r["trainer"]["fed_tokens_per_sec"] for r in rounds)
+  bare = median(r["bare"]["tokens_per_sec"] for r in rounds)
+  flops = lm_flops_per_token(config, rounds[0]["vocab_size"])
+  overheads = [1.0 - r["trainer"]["tokens_per_sec"] / r["bare"]["tokens_per_sec"] for r in rounds]
+  result = {"config": name, "description": CONFIGS[name][1], "time_loop": loop,
+            "vocab_size": rounds[0]["vocab_size"], "flops_per_token": flops, "repeats": repeats,
+            "trainer_tokens_per_sec": trainer, "trainer_fed_tokens_per_sec": trainer_fed,
+            "bare_step_tokens_per_sec": bare, "loop_overhead": median(overheads),
+            "loop_overhead_range": [min(overheads), max(overheads)],
+            "project_peak_fraction": flops * trainer_fed / peak}
+  if all(r["torch"] for r in rounds):
+    torch_speed = median(r["torch"]["tokens_per_sec"] for r in rounds)
+    ratios = [r["trainer"]["fed_tokens_per_sec"] / r["torch"]["tokens_per_sec"] for r in rounds]
+    result.update(torch_tokens_per_sec=torch_speed, torch=rounds[0]["torch"], ratio=median(ratios),
+                  ratio_range=[min(ratios), max(ratios)], torch_peak_fraction=flops * torch_speed / peak)
   return result
 
 
@@ -239,18 +207,24 @@ def machine() -> str:
   return f"{device.device_kind}, jax {jax.__version__}"
 
 
-def print_table(results: list[dict], peak: float, steps: int) -> None:
-  print(f"\n{machine()}; float32 matmul {peak / 1e9:,.0f} GFLOP/s (measured in this run); {steps} steps each\n")
+def print_table(results: list[dict], peak: float, steps: int, repeats: int) -> None:
+  print(f"\n{machine()}; float32 matmul {peak / 1e9:,.0f} GFLOP/s (measured in this run); {steps} steps"
+        f" per side, medians of {repeats} rounds (in parentheses: the range over rounds)\n")
   print("| config | MFLOP/token | project tokens/s | bare step tokens/s | loop overhead | PyTorch tokens/s"
         " | project / PyTorch | project % of matmul peak | PyTorch % of matmul peak |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in results:
-    torch_cells = (f"{r['torch_tokens_per_sec']:,.0f} | **{r['ratio']:.2f}x** | {100 * r['project_peak_fraction']:.0f}%"
-                   f" | {100 * r['torch_peak_fraction']:.0f}%") if "ratio" in r else \
+    torch_cells = (f"{r['torch_tokens_per_sec']:,.0f} | **{r['ratio']:.2f}x** ({_range(r['ratio_range'], '{:.2f}')})"
+                   f" | {100 * r['project_peak_fraction']:.0f}% | {100 * r['torch_peak_fraction']:.0f}%") if "ratio" in r else \
         f"- | - | {100 * r['project_peak_fraction']:.0f}% | -"
     print(f"| {r['description']} ({r['time_loop']}) | {r['flops_per_token'] / 1e6:.1f}"
           f" | {r['trainer_tokens_per_sec']:,.0f} | {r['bare_step_tokens_per_sec']:,.0f}"
-          f" | {100 * r['loop_overhead']:+.1f}% | {torch_cells} |")
+          f" | {100 * r['loop_overhead']:+.1f}% ({_range([100 * x for x in r['loop_overhead_range']], '{:+.0f}')})"
+          f" | {torch_cells} |")
+
+
+def _range(bounds, form: str) -> str:
+  return " to ".join(form.format(x) for x in bounds)
 
 
 def main() -> None:
@@ -260,6 +234,8 @@ def main() -> None:
   parser.add_argument("--recurrent_backward", default="fused", help="fused, autodiff, or both (comma-separated)")
   parser.add_argument("--recurrent_kernel", default="auto",
                       help="auto, scan, onednn, or several (comma-separated): the trainer's --recurrent_kernel")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="rounds per config (bare step, trainer, PyTorch each); the table shows medians")
   parser.add_argument("--json", default="", help="also write the results here")
   args = parser.parse_args()
   names = args.configs.split(",")
@@ -277,16 +253,17 @@ def main() -> None:
     for kernel in args.recurrent_kernel.split(","):
       for backward in args.recurrent_backward.split(","):
         try:
-          loop = time_loop(make_config(name, args.steps, backward, kernel))
+          config = make_config(name, args.steps, backward, kernel)
+          loop = time_loop(config)
         except ConfigError as e:
           print(f"{name}: skipped: {e}", file=sys.stderr)
           continue
         if loop in measured:  # e.g. "auto" that resolves to a loop measured already
           continue
         measured.add(loop)
-        results.append(run_config(name, args.steps, backward, kernel, peak))
+        results.append(run_config(name, config, loop, peak, args.repeats))
         print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
-  print_table(results, peak, args.steps)
+  print_table(results, peak, args.steps, args.repeats)
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": machine(), "matmul_flops_per_sec": peak, "results": results}, f, indent=2,

@@ -45,3 +45,16 @@ def test_default_options_keep_the_optimiser_state_as_it_was():
                             grad_clip=1.0, encoder_lr_scale=1.0, freeze_encoder_steps=0)
   assert jax.tree.structure(default.init(PARAMS)) == jax.tree.structure(explicit.init(PARAMS))
   assert len(default.init(PARAMS)) == 2  # clip, adamw: no masked transform added
+
+
+def test_the_moving_average_follows_its_recurrence_with_a_growing_decay():
+  from training.train_state import updated_average
+
+  average, history = {"w": jnp.zeros(3)}, [jnp.full(3, float(v)) for v in (1.0, 2.0, 4.0, 8.0)]
+  expected = np.zeros(3)
+  for step, params in enumerate(history, start=1):
+    average = updated_average(average, {"w": params}, 0.9, jnp.int32(step))
+    rate = min(0.9, (1 + step) / (10 + step))  # 2/11, 3/12, 4/13, 5/14: below 0.9 at first
+    expected = rate * expected + (1 - rate) * np.asarray(params)
+  np.testing.assert_allclose(average["w"], expected, rtol=1e-6)
+  assert updated_average({"w": jnp.zeros(1)}, {"w": jnp.ones(1)}, 0.5, jnp.int32(1000))["w"] == 0.5

@@ -153,3 +153,26 @@ def test_flagfile_sets_flags(tmp_path):
   result = run_cli(f"--workdir={tmp_path / 'run'}", f"--flagfile={flagfile}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert [r["step"] for r in read_rows(tmp_path / "run") if r["split"] == "train"] == [1, 2, 3]
+
+
+def test_a_moving_average_changes_what_is_evaluated_and_served_not_what_is_trained(tmp_path):
+  from training.inference import load_run
+  from training.metrics_log import param_fingerprint
+
+  config = dataclasses.replace(TINY, task="classify", num_steps=20)
+  plain = train_and_evaluate(config, str(tmp_path / "plain"))
+  averaged = train_and_evaluate(dataclasses.replace(config, ema_decay=0.9), str(tmp_path / "averaged"))
+  assert averaged["param_fingerprint"] == plain["param_fingerprint"]  # the same updates ...
+  assert averaged["eval"] != plain["eval"]  # ... but the average is evaluated
+  served = load_run(str(tmp_path / "averaged"), step=20).params
+  assert param_fingerprint(served) != averaged["param_fingerprint"]
+  assert param_fingerprint(load_run(str(tmp_path / "plain"), step=20).params) == plain["param_fingerprint"]
+
+
+def test_a_run_with_a_moving_average_resumes_exactly(tmp_path):
+  config = dataclasses.replace(TINY, task="lm", ema_decay=0.95)
+  whole = train_and_evaluate(config, str(tmp_path / "whole"))
+  train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path / "resumed"))
+  resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed["param_fingerprint"] == whole["param_fingerprint"]
+  assert resumed["eval"] == whole["eval"]  # the average, restored with the rest

@@ -28,10 +28,11 @@ DEFAULT_DATA = {
     "classify": ("synthetic:recall[:90%]", "synthetic:recall[90%:]"),
 }
 
-# The fields that fix the parameters' shapes: a resume must not change them.
+# The fields that fix the parameters' shapes (and whether an average of them is kept): a resume
+# must not change them.
 MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
                 "tokenizer", "vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
-                "lm_loss_weight")
+                "lm_loss_weight", "ema_decay")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,9 @@ class Config:
   encoder_lr_scale: float = 1.0
   # ... and it is not updated at all for the first N steps, while the new head settles.
   freeze_encoder_steps: int = 0
+  # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
+  # tested and served in their place; 0: none.
+  ema_decay: float = 0.0
   seed: int = 0
   # Reporting and checkpoints.
   log_every: int = 50
@@ -181,6 +185,7 @@ def validate(config: Config, device_count: int = 1) -> None:
            "early stopping counts evaluations: it needs --eval_every > 0")
   _require(config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}")
   _require(config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}")
+  _require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
   _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
            f"must be >= 0, got {config.freeze_encoder_steps}")
   for flag in ("bidirectional", "lm_loss_weight", "init_from"):

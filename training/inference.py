@@ -28,6 +28,7 @@ from training.data import LABELS_FILE, VOCAB_FILE
 from training.models import zero_carry
 from training.run_config import RUN_CONFIG_FILE
 from training.selection import BEST_DIR
+from training.train_state import eval_params
 from training.trainer import build_model, initial_state_fn, make_optimizer_for
 
 
@@ -84,7 +85,7 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
-  return TrainedRun(workdir, config, vocab, labels, model, state.params, step)
+  return TrainedRun(workdir, config, vocab, labels, model, eval_params(state), step)  # the average, if kept
 
 
 def encode_batch(texts: list[str], vocab: Vocabulary, seq_len: int) -> tuple[jax.Array, jax.Array, int]:

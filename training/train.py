@@ -90,6 +90,9 @@ flags.DEFINE_float("encoder_lr_scale", _D.encoder_lr_scale, "The encoder's (embe
                    " (discriminative learning rates, ULMFiT).")
 flags.DEFINE_integer("freeze_encoder_steps", _D.freeze_encoder_steps, "Leave the encoder unchanged for this"
                      " many first steps while the new head learns (the simplest gradual unfreezing).")
+flags.DEFINE_float("ema_decay", _D.ema_decay, "Keep an exponential moving average of the parameters with"
+                   " this decay (e.g. 0.999) and evaluate, select, test and serve it instead of the last"
+                   " parameters; 0: off.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of parameters, dropout and data order.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between train rows in metrics.jsonl.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Steps between evaluations; 0: only at the end.")

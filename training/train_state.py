@@ -18,6 +18,20 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s), so resuming repeats it exactly
   carry: Any  # per-token training: hidden state [L, S, B, H] carried to the next window; else None
+  ema_params: Any = None  # with --ema_decay: the moving average of `params`; else None
+
+
+def eval_params(state: TrainState):
+  """The parameters a run evaluates and serves: their moving average where one is kept."""
+  return state.params if state.ema_params is None else state.ema_params
+
+
+def updated_average(average, params, decay: float, step):
+  """One step of the moving average. Its decay grows from 0.1 at step 1 towards `decay`
+  ((1 + step) / (10 + step), as TensorFlow's ExponentialMovingAverage with num_updates), so that
+  early averages are not dominated by the initial parameters."""
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda a, p: rate * a + (1.0 - rate) * p, average, params)
 
 
 def make_schedule(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str):
@@ -59,16 +73,17 @@ def _encoder_mask(params):
           for name, subtree in params.items()}
 
 
-def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:
-  """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes."""
+def create_train_state(rng, model, optimizer, init_args: tuple, carry, average: bool = False) -> TrainState:
+  """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes
+  (and their moving average, where `average`, from the same values)."""
   init_rng, state_rng = jax.random.split(rng)
   params = model.init({"params": init_rng}, *init_args, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    rng=state_rng, carry=carry)
+                    rng=state_rng, carry=carry, ema_params=params if average else None)
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None, lm_loss_weight: float = 0.0):
+               axis_name: str | None = None, lm_loss_weight: float = 0.0, ema_decay: float = 0.0):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -105,6 +120,9 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   params = optax.apply_updates(state.params, updates)
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   params, opt_state = keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = keep_if_finite(updated_average(ema_params, params, ema_decay, step_number), ema_params)
   if carry is not None:
     # Truncated BPTT: the next window starts from this state, but gradients stop here.
     carry = keep_if_finite(jax.lax.stop_gradient(carry), state.carry)
@@ -114,7 +132,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
                  grad_norm_sum=jnp.where(finite, grad_norm, 0.0), steps=finite.astype(jnp.float32),
                  nonfinite=1.0 - finite.astype(jnp.float32),
                  first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number))
-  return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry), metrics
+  return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry,
+                       ema_params=ema_params), metrics
 
 
 def eval_step(params, batch: dict, carry, *, model, objective):
@@ -123,9 +142,9 @@ def eval_step(params, batch: dict, carry, *, model, objective):
 
 
 def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0):
+               lm_loss_weight: float = 0.0, ema_decay: float = 0.0):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
                             inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
-                            lm_loss_weight=lm_loss_weight),
+                            lm_loss_weight=lm_loss_weight, ema_decay=ema_decay),
           functools.partial(eval_step, model=model, objective=objective))

@@ -24,7 +24,8 @@ from training.objectives import OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
 from training.kernels import recurrent_kernel
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
-from training.train_state import TrainState, bind_steps, create_train_state, make_optimizer, make_schedule
+from training.train_state import (TrainState, bind_steps, create_train_state, eval_params, make_optimizer,
+                                  make_schedule)
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
 
@@ -71,7 +72,7 @@ def initial_state_fn(config: Config, model, optimizer):
       args = (tokens, mask, carry)
     else:
       args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
-    return create_train_state(rng, model, optimizer, args, carry)
+    return create_train_state(rng, model, optimizer, args, carry, average=config.ema_decay > 0)
 
   return init_state
 
@@ -92,7 +93,7 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
-      lm_loss_weight=config.lm_loss_weight)
+      lm_loss_weight=config.lm_loss_weight, ema_decay=config.ema_decay)
   init_state = initial_state_fn(config, model, optimizer)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
@@ -274,7 +275,8 @@ def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Ch
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
     return restored, start_step
   if config.init_from:
-    state = state.replace(params=initial_params(config.init_from, state.params))
+    params = initial_params(config.init_from, state.params)
+    state = state.replace(params=params, ema_params=None if state.ema_params is None else params)
   return state, 0
 
 
@@ -304,7 +306,7 @@ class Evaluator:
 
 def _evaluate_and_select(evaluator: Evaluator, state, step: int, reporter: TrainReporter,
                          selection: ModelSelection) -> dict:
-  metrics = evaluator.dev(state.params)
+  metrics = evaluator.dev(eval_params(state))
   if metrics is None:
     return {}
   reporter.log_eval(step, metrics)
@@ -318,7 +320,7 @@ def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelec
   if not evaluator.has_test:
     return None
   chosen_step = selection.best["step"] if selection.best else step
-  params = selection.best_state(state).params if selection.best else state.params
+  params = eval_params(selection.best_state(state) if selection.best else state)
   metrics = evaluator.test(params)
   logging.info("test (parameters of step %d): %s", chosen_step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
   return metrics

@@ -1,0 +1,89 @@
+"""The peer the speed benchmarks compare against: the project's model and train step written in
+PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear` or the classifier's MLP head, Adam, gradient
+clipping; per token: a loss at every position and the state carried across windows, as truncated
+BPTT; per sequence: the last state through the head). PyTorch is an optional extra
+(`pip install -e ".[bench]"`), never a dependency of the package.
+"""
+
+import sys
+
+import jax
+
+from training.config import Config
+
+
+def import_torch():
+  """PyTorch, or None (with how to install it) where it is missing."""
+  try:
+    import torch
+  except ImportError:
+    print("PyTorch is not installed: `pip install -e \".[bench]\"` (torch==2.13.0) to compare.", file=sys.stderr)
+    return None
+  return torch
+
+
+class TorchPeer:
+  """The model, its optimizer and random batches of the given [batch, length] shapes."""
+
+  def __init__(self, torch, config: Config, vocab_size: int, num_classes: int, shapes):
+    self.torch, self.vocab_size = torch, vocab_size
+    self.device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    self.classify = config.task == "classify"
+    torch.manual_seed(0)
+    self.model = _model(torch, config, vocab_size, num_classes, self.classify).to(self.device)
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+    self.loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(0)
+    self.batches = []
+    for batch_size, length in shapes:
+      tokens = torch.randint(3, vocab_size, (batch_size, length + 1), generator=generator).to(self.device)
+      labels = torch.randint(0, max(num_classes, 2), (batch_size,), generator=generator).to(self.device)
+      self.batches.append((tokens, labels))
+    self.state = None
+
+  def loss(self, tokens, labels):
+    """Forward pass and loss; keeps the carried state (detached) for the next window."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits, new_state = self.model(inputs, None if self.classify else self.state)
+    if self.classify:
+      return self.loss_fn(logits, labels)
+    self.state = tuple(s.detach() for s in new_state)  # truncated BPTT: carried, not backpropagated
+    return self.loss_fn(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+
+  def backward(self, loss) -> None:
+    self.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+
+  def update(self) -> None:
+    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # the project clips too
+    self.optimizer.step()
+
+  def step(self, tokens, labels) -> None:
+    self.backward(self.loss(tokens, labels))
+    self.update()
+
+  def sync(self) -> None:
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
+
+
+def _model(torch, config: Config, vocab_size: int, num_classes: int, classify: bool):
+  class Model(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = torch.nn.Embedding(vocab_size, config.embed_size)
+      self.lstm = torch.nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
+      if classify:
+        widths = [config.hidden_size, *config.head_widths]
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+          layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        self.head = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], num_classes))
+      else:
+        self.head = torch.nn.Linear(config.hidden_size, vocab_size)
+
+    def forward(self, tokens, state):
+      outputs, state = self.lstm(self.embed(tokens), state)
+      return self.head(outputs[:, -1] if classify else outputs), state
+
+  return Model()
