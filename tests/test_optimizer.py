@@ -58,3 +58,24 @@ def test_the_moving_average_follows_its_recurrence_with_a_growing_decay():
     expected = rate * expected + (1 - rate) * np.asarray(params)
   np.testing.assert_allclose(average["w"], expected, rtol=1e-6)
   assert updated_average({"w": jnp.zeros(1)}, {"w": jnp.ones(1)}, 0.5, jnp.int32(1000))["w"] == 0.5
+
+
+def test_the_optimiser_keeps_the_average_of_the_parameters_it_produced():
+  from training.train_state import TrainState, eval_params, updated_average, with_params
+
+  optimizer = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                             grad_clip=1.0, freeze_encoder_steps=1, ema_decay=0.5)
+  state = TrainState(step=jnp.int32(0), params=PARAMS, opt_state=optimizer.init(PARAMS), rng=None, carry=None)
+  start = jax.tree.map(lambda p: p + 1.0, PARAMS)  # e.g. a language model's (--init_from)
+  state = with_params(state, start)
+  params, opt_state, expected = state.params, state.opt_state, start
+  for step in range(1, 4):
+    updates, opt_state = optimizer.update(GRADS, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    expected = updated_average(expected, params, 0.5, jnp.int32(step))
+  average = eval_params(TrainState(step=jnp.int32(3), params=params, opt_state=opt_state, rng=None, carry=None))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), average, expected)
+  plain = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                         grad_clip=1.0)
+  state = TrainState(step=jnp.int32(0), params=PARAMS, opt_state=plain.init(PARAMS), rng=None, carry=None)
+  assert eval_params(state) is PARAMS and with_params(state, start).opt_state == state.opt_state

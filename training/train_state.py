@@ -1,7 +1,7 @@
 """The train state, the optimiser, and the pure train and eval steps."""
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +18,42 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # base PRNG key; step s uses fold_in(rng, s), so resuming repeats it exactly
   carry: Any  # per-token training: hidden state [L, S, B, H] carried to the next window; else None
-  ema_params: Any = None  # with --ema_decay: the moving average of `params`; else None
 
 
 def eval_params(state: TrainState):
-  """The parameters a run evaluates and serves: their moving average where one is kept."""
-  return state.params if state.ema_params is None else state.ema_params
+  """The parameters a run evaluates and serves: their moving average where one is kept
+  (`--ema_decay`; it lives in the optimiser state, see `average_params`)."""
+  average = optax.tree.get(state.opt_state, "params_average")
+  return state.params if average is None else average
+
+
+def with_params(state: TrainState, params) -> TrainState:
+  """`state` with new starting parameters (`--init_from`), their moving average included."""
+  opt_state = state.opt_state
+  if optax.tree.get(opt_state, "params_average") is not None:
+    opt_state = optax.tree.set(opt_state, params_average=params)
+  return state.replace(params=params, opt_state=opt_state)
+
+
+class ParamsAverage(NamedTuple):
+  count: jax.Array  # updates averaged
+  params_average: Any
+
+
+def average_params(decay: float) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters as the transforms before it leave
+  them (it goes last in the chain) and leaves the updates alone. In the optimiser state rather
+  than a train state field of its own: a run without it keeps checkpoints as they always were."""
+
+  def init(params):
+    return ParamsAverage(count=jnp.zeros((), jnp.int32), params_average=params)
+
+  def update(updates, state, params):
+    count = state.count + 1
+    average = updated_average(state.params_average, optax.apply_updates(params, updates), decay, count)
+    return updates, ParamsAverage(count=count, params_average=average)
+
+  return optax.GradientTransformation(init, update)
 
 
 def updated_average(average, params, decay: float, step):
@@ -50,12 +80,13 @@ def learning_rate_at(schedule, step: int) -> float:
 
 def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
                    weight_decay: float, grad_clip: float, encoder_lr_scale: float = 1.0,
-                   freeze_encoder_steps: int = 0) -> optax.GradientTransformation:
+                   freeze_encoder_steps: int = 0, ema_decay: float = 0.0) -> optax.GradientTransformation:
   """AdamW with optional linear warm-up and cosine decay, after global-norm clipping.
 
   `encoder_lr_scale`, `freeze_encoder_steps`: the parameters under `encoder` take steps this
   many times smaller, and none in the first steps (fine-tuning a pretrained encoder). Only
   when asked for: the optimiser state, and so checkpoints, are otherwise as they always were.
+  `ema_decay`: the state also keeps a moving average of the parameters (`average_params`).
   """
   schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
                            lr_decay=lr_decay)
@@ -64,6 +95,8 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
   if encoder_lr_scale != 1.0 or freeze_encoder_steps > 0:
     encoder_scale = lambda step: jnp.where(step < freeze_encoder_steps, 0.0, encoder_lr_scale)
     transforms.append(optax.masked(optax.scale_by_schedule(encoder_scale), _encoder_mask))
+  if ema_decay > 0:
+    transforms.append(average_params(ema_decay))
   return optax.chain(*transforms)
 
 
@@ -73,17 +106,16 @@ def _encoder_mask(params):
           for name, subtree in params.items()}
 
 
-def create_train_state(rng, model, optimizer, init_args: tuple, carry, average: bool = False) -> TrainState:
-  """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes
-  (and their moving average, where `average`, from the same values)."""
+def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:
+  """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes."""
   init_rng, state_rng = jax.random.split(rng)
   params = model.init({"params": init_rng}, *init_args, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    rng=state_rng, carry=carry, ema_params=params if average else None)
+                    rng=state_rng, carry=carry)
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None, lm_loss_weight: float = 0.0, ema_decay: float = 0.0):
+               axis_name: str | None = None, lm_loss_weight: float = 0.0):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -120,9 +152,6 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   params = optax.apply_updates(state.params, updates)
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   params, opt_state = keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state)
-  ema_params = state.ema_params
-  if ema_params is not None:
-    ema_params = keep_if_finite(updated_average(ema_params, params, ema_decay, step_number), ema_params)
   if carry is not None:
     # Truncated BPTT: the next window starts from this state, but gradients stop here.
     carry = keep_if_finite(jax.lax.stop_gradient(carry), state.carry)
@@ -132,8 +161,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
                  grad_norm_sum=jnp.where(finite, grad_norm, 0.0), steps=finite.astype(jnp.float32),
                  nonfinite=1.0 - finite.astype(jnp.float32),
                  first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number))
-  return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry,
-                       ema_params=ema_params), metrics
+  return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry), metrics
 
 
 def eval_step(params, batch: dict, carry, *, model, objective):
@@ -142,9 +170,9 @@ def eval_step(params, batch: dict, carry, *, model, objective):
 
 
 def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0, ema_decay: float = 0.0):
+               lm_loss_weight: float = 0.0):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
                             inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
-                            lm_loss_weight=lm_loss_weight, ema_decay=ema_decay),
+                            lm_loss_weight=lm_loss_weight),
           functools.partial(eval_step, model=model, objective=objective))

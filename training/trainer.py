@@ -25,7 +25,7 @@ from training.preemption import PreemptionWatch
 from training.kernels import recurrent_kernel
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
 from training.train_state import (TrainState, bind_steps, create_train_state, eval_params, make_optimizer,
-                                  make_schedule)
+                                  make_schedule, with_params)
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
 
@@ -72,7 +72,7 @@ def initial_state_fn(config: Config, model, optimizer):
       args = (tokens, mask, carry)
     else:
       args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
-    return create_train_state(rng, model, optimizer, args, carry, average=config.ema_decay > 0)
+    return create_train_state(rng, model, optimizer, args, carry)
 
   return init_state
 
@@ -93,7 +93,7 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
-      lm_loss_weight=config.lm_loss_weight, ema_decay=config.ema_decay)
+      lm_loss_weight=config.lm_loss_weight)
   init_state = initial_state_fn(config, model, optimizer)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
@@ -107,7 +107,8 @@ def make_optimizer_for(config: Config):
   return make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
                         warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                        encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps)
+                        encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                        ema_decay=config.ema_decay)
 
 
 def schedule_for(config: Config):
@@ -275,8 +276,7 @@ def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Ch
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
     return restored, start_step
   if config.init_from:
-    params = initial_params(config.init_from, state.params)
-    state = state.replace(params=params, ema_params=None if state.ema_params is None else params)
+    state = with_params(state, initial_params(config.init_from, state.params))
   return state, 0
 
 
