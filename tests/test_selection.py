@@ -143,6 +143,18 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(langu
   assert "lm_loss" in summary["eval"]
 
 
+def test_a_fine_tune_with_a_moving_average_starts_it_at_the_language_model(language_model, tmp_path):
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, ema_decay=0.99, num_steps=1, eval_every=0)
+  train_and_evaluate(config, str(tmp_path))
+  lm, served = load_run(language_model), load_run(str(tmp_path))
+  # The trainer runs it (the average is a copy of the LM's parameters, not the same buffers: the
+  # step donates its state) and serves the average, after one small step still near the LM's
+  # encoder. That the average starts at the LM's parameters: tests/test_optimizer.py.
+  for name in ("embed", "layer_0"):
+    for a, b in zip(jax.tree.leaves(lm.params["encoder"][name]), jax.tree.leaves(served.params["encoder"][name])):
+      assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
+
+
 def test_init_from_a_classifier_run_is_refused(tmp_path):
   train_and_evaluate(dataclasses.replace(CLASSIFY, num_steps=10), str(tmp_path / "cls"))
   with pytest.raises(ConfigError, match="that run trained --task=classify"):

@@ -31,7 +31,8 @@ def with_params(state: TrainState, params) -> TrainState:
   """`state` with new starting parameters (`--init_from`), their moving average included."""
   opt_state = state.opt_state
   if optax.tree.get(opt_state, "params_average") is not None:
-    opt_state = optax.tree.set(opt_state, params_average=params)
+    # A copy: the train step donates its state, and one buffer may not be donated twice.
+    opt_state = optax.tree.set(opt_state, params_average=jax.tree.map(jnp.copy, params))
   return state.replace(params=params, opt_state=opt_state)
 
 
