@@ -13,8 +13,13 @@ batch, each phase is timed alone (median of `--steps` runs after a warm-up):
   its matmuls and elementwise gate arithmetic;
 - `optimizer`: the whole step less forward and backward (Adam, clipping; the project's step also
   adds its metric sums and the finite-value guard);
-- `whole step`, and `at matmul peak`: the step's FLOPs at the float32 matmul speed measured in
-  the same run, the floor if every multiply-add ran as fast as a large square matmul.
+- `whole step`; `at matmul peak`: the step's FLOPs at the float32 matmul speed measured in
+  the same run, the floor if every multiply-add ran as fast as a large square matmul; and
+  `its matmuls alone`: the same matmuls at their own shapes (XLA), those of the time loop
+  (one [B, H] x [H, 4H] a step, and its transpose backwards) in a loop of T steps, the others
+  (input projections, weight gradients, the output layer) over all B x T rows at once: the floor
+  for any implementation of this step on this machine, before elementwise work, loop overhead
+  and the optimizer.
 The training loop's own cost (batches, dispatch, logging) is `bench.throughput`'s loop overhead.
 """
 
@@ -39,7 +44,7 @@ from training.trainer import build_model, build_steps
 from training.kernels import recurrent_kernel
 
 PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding", "optimizer",
-          "whole step", "at matmul peak")
+          "whole step", "at matmul peak", "its matmuls alone")
 
 
 def median_ms(run, steps: int) -> float:
@@ -131,12 +136,43 @@ def torch_phases(torch, config: Config, vocab_size: int, num_classes: int, shape
           "whole step": timed(lambda: peer.step(tokens, labels))}
 
 
-def derived(times: dict, floor_ms: float) -> dict:
+def matmul_shapes(config: Config, batch: int, length: int, vocab_size: int) -> list[tuple[bool, int, int, int]]:
+  """(in the time loop?, m, k, n) of every matmul of one forward and backward pass of the LSTM
+  model: a time-loop matmul runs `length` times on [m, k] x [k, n], the others once."""
+  rows, gates, hidden = batch * length, 4 * config.hidden_size, config.hidden_size
+  shapes = []
+  for layer in range(config.num_layers):
+    inputs = config.embed_size if layer == 0 else hidden
+    shapes += [(True, batch, hidden, gates), (True, batch, gates, hidden),  # h W_h; dGates W_h^T
+               (False, rows, inputs, gates), (False, inputs, rows, gates),  # x W_x; dW_x
+               (False, rows, gates, inputs), (False, hidden, rows, gates)]  # dx; dW_h
+  if config.task == "lm":  # the output layer: logits, dW, dh
+    shapes += [(False, rows, hidden, vocab_size), (False, hidden, rows, vocab_size), (False, rows, vocab_size, hidden)]
+  return shapes
+
+
+def matmuls_alone_ms(config: Config, batch: int, length: int, vocab_size: int, steps: int) -> float:
+  total = 0.0
+  for in_loop, m, k, n in matmul_shapes(config, batch, length, vocab_size):
+    key = jax.random.PRNGKey(0)
+    w = jax.random.normal(key, (k, n), jnp.float32)
+    if in_loop:
+      xs = jax.random.normal(key, (length, m, k), jnp.float32)
+      run = jax.jit(lambda xs, w: jax.lax.scan(lambda c, x: (c, x @ w), None, xs)[1])
+    else:
+      xs = jax.random.normal(key, (m, k), jnp.float32)
+      run = jax.jit(lambda x, w: x @ w)
+    total += median_ms(lambda: jax.block_until_ready(run(xs, w)), steps)
+  return total
+
+
+def derived(times: dict, floor_ms: float, matmuls_ms: float) -> dict:
   both = times["forward and backward"]
   return {"forward": times["forward"], "backward": both - times["forward"],
           "output layer + loss": times["output layer + loss"],
           "recurrent stack and embedding": both - times["output layer + loss"],
-          "optimizer": times["whole step"] - both, "whole step": times["whole step"], "at matmul peak": floor_ms}
+          "optimizer": times["whole step"] - both, "whole step": times["whole step"], "at matmul peak": floor_ms,
+          "its matmuls alone": matmuls_ms}
 
 
 def main() -> None:
@@ -162,9 +198,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
       project, shape, vocab_size, num_classes = project_phases(config, args.steps, os.path.join(tmp, "run"))
     floor_ms = 1e3 * lm_flops_per_token(config, vocab_size) * np.prod(shape) / peak
-    columns = {f"project ({loop})": derived(project, floor_ms)}
+    matmuls_ms = matmuls_alone_ms(config, *shape, vocab_size, args.steps)
+    columns = {f"project ({loop})": derived(project, floor_ms, matmuls_ms)}
     if torch is not None:
-      columns["PyTorch"] = derived(torch_phases(torch, config, vocab_size, num_classes, shape, args.steps), floor_ms)
+      columns["PyTorch"] = derived(torch_phases(torch, config, vocab_size, num_classes, shape, args.steps), floor_ms,
+                                   matmuls_ms)
     print(f"**{CONFIGS[name][1]}** (the batch timed: {shape[0]} x {shape[1]}):\n")
     print("| phase | " + " | ".join(columns) + " |")
     print("| --- |" + " --- |" * len(columns))
