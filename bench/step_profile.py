@@ -3,7 +3,8 @@ r"""Where one train step's time goes, the project's beside PyTorch's, phase by p
   python -m bench.step_profile [--configs=char_1x256,...] [--steps=20] [--recurrent_kernel=auto]
 
 For each config of `bench.throughput` (same model, batch shape, data and PyTorch peer), on one
-batch, each phase is timed alone (median of `--steps` runs after a warm-up):
+batch, each phase is timed on its own; each of `--steps` rounds times every phase of both sides
+in turn (this VM's speed drifts by up to 2x within minutes), and the table shows medians:
 - `forward`: the model and its loss;
 - `backward`: forward and backward, less the forward;
 - `output layer + loss`: of forward and backward, the part after the recurrent stack (the
@@ -13,13 +14,13 @@ batch, each phase is timed alone (median of `--steps` runs after a warm-up):
   its matmuls and elementwise gate arithmetic;
 - `optimizer`: the whole step less forward and backward (Adam, clipping; the project's step also
   adds its metric sums and the finite-value guard);
-- `whole step`; `at matmul peak`: the step's FLOPs at the float32 matmul speed measured in
-  the same run, the floor if every multiply-add ran as fast as a large square matmul; and
-  `its matmuls alone`: the same matmuls at their own shapes (XLA), those of the time loop
-  (one [B, H] x [H, 4H] a step, and its transpose backwards) in a loop of T steps, the others
-  (input projections, weight gradients, the output layer) over all B x T rows at once: the floor
-  for any implementation of this step on this machine, before elementwise work, loop overhead
-  and the optimizer.
+- `whole step`; `at matmul peak`: the step's FLOPs at the speed of a 2048-square float32 matmul
+  timed in the same rounds, the floor if every multiply-add ran that fast; and `its matmuls
+  alone`: the same matmuls at their own shapes in XLA, those of the time loop (one [B, H] x
+  [H, 4H] a step, and its transpose backwards) in a loop of T steps, the others (input
+  projections, weight gradients, the output layer) over all B x T rows at once: what the
+  step's multiply-adds cost at these shapes, before elementwise work, loop overhead and the
+  optimizer.
 The training loop's own cost (batches, dispatch, logging) is `bench.throughput`'s loop overhead.
 """
 
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.throughput import CONFIGS, lm_flops_per_token, make_config, matmul_flops_per_sec, time_loop
+from bench.throughput import CONFIGS, lm_flops_per_token, make_config, time_loop
 from bench.torch_peer import TorchPeer, import_torch
 from training import parallel
 from training.config import Config, ConfigError
@@ -47,19 +48,25 @@ PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and emb
           "whole step", "at matmul peak", "its matmuls alone")
 
 
-def median_ms(run, steps: int) -> float:
-  """Median wall milliseconds of `run()` (which waits for its own result)."""
-  run()
-  run()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
+def interleaved_medians_ms(runs: dict, steps: int) -> dict:
+  """Median wall milliseconds of each of `runs` (callables that wait for their own results),
+  timed in turn, one of each per round: this VM's speed drifts by up to 2x within minutes, and
+  phases timed one after the other would each see another machine."""
+  for run in runs.values():
     run()
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+    run()
+  times = {name: [] for name in runs}
+  for _ in range(steps):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
-def project_phases(config: Config, steps: int, workdir: str) -> tuple[dict, tuple, int, int]:
+def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]:
+  """The project's phases as callables (each waits for its result), the batch shape, the
+  vocabulary size and the class count."""
   data = prepare_data(config, workdir)
   vocab_size, num_classes = len(data.vocab), data.num_classes
   mesh = parallel.make_mesh()
@@ -83,11 +90,11 @@ def project_phases(config: Config, steps: int, workdir: str) -> tuple[dict, tupl
     state, _ = built.train_fn(state, batch)
     jax.block_until_ready(state)
 
-  times = {"forward": median_ms(lambda: jax.block_until_ready(forward(state.params)), steps),
-           "forward and backward": median_ms(lambda: jax.block_until_ready(grad(state.params)), steps),
-           "output layer + loss": median_ms(lambda: jax.block_until_ready(head_loss(state.params, states)), steps),
-           "whole step": median_ms(whole_step, steps)}
-  return times, tuple(batch["inputs"].shape), vocab_size, num_classes
+  phases = {"forward": lambda: jax.block_until_ready(forward(state.params)),
+            "forward and backward": lambda: jax.block_until_ready(grad(state.params)),
+            "output layer + loss": lambda: jax.block_until_ready(head_loss(state.params, states)),
+            "whole step": whole_step}
+  return phases, tuple(batch["inputs"].shape), vocab_size, num_classes
 
 
 def _head_loss(model, config: Config, batch):
@@ -107,18 +114,19 @@ def _head_loss(model, config: Config, batch):
   return head
 
 
-def torch_phases(torch, config: Config, vocab_size: int, num_classes: int, shape: tuple, steps: int) -> dict:
+def torch_phases(torch, config: Config, vocab_size: int, num_classes: int, shape: tuple) -> dict:
+  """PyTorch's phases as callables, on a batch of `shape`."""
   batch_size, length = shape
   peer = TorchPeer(torch, config, vocab_size, num_classes, [(batch_size, length)])
   tokens, labels = peer.batches[0]
   states = torch.zeros(batch_size, length, config.hidden_size, requires_grad=True, device=peer.device)
   targets = tokens[:, 1:].reshape(-1)
 
-  def timed(run):
-    def synced():
+  def synced(run):
+    def call():
       run()
       peer.sync()
-    return median_ms(synced, steps)
+    return call
 
   def head_backward():
     features = states[:, -1] if peer.classify else states
@@ -130,10 +138,10 @@ def torch_phases(torch, config: Config, vocab_size: int, num_classes: int, shape
     with torch.no_grad():
       peer.loss(tokens, labels)
 
-  return {"forward": timed(forward),
-          "forward and backward": timed(lambda: peer.backward(peer.loss(tokens, labels))),
-          "output layer + loss": timed(head_backward),
-          "whole step": timed(lambda: peer.step(tokens, labels))}
+  return {"forward": synced(forward),
+          "forward and backward": synced(lambda: peer.backward(peer.loss(tokens, labels))),
+          "output layer + loss": synced(head_backward),
+          "whole step": synced(lambda: peer.step(tokens, labels))}
 
 
 def matmul_shapes(config: Config, batch: int, length: int, vocab_size: int) -> list[tuple[bool, int, int, int]]:
@@ -151,22 +159,31 @@ def matmul_shapes(config: Config, batch: int, length: int, vocab_size: int) -> l
   return shapes
 
 
-def matmuls_alone_ms(config: Config, batch: int, length: int, vocab_size: int, steps: int) -> float:
-  total = 0.0
+def matmuls_alone(config: Config, batch: int, length: int, vocab_size: int):
+  """A callable that runs every matmul of `matmul_shapes`, one after the other."""
+  key, calls = jax.random.PRNGKey(0), []
+  one = jax.jit(lambda x, w: x @ w)
+  in_a_loop = jax.jit(lambda xs, w: jax.lax.scan(lambda c, x: (c, x @ w), None, xs)[1])
   for in_loop, m, k, n in matmul_shapes(config, batch, length, vocab_size):
-    key = jax.random.PRNGKey(0)
     w = jax.random.normal(key, (k, n), jnp.float32)
-    if in_loop:
-      xs = jax.random.normal(key, (length, m, k), jnp.float32)
-      run = jax.jit(lambda xs, w: jax.lax.scan(lambda c, x: (c, x @ w), None, xs)[1])
-    else:
-      xs = jax.random.normal(key, (m, k), jnp.float32)
-      run = jax.jit(lambda x, w: x @ w)
-    total += median_ms(lambda: jax.block_until_ready(run(xs, w)), steps)
-  return total
+    xs = jax.random.normal(key, (length, m, k) if in_loop else (m, k), jnp.float32)
+    calls.append((in_a_loop if in_loop else one, xs, w))
+
+  def run():
+    for call, xs, w in calls:
+      jax.block_until_ready(call(xs, w))
+  return run
+
+
+def square_matmul(n: int = 2048):
+  """(a callable, its FLOPs): the large square matmul that `at matmul peak` is measured by."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  return (lambda: jax.block_until_ready(matmul(a))), 2 * n ** 3
 
 
 def derived(times: dict, floor_ms: float, matmuls_ms: float) -> dict:
+  """The table's phases from the measured ones."""
   both = times["forward and backward"]
   return {"forward": times["forward"], "backward": both - times["forward"],
           "output layer + loss": times["output layer + loss"],
@@ -185,9 +202,8 @@ def main() -> None:
   if unknown:
     parser.error(f"unknown config(s) {', '.join(unknown)}; expected some of {', '.join(CONFIGS)}")
   torch = import_torch()
-  peak = matmul_flops_per_sec()
-  print(f"float32 matmul {peak / 1e9:,.0f} GFLOP/s (measured in this run); ms per phase, median of"
-        f" {args.steps} runs\n")
+  print(f"ms per phase, median of {args.steps} rounds; each round times every phase of both sides,"
+        " the step's matmuls and a 2048-square matmul in turn\n")
   for name in args.configs.split(","):
     try:
       config = make_config(name, 1, "fused", args.recurrent_kernel)
@@ -196,14 +212,22 @@ def main() -> None:
       print(f"{name}: skipped: {e}", file=sys.stderr)
       continue
     with tempfile.TemporaryDirectory() as tmp:
-      project, shape, vocab_size, num_classes = project_phases(config, args.steps, os.path.join(tmp, "run"))
+      project, shape, vocab_size, num_classes = project_phases(config, os.path.join(tmp, "run"))
+      sides = {f"project ({loop})": project}
+      if torch is not None:
+        sides["PyTorch"] = torch_phases(torch, config, vocab_size, num_classes, shape)
+      # Both sides' phases in turn, so that each figure sees the same machine.
+      runs = {(side, phase): run for side, phases in sides.items() for phase, run in phases.items()}
+      square, square_flops = square_matmul()
+      runs.update({"matmuls alone": matmuls_alone(config, *shape, vocab_size), "square matmul": square})
+      times = interleaved_medians_ms(runs, args.steps)
+    peak = square_flops / (times["square matmul"] / 1e3)
     floor_ms = 1e3 * lm_flops_per_token(config, vocab_size) * np.prod(shape) / peak
-    matmuls_ms = matmuls_alone_ms(config, *shape, vocab_size, args.steps)
-    columns = {f"project ({loop})": derived(project, floor_ms, matmuls_ms)}
-    if torch is not None:
-      columns["PyTorch"] = derived(torch_phases(torch, config, vocab_size, num_classes, shape, args.steps), floor_ms,
-                                   matmuls_ms)
-    print(f"**{CONFIGS[name][1]}** (the batch timed: {shape[0]} x {shape[1]}):\n")
+    matmuls_ms = times["matmuls alone"]
+    print(f"**{CONFIGS[name][1]}** (the batch timed: {shape[0]} x {shape[1]}; float32 matmul"
+          f" {peak / 1e9:,.0f} GFLOP/s, timed with the phases):\n")
+    columns = {side: derived({phase: times[side, phase] for phase in phases}, floor_ms, matmuls_ms)
+               for side, phases in sides.items()}
     print("| phase | " + " | ".join(columns) + " |")
     print("| --- |" + " --- |" * len(columns))
     for phase in PHASES:

@@ -18,9 +18,10 @@ For each config it measures, back to back on the same machine:
   fraction of the machine's float32 matmul speed, measured in the same run, that each side reaches.
 
 Ratios are the figures to quote: both sides ran minutes apart on the same machine. Each config
-is measured in `--repeats` rounds (bare step, trainer, PyTorch, in turn), and the table shows the
-medians with the range of the rounds' ratios: on a shared VM one round moves by 10%. Prints a
-Markdown table (and writes JSON with `--json`). On a GPU both sides use it (cuDNN for PyTorch).
+is measured in `--repeats` rounds (bare step, trainer, PyTorch; every other round in reverse),
+and the table shows the medians with the range of the rounds' ratios: on a shared VM one round
+moves by 10%. Prints a Markdown table (and writes JSON with `--json`). On a GPU both sides use
+it (cuDNN for PyTorch).
 """
 
 import argparse
@@ -162,24 +163,40 @@ def time_loop(config: Config) -> str:
   return "oneDNN" if kernel == "onednn" else f"scan, {config.recurrent_backward}"
 
 
-def measure_round(config: Config, steps: int, tmp: str) -> dict:
-  """One bare step, one trainer and one PyTorch measurement, back to back."""
-  bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
-  trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
+def measure_round(config: Config, steps: int, tmp: str, reverse_of: dict | None = None) -> dict:
+  """One bare step, one trainer and one PyTorch measurement, back to back, in that order (the
+  bare step compiles every shape; PyTorch takes the trainer's shapes); with `reverse_of` (the
+  first round, for its shapes), in reverse, so that a drift of the machine's speed within a round
+  favours no side."""
+  if reverse_of is None:
+    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
+    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
+    vocab_size, num_classes = _vocabulary(config, tmp)
+    torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps)
+  else:
+    torch_figures = measure_torch(config, reverse_of["vocab_size"], reverse_of["num_classes"], reverse_of["shapes"],
+                                  steps)
+    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
+    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
+    vocab_size, num_classes = _vocabulary(config, tmp)
+  return {"bare": bare, "trainer": trainer, "torch": torch_figures, "vocab_size": vocab_size,
+          "num_classes": num_classes, "shapes": trainer["batch_shapes"]}
+
+
+def _vocabulary(config: Config, tmp: str) -> tuple[int, int]:
   data = prepare_data(config, os.path.join(tmp, "trainer"))  # the trainer's saved vocabulary
-  torch_figures = measure_torch(config, len(data.vocab), data.num_classes, trainer["batch_shapes"], steps)
-  return {"bare": bare, "trainer": trainer, "torch": torch_figures, "vocab_size": len(data.vocab)}
+  return len(data.vocab), data.num_classes
 
 
 def run_config(name: str, config: Config, loop: str, peak: float, repeats: int) -> dict:
   """Medians over `repeats` rounds: this VM's speed drifts by 10% within minutes, and a round
   measures the three sides within a minute or two of each other."""
   rounds = []
-  for _ in range(repeats):
+  for index in range(repeats):
     # The first bare step compiles every batch shape into the persistent cache (main()), so that
     # the trainer's windows measure the loop, not compilation, as in a long run.
     with tempfile.TemporaryDirectory() as tmp:
-      rounds.append(measure_round(config, config.num_steps, tmp))
+      rounds.append(measure_round(config, config.num_steps, tmp, reverse_of=rounds[0] if index % 2 else None))
   median = statistics.median
   trainer = median(r["trainer"]["tokens_per_sec"] for r in rounds)
   trainer_fed = median(r["trainer"]["fed_tokens_per_sec"] for r in rounds)
