@@ -12,8 +12,9 @@ in turn (this VM's speed drifts by up to 2x within minutes), and the table shows
   states of the stack's shape;
 - `recurrent stack and embedding`: forward and backward less the output layer: the time loop,
   its matmuls and elementwise gate arithmetic;
-- `optimizer`: the whole step less forward and backward (Adam, clipping; the project's step also
-  adds its metric sums and the finite-value guard);
+- `optimizer and the rest of the step`: the whole step less forward and backward (Adam,
+  clipping; the project's step also adds its metric sums and the finite-value guard; and what
+  forward and backward cost more inside the whole step than alone);
 - `whole step`; `at matmul peak`: the step's FLOPs at the speed of a 2048-square float32 matmul
   timed in the same rounds, the floor if every multiply-add ran that fast; and `its matmuls
   alone`: the same matmuls at their own shapes in XLA, those of the time loop (one [B, H] x
@@ -44,8 +45,8 @@ from training.objectives import OBJECTIVES, sequence_cross_entropy, token_cross_
 from training.trainer import build_model, build_steps
 from training.kernels import recurrent_kernel
 
-PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding", "optimizer",
-          "whole step", "at matmul peak", "its matmuls alone")
+PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding",
+          "optimizer and the rest of the step", "whole step", "at matmul peak", "its matmuls alone")
 
 
 def interleaved_medians_ms(runs: dict, steps: int) -> dict:
@@ -82,7 +83,7 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
     return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0)
 
   forward, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-  head_loss = jax.jit(jax.grad(_head_loss(model, config, batch), argnums=(0, 1)))
+  head_loss = jax.jit(jax.grad(_head_loss(config, batch), argnums=(0, 1)))
   states = jnp.zeros(batch["inputs"].shape + (config.hidden_size,), jnp.float32)
 
   def whole_step():
@@ -97,7 +98,7 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
   return phases, tuple(batch["inputs"].shape), vocab_size, num_classes
 
 
-def _head_loss(model, config: Config, batch):
+def _head_loss(config: Config, batch):
   """(params, states [B, T, H]) -> the loss of the layers after the recurrent stack."""
   if config.task == "lm":
     def head(params, states):
@@ -188,7 +189,7 @@ def derived(times: dict, floor_ms: float, matmuls_ms: float) -> dict:
   return {"forward": times["forward"], "backward": both - times["forward"],
           "output layer + loss": times["output layer + loss"],
           "recurrent stack and embedding": both - times["output layer + loss"],
-          "optimizer": times["whole step"] - both, "whole step": times["whole step"], "at matmul peak": floor_ms,
+          "optimizer and the rest of the step": times["whole step"] - both, "whole step": times["whole step"], "at matmul peak": floor_ms,
           "its matmuls alone": matmuls_ms}
 
 
