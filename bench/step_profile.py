@@ -23,6 +23,10 @@ in turn (this VM's speed drifts by up to 2x within minutes), and the table shows
   step's multiply-adds cost at these shapes, before elementwise work, loop overhead and the
   optimizer.
 The training loop's own cost (batches, dispatch, logging) is `bench.throughput`'s loop overhead.
+Both sides run in this one process, to be timed in turn, and so share the cores between JAX's
+thread pools and PyTorch's OpenMP team: PyTorch's small models run slower here than alone (its
+1 x 128 step took 10.6-31 ms here, 8.9 ms in a process of its own). For ratios of speed,
+`bench.throughput`, which runs PyTorch in a process of its own, is the measure.
 """
 
 import argparse

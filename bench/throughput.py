@@ -9,7 +9,8 @@ For each config it measures, back to back on the same machine:
   the first (compilation);
 - `bare step`: the same compiled train step alone on the same batches, so `trainer / bare step`
   is what the loop itself costs (target: within 5%);
-- `torch`: the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
+- `torch`: in a process of its own (in this one, JAX's thread pools slow PyTorch's OpenMP team),
+  the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
   token and the state carried across windows; per-sequence configs: the last state through the
   same MLP head), on the same batch shapes;
 - with `--recurrent_kernel=auto,scan`, the project's two time loops (oneDNN's fused LSTM, where
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.torch_peer import TorchPeer, import_torch
+from bench.torch_peer import measure_in_own_process
 from training import parallel
 from training.config import Config, ConfigError
 from training.kernels import recurrent_kernel
@@ -138,23 +139,9 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
 
 
 def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
-  """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second)."""
-  torch = import_torch()
-  if torch is None:
-    return None
-  peer = TorchPeer(torch, config, vocab_size, num_classes, shapes)
-  for tokens, labels in peer.batches[:3]:
-    peer.step(tokens, labels)
-  peer.sync()
-  fed = 0
-  start = time.perf_counter()
-  for index in range(steps):
-    tokens, labels = peer.batches[index % len(peer.batches)]
-    peer.step(tokens, labels)
-    fed += tokens.shape[0] * (tokens.shape[1] - 1)
-  peer.sync()
-  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": peer.device,
-          "version": torch.__version__, "threads": torch.get_num_threads()}
+  """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second), in
+  a process of its own."""
+  return measure_in_own_process(config, vocab_size, num_classes, shapes, steps)
 
 
 def time_loop(config: Config) -> str:

@@ -5,7 +5,12 @@ BPTT; per sequence: the last state through the head). PyTorch is an optional ext
 (`pip install -e ".[bench]"`), never a dependency of the package.
 """
 
+import dataclasses
+import json
+import os
+import subprocess
 import sys
+import time
 
 import jax
 
@@ -87,3 +92,46 @@ def _model(torch, config: Config, vocab_size: int, num_classes: int, classify: b
       return self.head(outputs[:, -1] if classify else outputs), state
 
   return Model()
+
+
+def measure(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict:
+  """Tokens per second of the peer's train step on `shapes` (cycled), after 3 warm-up steps."""
+  torch = import_torch()
+  if torch is None:
+    return {}
+  peer = TorchPeer(torch, config, vocab_size, num_classes, shapes)
+  for tokens, labels in peer.batches[:3]:
+    peer.step(tokens, labels)
+  peer.sync()
+  fed = 0
+  start = time.perf_counter()
+  for index in range(steps):
+    tokens, labels = peer.batches[index % len(peer.batches)]
+    peer.step(tokens, labels)
+    fed += tokens.shape[0] * (tokens.shape[1] - 1)
+  peer.sync()
+  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": peer.device,
+          "version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
+  """`measure` in a process of its own: in the benchmark's process, JAX's thread pools and
+  PyTorch's OpenMP team compete for the same cores (PyTorch's 1 x 128 model ran 3.6x slower
+  there than alone)."""
+  request = {"config": dataclasses.asdict(config), "vocab_size": vocab_size, "num_classes": num_classes,
+             "shapes": [list(shape) for shape in shapes], "steps": steps}
+  result = subprocess.run([sys.executable, "-m", "bench.torch_peer"], input=json.dumps(request), text=True,
+                          capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if result.returncode != 0:
+    raise RuntimeError(f"the PyTorch peer failed:\n{result.stderr[-3000:]}")
+  print(result.stderr, end="", file=sys.stderr)  # e.g. how to install PyTorch
+  return json.loads(result.stdout) or None
+
+
+if __name__ == "__main__":
+  # The peer's own process (`measure_in_own_process`): a JSON request on stdin, figures on stdout.
+  request = json.load(sys.stdin)
+  fields = request["config"]
+  fields = {**fields, "head_widths": tuple(fields["head_widths"]), "bucket_boundaries": tuple(fields["bucket_boundaries"])}
+  print(json.dumps(measure(Config(**fields), request["vocab_size"], request["num_classes"],
+                           [tuple(shape) for shape in request["shapes"]], request["steps"])))
