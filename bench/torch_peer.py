@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from training.config import Config
+from training.config import Config, config_from_fields
 
 
 def import_torch():
@@ -131,7 +131,5 @@ def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, sh
 if __name__ == "__main__":
   # The peer's own process (`measure_in_own_process`): a JSON request on stdin, figures on stdout.
   request = json.load(sys.stdin)
-  fields = request["config"]
-  fields = {**fields, "head_widths": tuple(fields["head_widths"]), "bucket_boundaries": tuple(fields["bucket_boundaries"])}
-  print(json.dumps(measure(Config(**fields), request["vocab_size"], request["num_classes"],
+  print(json.dumps(measure(config_from_fields(request["config"]), request["vocab_size"], request["num_classes"],
                            [tuple(shape) for shape in request["shapes"]], request["steps"])))

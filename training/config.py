@@ -35,6 +35,15 @@ MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "hea
                 "lm_loss_weight", "ema_decay")
 
 
+def config_from_fields(saved: dict) -> "Config":
+  """A Config from its fields as JSON gives them back (lists where it holds tuples); names it
+  does not have (a newer or older run's) are left out."""
+  fields = {name: saved[name] for name in Config.__dataclass_fields__ if name in saved}
+  for name in ("head_widths", "bucket_boundaries"):
+    fields[name] = tuple(fields.get(name, ()))
+  return Config(**fields)
+
+
 class ConfigError(ValueError):
   """An invalid flag or combination of flags; the message names the flag."""
 

@@ -23,7 +23,7 @@ from pipeline.paths import absolute
 from pipeline.sequence_batches import encode_all
 from pipeline.tokenizers import EOS, Vocabulary
 from training.checkpoints import CheckpointError, Checkpointer
-from training.config import Config
+from training.config import Config, config_from_fields
 from training.data import LABELS_FILE, VOCAB_FILE
 from training.models import zero_carry
 from training.run_config import RUN_CONFIG_FILE
@@ -49,10 +49,7 @@ def load_config(workdir: str) -> Config:
     saved = json.loads(paths.read_text(path))["full_config"]
   except (OSError, ValueError, KeyError) as e:
     raise DataError(f"--workdir={workdir}: no trained run there ({path}: {e.strerror if isinstance(e, OSError) else e})") from None
-  fields = {name: saved[name] for name in Config.__dataclass_fields__ if name in saved}
-  for name in ("head_widths", "bucket_boundaries"):
-    fields[name] = tuple(fields.get(name, ()))
-  return Config(**fields)
+  return config_from_fields(saved)
 
 
 def load_run(workdir: str, step: int = 0) -> TrainedRun:
