@@ -90,6 +90,22 @@ def test_sigterm_stops_every_process_at_one_step_and_the_resumed_run_matches(tmp
     assert json.load(f)["param_fingerprint"] == uninterrupted
 
 
+@pytest.mark.slow
+def test_two_checkpointers_in_one_job_save_side_by_side(tmp_path):
+  # The trainer's latest checkpoints (saved in the background) and its best checkpoint share
+  # the job. Orbax's barriers once had the same names in both, and a save that began while the
+  # other's background save was finishing failed ("Barrier ... is already ongoing") and hung
+  # the job (the old code failed this test 3 runs in 3; the preemption test one run in a few).
+  result = subprocess.run([sys.executable, "-m", "launch.local", "--num_processes=2", "--", sys.executable,
+                           "-m", "tests.two_checkpointers", f"--workdir={tmp_path}", "--steps=60"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-3000:]
+  for process in (0, 1):
+    found = re.search(rf"\[{process}\] steps: (.*)", output)
+    assert found and json.loads(found.group(1)) == {"latest": [59, 60], "best": [60]}, output[-3000:]
+
+
 def test_launcher_fails_fast_when_one_process_dies(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text("import sys, time\n"

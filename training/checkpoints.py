@@ -75,9 +75,16 @@ class Checkpointer:
     self._pending_step = None  # a save started and not yet checked
     self._errors = _SaveErrorCapture()
     logging.get_absl_logger().addFilter(self._errors)
+    # Orbax names its cross-process barriers by what they do, the same for every manager. Two
+    # managers in one job (the latest checkpoints, saved in the background, and the best one)
+    # would then enter one barrier twice at once: the coordination service refuses ("Barrier
+    # ... is already ongoing") and the job hangs. A prefix per directory keeps them apart; the
+    # directory's name, not its path, so that it is the same on every host.
+    barrier_prefix = os.path.basename(os.path.normpath(directory))
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True))
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=barrier_prefix)))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -152,12 +152,24 @@ def main(argv):
     summary = train_and_evaluate(config_from_flags(), _WORKDIR.value)
   except (ConfigError, DataError) as e:
     # A mistake in flags or data: one line naming the culprit, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_with_error(e, 2)
   except (CheckpointError, TrainingError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _exit_with_error(e, 1)
   logging.info("summary: %s", summary)
+
+
+def _exit_with_error(error: Exception, status: int) -> None:
+  print(f"error: {error}", file=sys.stderr)
+  import jax
+
+  if jax.process_count() > 1:
+    # A clean exit shuts jax.distributed down, which waits for every process at a barrier;
+    # the others may be waiting for this one in a collective, and the job would hang for the
+    # barrier's minutes. Exit now: the launcher (or the cluster) then stops the others.
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(status)
+  sys.exit(status)
 
 
 def run_main():
