@@ -18,6 +18,7 @@ download is needed. Select with `synthetic:NAME[SLICE]`; the default train/eval 
   `bench/dependency_distance.py`).
 """
 
+import functools
 import re
 
 import numpy as np
@@ -58,10 +59,11 @@ def is_task(name: str) -> bool:
   return name in TASKS or bool(_AT_DISTANCE.match(name))
 
 
-def generate(name: str) -> list[dict]:
-  """The examples of task `name` (`is_task(name)` must hold)."""
+@functools.cache  # a run reads its train and eval slices from one task: generate it once
+def generate(name: str) -> tuple[dict, ...]:
+  """The examples of task `name` (`is_task(name)` must hold), shared: read, do not change them."""
   match = _AT_DISTANCE.match(name)
   if match:
     distance = int(match.group(1))
-    return recall_examples(num_examples=5_000, noise_lengths=(distance, distance + 1), name=name)
-  return TASKS[name]()
+    return tuple(recall_examples(num_examples=5_000, noise_lengths=(distance, distance + 1), name=name))
+  return tuple(TASKS[name]())

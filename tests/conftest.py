@@ -1,12 +1,25 @@
-"""Settings that keep the suite meaningful on every backend (they change nothing on a CPU)."""
+"""Settings for the whole suite: a shared compilation cache, and what keeps the tests meaningful
+on every backend (nothing changes on a CPU)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests start trainers as subprocesses beside the test process: by default JAX takes 75% of a
 # GPU's memory in the first process that touches it, and the next one could not start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402  (after the variable above)
+# The trainers that tests start compile the same tiny models again and again (half of such a
+# run's time on 2 cores). A persistent compilation cache, shared by this session's processes
+# and made afresh for it, compiles each once; it changes no result (the same executable).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jax-compilation-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (after the variables above)
 
 # The tests compare float32 results with tight tolerances (NumPy references, finite differences,
 # padded == unpadded). On GPUs XLA's default float32 matmul uses TF32, which rounds to 10-bit
