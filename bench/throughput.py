@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.torch_peer import measure_in_own_process
-from training import parallel
+from training import huge_pages, parallel
 from training.config import Config, ConfigError
 from training.kernels import recurrent_kernel
 from training.data import prepare_data
@@ -232,6 +232,7 @@ def _range(bounds, form: str) -> str:
 
 
 def main() -> None:
+  huge_pages.reexec_with_huge_pages()  # as the trainer runs (it starts this program again)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
   parser.add_argument("--steps", type=int, default=30, help="measured steps per side and config")

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 
 from pipeline.errors import DataError
 from launch import distributed
-from training import cli
+from training import cli, huge_pages
 from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS,
                              RECURRENT_BACKWARDS, RECURRENT_KERNELS, TASKS, UTF8_ERRORS, Config, ConfigError)
 
@@ -142,6 +142,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others speak only of trouble.
   logging.info("Started (%s): process %d of %d, %d devices in all", how, jax.process_index(),
                jax.process_count(), jax.device_count())
+  if huge_pages.TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+    logging.info("Large buffers on transparent huge pages (GLIBC_TUNABLES=%s; %s=0 turns it off)",
+                 os.environ["GLIBC_TUNABLES"], huge_pages.OPT_OUT)
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
   from training.trainer import train_and_evaluate
 
@@ -174,6 +177,7 @@ def _exit_with_error(error: Exception, status: int) -> None:
 
 def run_main():
   """Console entry point (`rnn-train`)."""
+  huge_pages.reexec_with_huge_pages()  # first: it starts the program again
   cli.run(main, __name__)
 
 
