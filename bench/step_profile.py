@@ -42,7 +42,7 @@ import numpy as np
 
 from bench.throughput import CONFIGS, lm_flops_per_token, make_config, time_loop
 from bench.torch_peer import TorchPeer, import_torch
-from training import parallel
+from training import huge_pages, parallel
 from training.config import Config, ConfigError
 from training.data import prepare_data
 from training.objectives import OBJECTIVES, sequence_cross_entropy, token_cross_entropy
@@ -198,6 +198,7 @@ def derived(times: dict, floor_ms: float, matmuls_ms: float) -> dict:
 
 
 def main() -> None:
+  huge_pages.reexec_with_huge_pages()  # as the trainer runs (PyTorch, in this process, gets it too)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
   parser.add_argument("--steps", type=int, default=20, help="timed runs of each phase")
