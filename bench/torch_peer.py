@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from training import huge_pages as huge_pages_lib
+from training import huge_pages
 from training.config import Config, config_from_fields
 
 
@@ -115,21 +115,15 @@ def measure(config: Config, vocab_size: int, num_classes: int, shapes, steps: in
           "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
-                           huge_pages: bool = False) -> dict | None:
+def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
   """`measure` in a process of its own: in the benchmark's process, JAX's thread pools and
   PyTorch's OpenMP team compete for the same cores (PyTorch's 1 x 128 model ran 3.6x slower
-  there than alone). PyTorch runs with malloc as its users get it, unless `huge_pages`: then
-  with the glibc tunable the project's trainer sets for itself (`training.huge_pages`)."""
+  there than alone). PyTorch runs with malloc as its users get it: without the glibc tunable
+  that the benchmark's process inherits from the project's restart (`training.huge_pages`)."""
   request = {"config": dataclasses.asdict(config), "vocab_size": vocab_size, "num_classes": num_classes,
              "shapes": [list(shape) for shape in shapes], "steps": steps}
-  env = dict(os.environ)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(huge_pages_lib.TUNABLE)]
-  env["GLIBC_TUNABLES"] = ":".join(tunables)
-  if huge_pages:
-    env = huge_pages_lib.with_tunable(env)
   result = subprocess.run([sys.executable, "-m", "bench.torch_peer"], input=json.dumps(request), text=True,
-                          capture_output=True, env=env,
+                          capture_output=True, env=huge_pages.without_tunable(os.environ),
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if result.returncode != 0:
     raise RuntimeError(f"the PyTorch peer failed:\n{result.stderr[-3000:]}")

@@ -42,17 +42,31 @@ def _huge_pages_enabled() -> bool:
   return "[always]" in mode or "[madvise]" in mode
 
 
+def _tunables(environ) -> list[str]:
+  return [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
+def is_set(environ) -> bool:
+  """Whether `environ` sets the tunable (to any value)."""
+  return any(t.startswith(f"{TUNABLE}=") for t in _tunables(environ))
+
+
 def wanted(environ) -> bool:
   """Whether this process should be started again with the tunable."""
-  if environ.get(OPT_OUT, "1") == "0" or TUNABLE in environ.get("GLIBC_TUNABLES", ""):
+  if environ.get(OPT_OUT, "1") == "0" or is_set(environ):
     return False
   return sys.platform.startswith("linux") and _glibc_at_least(2, 35) and _huge_pages_enabled()
 
 
 def with_tunable(environ) -> dict:
   """`environ` with the tunable added to any the user set."""
-  tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
-  return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=1"])}
+  return {**environ, "GLIBC_TUNABLES": ":".join([*_tunables(environ), f"{TUNABLE}=1"])}
+
+
+def without_tunable(environ) -> dict:
+  """`environ` with the tunable taken out of `GLIBC_TUNABLES` (the others kept)."""
+  others = [t for t in _tunables(environ) if not t.startswith(f"{TUNABLE}=")]
+  return {**environ, "GLIBC_TUNABLES": ":".join(others)}
 
 
 def reexec_with_huge_pages() -> None:

@@ -142,7 +142,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others speak only of trouble.
   logging.info("Started (%s): process %d of %d, %d devices in all", how, jax.process_index(),
                jax.process_count(), jax.device_count())
-  if huge_pages.TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+  if huge_pages.is_set(os.environ):
     logging.info("Large buffers on transparent huge pages (GLIBC_TUNABLES=%s; %s=0 turns it off)",
                  os.environ["GLIBC_TUNABLES"], huge_pages.OPT_OUT)
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
