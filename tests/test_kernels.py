@@ -65,6 +65,26 @@ def test_kernel_outputs_states_and_every_gradient_equal_the_scans():
 
 
 @needs_onednn
+@pytest.mark.parametrize("threads", ["1", "2", "3", "5"])
+def test_every_split_of_the_batch_across_threads_gives_the_scans_results(monkeypatch, threads):
+  """A call splits the batch's rows into one group per thread (here 3 rows: groups of 3, 2 + 1,
+  1 + 1 + 1, and more threads than rows); each group's strided rows, workspace slice and summed
+  weight gradients give what the scan gives."""
+  monkeypatch.setenv("RNN_KERNEL_THREADS", threads)
+  args = random_lstm(seed=2)
+  kernel = lambda *a: onednn.lstm(*a)  # a new function: traced (and split) afresh
+  close(jax.jit(kernel)(*args), scan_lstm(*args))
+  close(jax.jit(jax.grad(weighted_sum(kernel), argnums=range(6)))(*args),
+        jax.grad(weighted_sum(scan_lstm), argnums=range(6))(*args))
+
+
+def test_a_bad_thread_count_is_refused_by_name(monkeypatch):
+  monkeypatch.setenv("RNN_KERNEL_THREADS", "two")
+  with pytest.raises(ValueError, match="RNN_KERNEL_THREADS='two'"):
+    onednn.threads()
+
+
+@needs_onednn
 def test_kernel_gradient_matches_finite_differences():
   args = random_lstm(seed=1)
   loss = weighted_sum(onednn.lstm)
@@ -119,10 +139,11 @@ def test_layer_with_the_kernel_computes_what_the_scan_computes(case, final_carry
     results[kernel] = (outputs, final if final_carry_used else None, grads)
   close(results["onednn"], results["scan"])
   if not final_carry_used and case == "right-padded":
-    # The kernel's own path ran (its final carry differs from the scan's for padded rows).
+    # The kernel's own path ran (its final carry differs from the masked scan's for padded rows).
     _, final_kernel = RecurrentLayer("lstm", H, time_major=True, kernel="onednn", final_carry_used=False).apply(
         {"params": params}, inputs, mask, carry, resets)
-    _, final_scan = RecurrentLayer("lstm", H, time_major=True).apply({"params": params}, inputs, mask, carry, resets)
+    _, final_scan = RecurrentLayer("lstm", H, time_major=True, path="general").apply(
+        {"params": params}, inputs, mask, carry, resets)
     assert not np.allclose(final_kernel[:, 1:], final_scan[:, 1:])
 
 

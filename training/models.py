@@ -40,6 +40,11 @@ class RecurrentLayer(nn.Module):
   # (which knows no masks) also take right-padded batches: their outputs are exact, their final
   # carry is not.
   final_carry_used: bool = True
+  # Which time loop: "fast" (oneDNN's kernel, or the scan without masking) needs a batch that
+  # `fast_path_applies` to; "general" (the masked scan, with resets) takes any. "auto" picks per batch with a
+  # `lax.cond`, which under autodiff keeps the residuals of both loops (zeros for the one not
+  # taken); a train step therefore picks once for the whole model (`train_state.train_step`).
+  path: str = "auto"
 
   @nn.compact
   def __call__(self, inputs, mask, carry, resets=None):
@@ -70,24 +75,30 @@ class RecurrentLayer(nn.Module):
 
     if self.backward == "autodiff":
       outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates(), mask, resets, carry, self.remat)
+      return to_time_major(outputs), final
+    run = lambda mask, resets, carry: scan_layer(self.cell, self.unroll, self.remat, recurrent, x_gates(), mask,
+                                                 resets, carry)
+    general = lambda: run(mask, resets, carry)
+    if self.kernel == "onednn":
+      loop = lambda carry: _onednn_lstm(inputs, w_x, recurrent["W_h"], b, carry)
     else:
-      run = lambda mask, resets: scan_layer(self.cell, self.unroll, self.remat, recurrent, x_gates(), mask, resets,
-                                            carry)
-      if self.kernel == "onednn":
-        use_kernel = _kernel_applies(mask, resets, self.final_carry_used)
-        kernel = lambda: _onednn_lstm(inputs, w_x, recurrent["W_h"], b, mask, resets, carry)
-        outputs, final = jax.lax.cond(use_kernel, kernel, lambda: run(mask, resets))
-      else:
-        # Full windows (every per-token window but a stream's last) take the path without masking.
-        has_padding = ~jnp.all(mask) if resets is None else ~jnp.all(mask) | jnp.any(resets)
-        outputs, final = jax.lax.cond(has_padding, lambda: run(mask, resets), lambda: run(None, None))
+      loop = lambda carry: run(None, None, carry)
+    fast = lambda: _without_masks(loop, mask, resets, carry)
+    if self.path == "fast":
+      outputs, final = fast()
+    elif self.path == "general":
+      outputs, final = general()
+    else:
+      outputs, final = jax.lax.cond(fast_path_applies(mask, resets, self.final_carry_used), fast, general)
     return to_time_major(outputs), final
 
 
-def _kernel_applies(mask, resets, final_carry_used: bool):
-  """Whether oneDNN's LSTM computes this time-major batch exactly: no state reset after the
-  first step (one at the first step is a zero initial state), and no padding, or (when the
-  final carry is not read) padding only after each row's last real step."""
+def fast_path_applies(mask, resets, final_carry_used: bool):
+  """Whether a time loop that knows no masks (the fast one: oneDNN's kernel, or the scan without
+  masking) computes this time-major batch (mask [T, B], resets [T, B] or None) exactly: no state
+  reset after the first step (one at the first step is a zero initial state), and no padding,
+  or, when the final carry is not read, padding only after each row's last real step (every
+  language-model window but a stream's last; a classifier's bucketed rows)."""
   no_later_resets = True if resets is None else ~jnp.any(resets[1:])
   if final_carry_used:
     return no_later_resets & jnp.all(mask)
@@ -96,15 +107,27 @@ def _kernel_applies(mask, resets, final_carry_used: bool):
   return no_later_resets & right_padded
 
 
-def _onednn_lstm(inputs, w_x, w_h, b, mask, resets, carry):
-  from training.kernels import onednn  # registers its FFI targets: only for a model that uses it
-
+def _without_masks(loop, mask, resets, carry):
+  """`loop(carry)` -> (outputs [T, B, H], final carry) run as if every step were real, on a
+  batch that `fast_path_applies` to. Padded steps (after a row's end) output zeros, as in the
+  masked scan; their zero gradient reaches no real step, since every real step comes before."""
   if resets is not None:
     carry = jnp.where(resets[0][None, :, None], 0.0, carry)
+  outputs, final = loop(carry)
+  return jnp.where(mask[:, :, None], outputs, 0.0), final
+
+
+def _onednn_lstm(inputs, w_x, w_h, b, carry):
+  from training.kernels import onednn  # registers its FFI targets: only for a model that uses it
+
   outputs, h, c = onednn.lstm(inputs, w_x, w_h, b, carry[0], carry[1])
-  # Padded steps (after a row's end) output zeros, as in the scan; their zero gradient reaches
-  # no real step, since every real step comes before them.
-  return jnp.where(mask[:, :, None], outputs, 0.0), jnp.stack([h, c])
+  return outputs, jnp.stack([h, c])
+
+
+def segment_resets(segment_ids, mask):
+  """[B, T] bool: where a new sequence starts in a (possibly packed) row (never on padding)."""
+  previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
+  return (segment_ids != previous) & mask
 
 
 def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry, remat=False):
@@ -144,6 +167,7 @@ class Encoder(nn.Module):
   bidirectional: bool = False
   kernel: str = "scan"
   final_carry_used: bool = True  # (see RecurrentLayer)
+  path: str = "auto"  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool, reversal=None):
@@ -171,7 +195,7 @@ class Encoder(nn.Module):
     for layer in range(self.num_layers):
       layer_module = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
                                     remat=self.remat, kernel=self.kernel, final_carry_used=self.final_carry_used,
-                                    name=f"{prefix}_{layer}")
+                                    path=self.path, name=f"{prefix}_{layer}")
       x, layer_carry = layer_module(x, mask, carry[layer], resets)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       final.append(layer_carry)
@@ -214,13 +238,14 @@ class LanguageModel(nn.Module):
   remat: bool = False
   tie_embeddings: bool = False
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
+  path: str = "auto"  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
-                      name="encoder")
+                      path=self.path, name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
 
@@ -252,19 +277,19 @@ class SequenceClassifier(nn.Module):
   next_token_head: bool = False
   tie_embeddings: bool = False
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
+  path: str = "auto"  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
     """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
-    previous = jnp.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1]
-    resets = (segment_ids != previous) & mask  # a new sequence starts (never on padding)
+    resets = segment_resets(segment_ids, mask)
     # Where each sequence starts: only the backward stack needs it (computed per batch, so not
     # for a unidirectional model).
     segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      kernel=self.kernel, final_carry_used=False, name="encoder")
+                      kernel=self.kernel, final_carry_used=False, path=self.path, name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.

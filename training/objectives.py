@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from training.models import fast_path_applies, segment_resets
+
 
 def token_cross_entropy(logits, targets, mask) -> dict:
   """logits [B, T, V], targets [B, T] int, mask [B, T] bool -> sums over real tokens."""
@@ -68,6 +70,23 @@ def next_tokens_within_segments(inputs, segment_ids):
 
 
 OBJECTIVES = {"lm": lm_loss, "classify": classify_loss}
+
+
+def lm_fast_path(model, batch):
+  """Whether every recurrent layer of `model` may take its fast time loop on this batch
+  (`models.RecurrentLayer.path`): a language model's layers see the batch's mask, no resets."""
+  del model
+  return fast_path_applies(batch["mask"].T, None, final_carry_used=True)
+
+
+def classify_fast_path(model, batch):
+  """The same for a classifier, whose layers also restart where a packed sequence begins."""
+  resets = segment_resets(batch["segment_ids"], batch["mask"])
+  del model
+  return fast_path_applies(batch["mask"].T, resets.T, final_carry_used=False)
+
+
+FAST_PATHS = {"lm": lm_fast_path, "classify": classify_fast_path}
 
 
 def finalize_metrics(sums: dict) -> dict:

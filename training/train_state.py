@@ -116,7 +116,7 @@ def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainS
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None, lm_loss_weight: float = 0.0):
+               axis_name: str | None = None, lm_loss_weight: float = 0.0, fast_path=None):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -129,6 +129,11 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   step, so the data moves on) and reports itself in `nonfinite` / `first_nonfinite_step_min`:
   the loop then stops or carries on, as `--on_nonfinite` says. Either way no NaN reaches the
   parameters, and so none reaches a checkpoint.
+
+  `fast_path(model, batch)`, where given, says whether every recurrent layer may take its fast
+  time loop on this batch (`models.RecurrentLayer.path`); the step then differentiates the model
+  with one loop or the other, picked once for the batch, instead of letting each layer pick
+  (whose `lax.cond` would keep the residuals of both loops for the backward pass).
   """
   total = (lambda tree: jax.tree.map(lambda x: jax.lax.psum(x, axis_name), tree)) if axis_name else (lambda tree: tree)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -136,7 +141,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))  # own mask per device
   step_number = state.step + 1  # 1-based, as logged
 
-  def loss_fn(params):
+  def loss_fn(params, model):
     sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
     loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
     if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text (--lm_loss_weight)
@@ -145,7 +150,15 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
 
-  (loss, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  gradients = lambda model: jax.value_and_grad(loss_fn, has_aux=True)(state.params, model)
+  if fast_path is None:
+    (loss, (sums, carry)), grads = gradients(model)
+  else:
+    applies = fast_path(model, batch)
+    if axis_name:  # every device takes the same branch, so that the psums inside it pair up
+      applies = jax.lax.pmin(applies.astype(jnp.int32), axis_name) == 1
+    (loss, (sums, carry)), grads = jax.lax.cond(applies, lambda: gradients(model.clone(path="fast")),
+                                                lambda: gradients(model.clone(path="general")))
   loss, grads, sums = total(loss), total(grads), total(sums)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -171,9 +184,9 @@ def eval_step(params, batch: dict, carry, *, model, objective):
 
 
 def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0):
+               lm_loss_weight: float = 0.0, fast_path=None):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
                             inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
-                            lm_loss_weight=lm_loss_weight),
+                            lm_loss_weight=lm_loss_weight, fast_path=fast_path),
           functools.partial(eval_step, model=model, objective=objective))

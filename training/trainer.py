@@ -20,7 +20,7 @@ from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
 from training.selection import ModelSelection
 from training.models import LanguageModel, SequenceClassifier, zero_carry
-from training.objectives import OBJECTIVES, finalize_metrics
+from training.objectives import FAST_PATHS, OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
 from training.kernels import recurrent_kernel
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
@@ -93,7 +93,9 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
-      lm_loss_weight=config.lm_loss_weight)
+      lm_loss_weight=config.lm_loss_weight,
+      # The reference (autodiff) layer has one time loop only.
+      fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None)
   init_state = initial_state_fn(config, model, optimizer)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)

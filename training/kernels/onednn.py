@@ -26,6 +26,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
@@ -64,7 +65,7 @@ def _build(prefix: str) -> str:
   os.makedirs(_cache_dir(), exist_ok=True)
   tmp = f"{out}.{os.getpid()}.tmp"
   lib = os.path.join(prefix, "lib")
-  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", tmp, _SOURCE,
+  command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", tmp, _SOURCE,
              f"-I{jax.ffi.include_dir()}", f"-I{os.path.join(prefix, 'include')}", f"-L{lib}", "-ldnnl",
              f"-Wl,-rpath,{lib}"]
   result = subprocess.run(command, capture_output=True, text=True)
@@ -92,7 +93,7 @@ def _load() -> ctypes.CDLL:
       for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
       library.onednn_lstm_workspace_bytes.restype = ctypes.c_int64
-      library.onednn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4
+      library.onednn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 5
     except (OSError, RuntimeError) as e:
       _unavailable = str(e)
       raise RuntimeError(_unavailable) from None
@@ -116,9 +117,29 @@ def why_unavailable() -> str | None:
   return None if available() else _unavailable or f"the backend is {jax.default_backend()}, not cpu"
 
 
+def threads() -> int:
+  """How many threads one call uses: `$RNN_KERNEL_THREADS`, or the cores this process may run on."""
+  value = os.environ.get("RNN_KERNEL_THREADS", "")
+  if value:
+    try:
+      count = int(value)
+    except ValueError:
+      count = 0
+    if count < 1:
+      raise ValueError(f"RNN_KERNEL_THREADS={value!r}: expected a positive whole number")
+    return count
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _chunks(batch: int) -> int:
+  """Groups of rows a call splits the batch into, one per thread (fixed when the step is traced,
+  so a compiled step always splits alike; the results depend on it in the last bits)."""
+  return max(1, min(batch, threads()))
+
+
 @functools.lru_cache(maxsize=None)
-def _workspace_bytes(steps: int, batch: int, inputs: int, hidden: int) -> int:
-  size = _load().onednn_lstm_workspace_bytes(steps, batch, inputs, hidden)
+def _workspace_bytes(steps: int, batch: int, inputs: int, hidden: int, chunks: int) -> int:
+  size = _load().onednn_lstm_workspace_bytes(steps, batch, inputs, hidden, chunks)
   if size < 0:
     raise RuntimeError(f"oneDNN cannot make an LSTM of shape T={steps} N={batch} C={inputs} H={hidden}")
   return size
@@ -127,12 +148,13 @@ def _workspace_bytes(steps: int, batch: int, inputs: int, hidden: int) -> int:
 def _forward(training: bool, x, w_x, w_h, b, h0, c0):
   steps, batch, inputs = x.shape
   hidden = w_h.shape[0]
+  chunks = _chunks(batch)
   state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
   results = [jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32), state, state]
   if training:
-    results.append(jax.ShapeDtypeStruct((_workspace_bytes(steps, batch, inputs, hidden),), jnp.uint8))
+    results.append(jax.ShapeDtypeStruct((_workspace_bytes(steps, batch, inputs, hidden, chunks),), jnp.uint8))
   name = "onednn_lstm_forward_training" if training else "onednn_lstm_forward_inference"
-  return jax.ffi.ffi_call(name, results, vmap_method="sequential")(x, w_x, w_h, b, h0, c0)
+  return jax.ffi.ffi_call(name, results, vmap_method="sequential")(x, w_x, w_h, b, h0, c0, chunks=np.int64(chunks))
 
 
 @jax.custom_vjp
@@ -151,8 +173,9 @@ def _lstm_bwd(saved, cotangents):
   x, w_x, w_h, b, h0, c0 = saved[:6]
   d_y, d_h_t, d_c_t = cotangents
   results = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (x, w_x, w_h, b, h0, c0)]
+  chunks = _chunks(x.shape[1])  # as the forward call split it (its workspace is laid out so)
   return tuple(jax.ffi.ffi_call("onednn_lstm_backward", results, vmap_method="sequential")(
-      *saved, d_y, d_h_t, d_c_t))
+      *saved, d_y, d_h_t, d_c_t, chunks=np.int64(chunks)))
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

@@ -1,0 +1,82 @@
+"""The train step picks one time loop for the whole model per batch (`fast_path`): the same
+update as letting every layer pick for itself, on full batches (the fast loop) and on padded or
+packed ones (the masked scan), with the portable scan and with oneDNN's kernel."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from training.kernels import onednn
+from training.models import LanguageModel, SequenceClassifier, zero_carry
+from training.objectives import FAST_PATHS, OBJECTIVES
+from training.train_state import create_train_state, train_step
+
+V, E, H, L, B, T = 13, 6, 8, 2, 3, 7
+KERNELS = ["scan"] + (["onednn"] if onednn.available() else [])
+
+
+def lm_batch(padded: bool):
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (B, T + 1), 1, V)
+  lengths = jnp.array([T, T - 3, 2]) if padded else jnp.full((B,), T)
+  mask = jnp.arange(T)[None, :] < lengths[:, None]
+  return {"inputs": jnp.where(mask, tokens[:, :-1], 0), "targets": jnp.where(mask, tokens[:, 1:], 0), "mask": mask,
+          "resets": jnp.array([True, False, True])}
+
+
+def classify_batch(kind: str):
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (B, T), 1, V)
+  if kind == "packed":  # row 0 holds two sequences (3 and 4 tokens)
+    segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2], [1] * 5 + [0] * 2, [1] * 7])
+    segment_ends = jnp.array([[2, 6], [4, -1], [6, -1]])
+  else:
+    lengths = jnp.array([T, 4, 2]) if kind == "right-padded" else jnp.full((B,), T)
+    segment_ids = (jnp.arange(T)[None, :] < lengths[:, None]).astype(jnp.int32)
+    segment_ends = jnp.stack([lengths - 1, jnp.full((B,), -1)], axis=1)
+  mask = segment_ids > 0
+  return {"inputs": jnp.where(mask, tokens, 0), "mask": mask, "segment_ids": segment_ids,
+          "segment_ends": segment_ends, "labels": jnp.array([[0, 1], [2, 0], [1, 0]]),
+          "example_mask": segment_ends >= 0}
+
+
+def one_step(task, model, batch, fast_path):
+  optimizer = optax.adam(1e-2)
+  if task == "lm":
+    carry = jax.random.normal(jax.random.PRNGKey(2), (L, 2, B, H))
+    init_args = (batch["inputs"], batch["mask"], carry)
+  else:
+    carry = None
+    init_args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
+  state = create_train_state(jax.random.PRNGKey(3), model, optimizer, init_args, carry)
+  step = jax.jit(lambda state, batch: train_step(state, batch, model=model, optimizer=optimizer,
+                                                 objective=OBJECTIVES[task], fast_path=fast_path))
+  new_state, metrics = step(state, batch)
+  return new_state.params, new_state.carry, metrics["loss_sum"]
+
+
+CASES = [("lm", False), ("lm", True), ("classify", "full"), ("classify", "right-padded"), ("classify", "packed")]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("task,kind", CASES)
+def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, kernel):
+  if task == "lm":
+    model, batch = LanguageModel(V, E, H, L, "lstm", kernel=kernel), lm_batch(kind)
+  else:
+    model = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel)
+    batch = classify_batch(kind)
+  applies = bool(FAST_PATHS[task](model, batch))
+  # Which loop the batch gets: the fast one on full batches and on a classifier's right-padded
+  # rows (it never reads their final state); never on packed rows or a language model's padding.
+  assert applies == (kind in (False, "full", "right-padded"))
+  once = one_step(task, model, batch, FAST_PATHS[task])
+  per_layer = one_step(task, model, batch, None)
+  for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(per_layer)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # The fast loop, forced on a batch it does not apply to, computes something else (a language
+  # model's final state, a packed row's second sequence): the choice matters.
+  if not applies:
+    forced = one_step(task, model.clone(path="fast"), batch, None)
+    assert not all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+                   for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(once)))
