@@ -65,12 +65,17 @@ def test_kernel_outputs_states_and_every_gradient_equal_the_scans():
 
 
 @needs_onednn
+@pytest.mark.parametrize("rows_split", [True, False])
 @pytest.mark.parametrize("threads", ["1", "2", "3", "5"])
-def test_every_split_of_the_batch_across_threads_gives_the_scans_results(monkeypatch, threads):
-  """A call splits the batch's rows into one group per thread (here 3 rows: groups of 3, 2 + 1,
-  1 + 1 + 1, and more threads than rows); each group's strided rows, workspace slice and summed
-  weight gradients give what the scan gives."""
+def test_every_split_of_the_batch_across_threads_gives_the_scans_results(monkeypatch, threads, rows_split):
+  """Small weights: a call splits the batch's rows into one group per thread (here 3 rows:
+  groups of 3, 2 + 1, 1 + 1 + 1, and more threads than rows); each group's strided rows,
+  workspace slice and summed weight gradients give what the scan gives. Large weights: one
+  group, with an OpenMP team of every thread."""
   monkeypatch.setenv("RNN_KERNEL_THREADS", threads)
+  if not rows_split:
+    monkeypatch.setattr(onednn, "SPLIT_MAX_WEIGHT_BYTES", 0)
+  assert onednn.split(B, H) == ((min(B, int(threads)), 1) if rows_split else (1, int(threads)))
   args = random_lstm(seed=2)
   kernel = lambda *a: onednn.lstm(*a)  # a new function: traced (and split) afresh
   close(jax.jit(kernel)(*args), scan_lstm(*args))

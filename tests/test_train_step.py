@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from training.kernels import onednn
-from training.models import LanguageModel, SequenceClassifier, zero_carry
+from training.models import LanguageModel, SequenceClassifier
 from training.objectives import FAST_PATHS, OBJECTIVES
 from training.train_state import create_train_state, train_step
 

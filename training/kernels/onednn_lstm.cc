@@ -8,14 +8,15 @@
 // reordered into buffers kept with the cached primitive.
 //
 // How it uses the cores (see training/kernels/onednn.py): the batch's rows are independent
-// through the whole time loop, so a call splits them into `chunks` groups of consecutive rows,
-// and each group runs the primitive on a thread of its own, single-threaded, from the first
-// step to the last. oneDNN's own threading would split every step's small matmul across an
-// OpenMP team and hand off between threads at every step; at 32 rows x 128 units that cost more
-// than the work. Each group sees the full batch's rows through strided memory (no copies), has
+// through the whole time loop, so a call may split them into `chunks` groups of consecutive
+// rows, each group running the primitive on a thread of its own from the first step to the last,
+// with an OpenMP team of `team` threads. One thread per group avoids oneDNN's hand-offs between
+// threads at every step (its threading splits each step's small matmul across the team), which
+// at 32 rows x 128 units cost more than the work; one group with a team of every thread shares
+// the reading of large weights between the cores instead. Each group sees the full batch's rows through strided memory (no copies), has
 // its own scratchpad (`scratchpad_mode::user`) and its own slice of the workspace; in the
 // backward pass each adds its weight gradients into buffers of its own, summed afterwards in a
-// fixed order, so results depend on `chunks` (a call attribute), never on timing.
+// fixed order, so results depend on `chunks` and `team` (call attributes), never on timing.
 
 #include <omp.h>
 
@@ -47,7 +48,7 @@ constexpr auto f32 = memory::data_type::f32;
 // Threads that live as long as the process; Run(n, task) runs task(0) ... task(n - 1), each on
 // its own thread, and waits for all of them. One call at a time: XLA may call handlers from any
 // of its threads (one per device under shard_map), and each call takes every thread it needs.
-// Every thread's OpenMP runs one thread, so oneDNN never starts a team of its own.
+// Each call sets how many threads each of its tasks' OpenMP teams has.
 class Pool {
  public:
   void Run(int n, const std::function<void(int)>& task) {
@@ -119,11 +120,12 @@ void* scratchpad(size_t bytes) {
   return buffer.data();
 }
 
-// One group of rows: n of the batch's N rows, from the row `first` on.
+// One group of rows: n of the batch's N rows, run by an OpenMP team of `team` threads (the
+// primitive is made for that many).
 struct Shape {
-  int64_t T, N, n, C, H;
+  int64_t T, N, n, C, H, team;
   bool operator<(const Shape& o) const {
-    return std::tie(T, N, n, C, H) < std::tie(o.T, o.N, o.n, o.C, o.H);
+    return std::tie(T, N, n, C, H, team) < std::tie(o.T, o.N, o.n, o.C, o.H, o.team);
   }
 };
 
@@ -263,10 +265,11 @@ int64_t group_workspace_bytes(const Shape& s) {
   return it->second;
 }
 
-// How a call is split: the batch is x [T, N, C] with W_h [H, 4H], in `chunks` groups of rows.
+// How a call is split: the batch is x [T, N, C] with W_h [H, 4H], in `chunks` groups of rows,
+// each run by `team` threads.
 struct Split {
-  int64_t T, N, C, H, chunks;
-  Shape group(int64_t k) const { return Shape{T, N, rows_of(N, chunks, k).n, C, H}; }
+  int64_t T, N, C, H, chunks, team;
+  Shape group(int64_t k) const { return Shape{T, N, rows_of(N, chunks, k).n, C, H, team}; }
   int64_t first_row(int64_t k) const { return rows_of(N, chunks, k).first; }
   int64_t workspace_offset(int64_t k) const {
     int64_t offset = 0;
@@ -278,9 +281,10 @@ struct Split {
 
 // Runs body(k) for every group, each on its own pool thread; an error becomes an FFI error
 // naming the call.
-ffi::Error on_pool(const char* what, int64_t chunks, const std::function<void(int)>& body) {
-  std::vector<std::string> errors(chunks);
-  pool().Run(static_cast<int>(chunks), [&](int k) {
+ffi::Error on_pool(const char* what, const Split& split, const std::function<void(int)>& body) {
+  std::vector<std::string> errors(split.chunks);
+  pool().Run(static_cast<int>(split.chunks), [&](int k) {
+    omp_set_num_threads(static_cast<int>(split.team));
     try {
       body(k);
       stream().wait();
@@ -298,9 +302,10 @@ ffi::Error on_pool(const char* what, int64_t chunks, const std::function<void(in
 using In = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-Split split_of(const In& x, const In& w_h, int64_t chunks) {
+Split split_of(const In& x, const In& w_h, int64_t chunks, int64_t team) {
   auto xd = x.dimensions();
-  return Split{xd[0], xd[1], xd[2], w_h.dimensions()[0], std::max<int64_t>(1, std::min(chunks, xd[1]))};
+  return Split{xd[0], xd[1], xd[2], w_h.dimensions()[0], std::max<int64_t>(1, std::min(chunks, xd[1])),
+               std::max<int64_t>(1, team)};
 }
 
 // Pointers to row `first` of a [T, N, width] or [N, width] array (the group's strided view
@@ -330,13 +335,13 @@ void run_forward(Forward& f, const Shape& s, int64_t first, const In& x, const I
 }
 
 ffi::Error LstmForwardTraining(In x, In w_x, In w_h, In b, In h0, In c0, Out y, Out h_T, Out c_T,
-                               ffi::ResultBuffer<ffi::U8> workspace, int64_t chunks) {
-  Split split = split_of(x, w_h, chunks);
+                               ffi::ResultBuffer<ffi::U8> workspace, int64_t chunks, int64_t team) {
+  Split split = split_of(x, w_h, chunks, team);
   if (workspace->size_bytes() != static_cast<size_t>(split.workspace_bytes()))
     return ffi::Error::Internal("onednn_lstm_forward_training: workspace of " +
                                 std::to_string(workspace->size_bytes()) + " bytes, expected " +
                                 std::to_string(split.workspace_bytes()));
-  return on_pool("onednn_lstm_forward_training", split.chunks, [&](int k) {
+  return on_pool("onednn_lstm_forward_training", split, [&](int k) {
     Shape s = split.group(k);
     uint8_t* slice = workspace->typed_data() + split.workspace_offset(k);
     run_forward(training_forward(s), s, split.first_row(k), x, w_x, w_h, b, h0, c0, y, h_T, c_T, slice);
@@ -344,9 +349,9 @@ ffi::Error LstmForwardTraining(In x, In w_x, In w_h, In b, In h0, In c0, Out y, 
 }
 
 ffi::Error LstmForwardInference(In x, In w_x, In w_h, In b, In h0, In c0, Out y, Out h_T, Out c_T,
-                                int64_t chunks) {
-  Split split = split_of(x, w_h, chunks);
-  return on_pool("onednn_lstm_forward_inference", split.chunks, [&](int k) {
+                                int64_t chunks, int64_t team) {
+  Split split = split_of(x, w_h, chunks, team);
+  return on_pool("onednn_lstm_forward_inference", split, [&](int k) {
     Shape s = split.group(k);
     run_forward(inference_forward(s), s, split.first_row(k), x, w_x, w_h, b, h0, c0, y, h_T, c_T, nullptr);
   });
@@ -367,14 +372,14 @@ float* thread_buffer(int which, size_t floats) {
 
 ffi::Error LstmBackward(In x, In w_x, In w_h, In b, In h0, In c0, In y, In h_T, In c_T,
                         ffi::Buffer<ffi::U8> workspace, In d_y, In d_h_T, In d_c_T, Out d_x, Out d_w_x, Out d_w_h,
-                        Out d_b, Out d_h0, Out d_c0, int64_t chunks) {
+                        Out d_b, Out d_h0, Out d_c0, int64_t chunks, int64_t team) {
   // Both phases under one lock: the groups' partial gradients live in their threads' buffers
   // until the second phase has summed them, and another device's call must not reuse them.
   static std::mutex one_call;
   std::lock_guard<std::mutex> lock(one_call);
-  Split split = split_of(x, w_h, chunks);
+  Split split = split_of(x, w_h, chunks, team);
   Partials partials(split.chunks);
-  ffi::Error error = on_pool("onednn_lstm_backward", split.chunks, [&](int k) {
+  ffi::Error error = on_pool("onednn_lstm_backward", split, [&](int k) {
     Shape s = split.group(k);
     int64_t first = split.first_row(k);
     Backward& bw = backward(s);
@@ -429,7 +434,7 @@ ffi::Error LstmBackward(In x, In w_x, In w_h, In b, In h0, In c0, In y, In h_T, 
     for (int64_t j = 1; j < split.chunks; ++j)
       for (int64_t i = share.first; i < share.first + share.n; ++i) out[i] += parts[j][i];
   };
-  return on_pool("onednn_lstm_backward (sum of the groups' weight gradients)", split.chunks, [&](int k) {
+  return on_pool("onednn_lstm_backward (sum of the groups' weight gradients)", split, [&](int k) {
     add(d_w_x->typed_data(), partials.w_x, d_w_x->element_count(), k);
     add(d_w_h->typed_data(), partials.w_h, d_w_h->element_count(), k);
     add(d_b->typed_data(), partials.b, d_b->element_count(), k);
@@ -447,14 +452,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmForwardTraining, LstmForwardTraining,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::U8>>()
-                                  .Attr<int64_t>("chunks"));
+                                  .Attr<int64_t>("chunks")
+                                  .Attr<int64_t>("team"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmForwardInference, LstmForwardInference,
                               LstmInputs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("chunks"));
+                                  .Attr<int64_t>("chunks")
+                                  .Attr<int64_t>("team"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmBackward, LstmBackward,
                               LstmInputs()
@@ -471,16 +478,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnLstmBackward, LstmBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("chunks"));
+                                  .Attr<int64_t>("chunks")
+                                  .Attr<int64_t>("team"));
 
-// The forward workspace's size in bytes for this shape split into `chunks` groups of rows (the
-// Python side allocates it as an output of the training forward call). Returns -1 when oneDNN
-// cannot make the primitive.
-extern "C" int64_t onednn_lstm_workspace_bytes(int64_t T, int64_t N, int64_t C, int64_t H, int64_t chunks) {
+// The forward workspace's size in bytes for this shape split into `chunks` groups of rows of
+// `team` threads (the Python side allocates it as an output of the training forward call).
+// Returns -1 when oneDNN cannot make the primitive.
+extern "C" int64_t onednn_lstm_workspace_bytes(int64_t T, int64_t N, int64_t C, int64_t H, int64_t chunks,
+                                               int64_t team) {
   int64_t bytes = -1;
   pool().Run(1, [&](int) {
+    omp_set_num_threads(static_cast<int>(std::max<int64_t>(1, team)));
     try {
-      bytes = Split{T, N, C, H, std::max<int64_t>(1, std::min(chunks, N))}.workspace_bytes();
+      bytes = Split{T, N, C, H, std::max<int64_t>(1, std::min(chunks, N)), std::max<int64_t>(1, team)}
+                  .workspace_bytes();
     } catch (const std::exception&) {
       bytes = -1;
     }
