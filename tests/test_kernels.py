@@ -208,8 +208,8 @@ def test_each_configuration_gets_the_time_loop_that_applies():
   assert recurrent_kernel(big, 1) == expected
   assert recurrent_kernel(dataclasses.replace(big, parallelism="shard_map"), 4) == expected
   # Small steps stay on the scan under "auto"; asked for, the kernel runs them anyway.
-  small = dataclasses.replace(big, hidden_size=128, batch_size=32)
-  assert 32 * 4 * 128 ** 2 < MIN_STEP_WORK <= 64 * 4 * 512 ** 2
+  small = dataclasses.replace(big, hidden_size=64, batch_size=16)
+  assert 16 * 4 * 64 ** 2 < MIN_STEP_WORK <= 32 * 4 * 128 ** 2
   assert recurrent_kernel(small, 1) == "scan"
   if onednn.available():
     assert recurrent_kernel(dataclasses.replace(small, recurrent_kernel="onednn"), 1) == "onednn"

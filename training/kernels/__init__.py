@@ -8,10 +8,11 @@ to the reference) and only on the backends it was built for.
 from training.config import Config, ConfigError
 
 # "auto" takes oneDNN's LSTM when one step's recurrent matmul has at least this many
-# multiply-adds (rows per device x H x 4H). Below it the kernel's per-step thread hand-offs cost
-# more than they save: on a 2-core x86-64 CPU (bench.throughput) the scan was 2x faster at
-# 32 x 128 units, even at 20 x 200, and oneDNN 1.06-1.27x faster from 64 x 256 up.
-MIN_STEP_WORK = 1 << 23
+# multiply-adds (rows per device x H x 4H). Since a call splits small models' rows across the
+# threads (no per-step hand-offs), the kernel is as fast as the scan or faster from 32 x 128
+# (2^21) up on a 2-core x86-64 CPU (bench.throughput: 32 x 128 1.3x the scan's tokens/s, 20 x 200
+# about even, 64 x 256 1.6x); below, the scan's XLA loop is left to the tiny models it suits.
+MIN_STEP_WORK = 1 << 20
 
 
 def recurrent_kernel(config: Config, devices: int) -> str:
