@@ -1,7 +1,8 @@
 r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one run.
 
   pip install -e ".[bench]"        # PyTorch 2.13 (CPU build here), the peer; never a dependency
-  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--repeats=3] [--recurrent_kernel=auto,scan] [--json=FILE]
+  python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--repeats=3] [--recurrent_kernel=auto,scan]
+                             [--torch_huge_pages] [--json=FILE]
 
 For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
@@ -138,10 +139,11 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   return {"tokens_per_sec": real / (time.perf_counter() - start)}
 
 
-def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
+def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
+                  huge_pages: bool = False) -> dict | None:
   """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second), in
-  a process of its own."""
-  return measure_in_own_process(config, vocab_size, num_classes, shapes, steps)
+  a process of its own (`huge_pages`: with the glibc tunable the project's process runs with)."""
+  return measure_in_own_process(config, vocab_size, num_classes, shapes, steps, use_huge_pages=huge_pages)
 
 
 def time_loop(config: Config) -> str:
@@ -150,7 +152,8 @@ def time_loop(config: Config) -> str:
   return "oneDNN" if kernel == "onednn" else f"scan, {config.recurrent_backward}"
 
 
-def measure_round(config: Config, steps: int, tmp: str, reverse_of: dict | None = None) -> dict:
+def measure_round(config: Config, steps: int, tmp: str, reverse_of: dict | None = None,
+                  torch_huge_pages: bool = False) -> dict:
   """One bare step, one trainer and one PyTorch measurement, back to back, in that order (the
   bare step compiles every shape; PyTorch takes the trainer's shapes); with `reverse_of` (the
   first round, for its shapes), in reverse, so that a drift of the machine's speed within a round
@@ -159,10 +162,10 @@ def measure_round(config: Config, steps: int, tmp: str, reverse_of: dict | None 
     bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
     trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
     vocab_size, num_classes = _vocabulary(config, tmp)
-    torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps)
+    torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps, torch_huge_pages)
   else:
     torch_figures = measure_torch(config, reverse_of["vocab_size"], reverse_of["num_classes"], reverse_of["shapes"],
-                                  steps)
+                                  steps, torch_huge_pages)
     trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
     bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
     vocab_size, num_classes = _vocabulary(config, tmp)
@@ -175,7 +178,7 @@ def _vocabulary(config: Config, tmp: str) -> tuple[int, int]:
   return len(data.vocab), data.num_classes
 
 
-def run_config(name: str, config: Config, loop: str, peak: float, repeats: int) -> dict:
+def run_config(name: str, config: Config, loop: str, peak: float, repeats: int, torch_huge_pages: bool = False) -> dict:
   """Medians over `repeats` rounds: this VM's speed drifts by 10% within minutes, and a round
   measures the three sides within a minute or two of each other."""
   rounds = []
@@ -183,7 +186,8 @@ def run_config(name: str, config: Config, loop: str, peak: float, repeats: int) 
     # The first bare step compiles every batch shape into the persistent cache (main()), so that
     # the trainer's windows measure the loop, not compilation, as in a long run.
     with tempfile.TemporaryDirectory() as tmp:
-      rounds.append(measure_round(config, config.num_steps, tmp, reverse_of=rounds[0] if index % 2 else None))
+      rounds.append(measure_round(config, config.num_steps, tmp, reverse_of=rounds[0] if index % 2 else None,
+                                  torch_huge_pages=torch_huge_pages))
   median = statistics.median
   trainer = median(r["trainer"]["tokens_per_sec"] for r in rounds)
   trainer_fed = median(r["trainer"]["fed_tokens_per_sec"] for r in rounds)
@@ -242,6 +246,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3,
                       help="rounds per config (bare step, trainer, PyTorch each); the table shows medians")
   parser.add_argument("--json", default="", help="also write the results here")
+  parser.add_argument("--torch_huge_pages", action="store_true",
+                      help="run PyTorch with glibc.malloc.hugetlb=1 too, as the project runs (its users can set it)")
   args = parser.parse_args()
   names = args.configs.split(",")
   unknown = [name for name in names if name not in CONFIGS]
@@ -266,12 +272,14 @@ def main() -> None:
         if loop in measured:  # e.g. "auto" that resolves to a loop measured already
           continue
         measured.add(loop)
-        results.append(run_config(name, config, loop, peak, args.repeats))
+        results.append(run_config(name, config, loop, peak, args.repeats, args.torch_huge_pages))
         print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
   print_table(results, peak, args.steps, args.repeats)
+  print(f"\nPyTorch ran {'with glibc.malloc.hugetlb=1' if args.torch_huge_pages else 'with malloc as installed'}.")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": machine(), "matmul_flops_per_sec": peak, "results": results}, f, indent=2,
+      json.dump({"machine": machine(), "matmul_flops_per_sec": peak, "torch_huge_pages": args.torch_huge_pages,
+                 "results": results}, f, indent=2,
                 default=str)
 
 

@@ -115,15 +115,20 @@ def measure(config: Config, vocab_size: int, num_classes: int, shapes, steps: in
           "version": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int) -> dict | None:
+def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
+                           use_huge_pages: bool = False) -> dict | None:
   """`measure` in a process of its own: in the benchmark's process, JAX's thread pools and
   PyTorch's OpenMP team compete for the same cores (PyTorch's 1 x 128 model ran 3.6x slower
   there than alone). PyTorch runs with malloc as its users get it: without the glibc tunable
-  that the benchmark's process inherits from the project's restart (`training.huge_pages`)."""
+  that the benchmark's process inherits from the project's restart (`training.huge_pages`),
+  unless `use_huge_pages` (PyTorch gains from it too; its users can set it)."""
   request = {"config": dataclasses.asdict(config), "vocab_size": vocab_size, "num_classes": num_classes,
              "shapes": [list(shape) for shape in shapes], "steps": steps}
+  env = huge_pages.without_tunable(os.environ)
+  if use_huge_pages:
+    env = huge_pages.with_tunable(env)
   result = subprocess.run([sys.executable, "-m", "bench.torch_peer"], input=json.dumps(request), text=True,
-                          capture_output=True, env=huge_pages.without_tunable(os.environ),
+                          capture_output=True, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if result.returncode != 0:
     raise RuntimeError(f"the PyTorch peer failed:\n{result.stderr[-3000:]}")
