@@ -41,9 +41,10 @@ class RecurrentLayer(nn.Module):
   # carry is not.
   final_carry_used: bool = True
   # Which time loop: "fast" (oneDNN's kernel, or the scan without masking) needs a batch that
-  # `fast_path_applies` to; "general" (the masked scan, with resets) takes any. "auto" picks per batch with a
-  # `lax.cond`, which under autodiff keeps the residuals of both loops (zeros for the one not
-  # taken); a train step therefore picks once for the whole model (`train_state.train_step`).
+  # `fast_path_applies` to; "general" (the masked scan, with resets) takes any. "auto" picks
+  # per batch with a `lax.cond`, which under autodiff keeps the residuals of both loops (zeros
+  # for the one not taken); a train step therefore picks once for the whole model
+  # (`train_state.train_step`).
   path: str = "auto"
 
   @nn.compact
