@@ -45,7 +45,7 @@ from bench.torch_peer import TorchPeer, import_torch
 from training import huge_pages, parallel
 from training.config import Config, ConfigError
 from training.data import prepare_data
-from training.objectives import OBJECTIVES, sequence_cross_entropy, token_cross_entropy
+from training.objectives import FAST_PATHS, OBJECTIVES, sequence_cross_entropy, token_cross_entropy
 from training.trainer import build_model, build_steps
 from training.kernels import recurrent_kernel
 
@@ -80,6 +80,9 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
   objective = OBJECTIVES[config.task]
   state = built.initial_state()
   batch = parallel.global_batch(next(data.train_batches(0)), mesh)
+  # The time loop the train step picks for this batch (each layer picking its own would keep
+  # the residuals of both loops, which the train step avoids).
+  model = model.clone(path="fast" if bool(FAST_PATHS[config.task](model, batch)) else "general")
   rngs = {"dropout": jax.random.PRNGKey(0)}
 
   def loss(params):
