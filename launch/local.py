@@ -30,11 +30,16 @@ def process_commands(command: list[str], num_processes: int, port: int) -> list[
                      f"--process_id={index}"] for index in range(num_processes)]
 
 
-def process_env(devices_per_process: int, base: dict) -> dict:
+def process_env(devices_per_process: int, base: dict, num_processes: int = 1) -> dict:
   env = dict(base, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   other_xla_flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                              if not f.startswith("--xla_force_host_platform_device_count"))
   env["XLA_FLAGS"] = f"{other_xla_flags} --xla_force_host_platform_device_count={devices_per_process}".strip()
+  if num_processes > 1:
+    # The processes share this machine's cores: oneDNN's LSTM (training.kernels) would otherwise
+    # start a thread per core in every one of them. The user's own setting stands.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env.setdefault("RNN_KERNEL_THREADS", str(max(1, cores // num_processes)))
   return env
 
 
@@ -46,7 +51,7 @@ def _stream(index: int, pipe, out) -> None:
 
 def launch(command: list[str], num_processes: int, devices_per_process: int) -> int:
   """Runs the job; returns 0, or the exit status of the first process that failed."""
-  env = process_env(devices_per_process, dict(os.environ))
+  env = process_env(devices_per_process, dict(os.environ), num_processes)
   processes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for cmd in process_commands(command, num_processes, free_port())]
   streams = [threading.Thread(target=_stream, args=(i, p.stdout, sys.stdout), daemon=True)

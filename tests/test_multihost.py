@@ -126,6 +126,12 @@ def test_each_launch_gets_its_own_port_and_process_ids():
   assert len({c[-3] for c in commands}) == 1 and commands[0][-2] == "--num_processes=3"
   env = local.process_env(4, {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=9"})
   assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4"
+  # Processes on one machine share its cores among the kernel's threads; the user's choice stands.
+  assert "RNN_KERNEL_THREADS" not in env
+  cores = len(os.sched_getaffinity(0))
+  assert local.process_env(1, {}, num_processes=2)["RNN_KERNEL_THREADS"] == str(max(1, cores // 2))
+  assert local.process_env(1, {}, num_processes=64)["RNN_KERNEL_THREADS"] == "1"
+  assert local.process_env(1, {"RNN_KERNEL_THREADS": "3"}, num_processes=2)["RNN_KERNEL_THREADS"] == "3"
 
 
 @pytest.mark.parametrize("env, cluster", [
