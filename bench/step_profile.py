@@ -82,7 +82,7 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
   batch = parallel.global_batch(next(data.train_batches(0)), mesh)
   # The time loop the train step picks for this batch (each layer picking its own would keep
   # the residuals of both loops, which the train step avoids).
-  model = model.clone(path="fast" if bool(FAST_PATHS[config.task](model, batch)) else "general")
+  model = model.clone(path="fast" if bool(FAST_PATHS[config.task](batch)) else "general")
   rngs = {"dropout": jax.random.PRNGKey(0)}
 
   def loss(params):

@@ -66,7 +66,7 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
   else:
     model = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel)
     batch = classify_batch(kind)
-  applies = bool(FAST_PATHS[task](model, batch))
+  applies = bool(FAST_PATHS[task](batch))
   # Which loop the batch gets: the fast one on full batches and on a classifier's right-padded
   # rows (it never reads their final state); never on packed rows or a language model's padding.
   assert applies == (kind in (False, "full", "right-padded"))

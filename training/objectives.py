@@ -72,17 +72,15 @@ def next_tokens_within_segments(inputs, segment_ids):
 OBJECTIVES = {"lm": lm_loss, "classify": classify_loss}
 
 
-def lm_fast_path(model, batch):
-  """Whether every recurrent layer of `model` may take its fast time loop on this batch
+def lm_fast_path(batch):
+  """Whether every recurrent layer may take its fast time loop on this batch
   (`models.RecurrentLayer.path`): a language model's layers see the batch's mask, no resets."""
-  del model
   return fast_path_applies(batch["mask"].T, None, final_carry_used=True)
 
 
-def classify_fast_path(model, batch):
+def classify_fast_path(batch):
   """The same for a classifier, whose layers also restart where a packed sequence begins."""
   resets = segment_resets(batch["segment_ids"], batch["mask"])
-  del model
   return fast_path_applies(batch["mask"].T, resets.T, final_carry_used=False)
 
 

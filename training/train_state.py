@@ -130,7 +130,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   the loop then stops or carries on, as `--on_nonfinite` says. Either way no NaN reaches the
   parameters, and so none reaches a checkpoint.
 
-  `fast_path(model, batch)`, where given, says whether every recurrent layer may take its fast
+  `fast_path(batch)`, where given, says whether every recurrent layer may take its fast
   time loop on this batch (`models.RecurrentLayer.path`); the step then differentiates the model
   with one loop or the other, picked once for the batch, instead of letting each layer pick
   (whose `lax.cond` would keep the residuals of both loops for the backward pass).
@@ -154,7 +154,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   if fast_path is None:
     (loss, (sums, carry)), grads = gradients(model)
   else:
-    applies = fast_path(model, batch)
+    applies = fast_path(batch)
     if axis_name:  # every device takes the same branch, so that the psums inside it pair up
       applies = jax.lax.pmin(applies.astype(jnp.int32), axis_name) == 1
     (loss, (sums, carry)), grads = jax.lax.cond(applies, lambda: gradients(model.clone(path="fast")),
