@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 
+from training.kernels import THREADS_ENV, usable_cores
+
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -38,8 +40,7 @@ def process_env(devices_per_process: int, base: dict, num_processes: int = 1) ->
   if num_processes > 1:
     # The processes share this machine's cores: oneDNN's LSTM (training.kernels) would otherwise
     # start a thread per core in every one of them. The user's own setting stands.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env.setdefault("RNN_KERNEL_THREADS", str(max(1, cores // num_processes)))
+    env.setdefault(THREADS_ENV, str(max(1, usable_cores() // num_processes)))
   return env
 
 

@@ -5,7 +5,18 @@ the reference. A kernel here replaces it only where it computes the same thing (
 to the reference) and only on the backends it was built for.
 """
 
+import os
+
 from training.config import Config, ConfigError
+
+# How many threads one call of a CPU kernel may use (default: `usable_cores()`). Launchers of
+# several processes on one machine set it to each process's share.
+THREADS_ENV = "RNN_KERNEL_THREADS"
+
+
+def usable_cores() -> int:
+  """The cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 # "auto" takes oneDNN's LSTM when one step's recurrent matmul has at least this many
 # multiply-adds (rows per device x H x 4H). Since a call splits small models' rows across the

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from training.kernels import THREADS_ENV, usable_cores
+
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
 _TARGETS = {"onednn_lstm_forward_training": "OnednnLstmForwardTraining",
             "onednn_lstm_forward_inference": "OnednnLstmForwardInference",
@@ -119,16 +121,16 @@ def why_unavailable() -> str | None:
 
 def threads() -> int:
   """How many threads one call uses: `$RNN_KERNEL_THREADS`, or the cores this process may run on."""
-  value = os.environ.get("RNN_KERNEL_THREADS", "")
+  value = os.environ.get(THREADS_ENV, "")
   if value:
     try:
       count = int(value)
     except ValueError:
       count = 0
     if count < 1:
-      raise ValueError(f"RNN_KERNEL_THREADS={value!r}: expected a positive whole number")
+      raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive whole number")
     return count
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return usable_cores()
 
 
 # Rows are split across the threads while a layer's recurrent weights (H x 4H floats) are at most
