@@ -201,6 +201,9 @@ class PreparedSequences:
     return [x if len(x) else np.array([UNK], np.int32) for x in ids]
 
 
+EOS_PIECE = np.array([EOS], np.int32)
+
+
 class PreparedStream:
   """The records' tokens as one stream, each document followed by `<eos>`; `read(start, stop)`
   touches only the records that overlap the range.
@@ -232,18 +235,38 @@ class PreparedStream:
   def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     """The tokens of each `[start, stop)` range of the stream (clipped to it), with one batched
     read of every record they need that is not cached."""
-    spans = []
-    for start, stop in ranges:
-      start, stop = max(start, 0) + self._start, min(stop + self._start, self._stop)
-      if stop <= start:
-        spans.append((start, start, 0, 0))
-        continue
-      first = int(np.searchsorted(self._offsets, start, side="right")) - 1
-      last = int(np.searchsorted(self._offsets, stop, side="left"))  # exclusive
-      spans.append((start, stop, first, last))
-    fetched = self._fetch(sorted({k for _, _, first, last in spans for k in range(first, last)}))
+    if not ranges:
+      return []
+    starts, stops = np.asarray(ranges, np.int64).reshape(-1, 2).T
+    return [np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+            for pieces in self._pieces(starts, stops)]
+
+  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """`read_many` of `[start, start + width)` for each start, as rows of a [len(starts), width]
+    array padded with `pad`, and where each row is real."""
+    starts = np.asarray(starts, np.int64)
+    tokens = np.full((len(starts), width), pad, np.int32)
+    real = np.zeros((len(starts), width), bool)
+    for row, pieces in enumerate(self._pieces(starts, starts + width)):
+      filled = 0
+      for piece in pieces:  # written in place: no concatenation per row
+        tokens[row, filled:filled + len(piece)] = piece
+        filled += len(piece)
+      real[row, :filled] = True
+    return tokens, real
+
+  def _pieces(self, starts: np.ndarray, stops: np.ndarray) -> list[list[np.ndarray]]:
+    """For each range, the parts of the records it covers, in order. The records each range
+    spans are found for all ranges at once: a small model reads a window of every lane each few
+    milliseconds, and a search per range cost a tenth of a millisecond per 10 lanes."""
+    starts = np.maximum(starts, 0) + self._start
+    stops = np.maximum(np.minimum(stops + self._start, self._stop), starts)
+    firsts = np.searchsorted(self._offsets, starts, side="right") - 1
+    lasts = np.where(stops > starts, np.searchsorted(self._offsets, stops, side="left"), firsts)  # exclusive
+    fetched = self._fetch(sorted({k for first, last in zip(firsts.tolist(), lasts.tolist())
+                                  for k in range(first, last)}))
     out = []
-    for start, stop, first, last in spans:
+    for start, stop, first, last in zip(starts.tolist(), stops.tolist(), firsts.tolist(), lasts.tolist()):
       pieces = []
       for k in range(first, last):
         # Only the part of record k (its tokens, then <eos> if it ends a document) in the range.
@@ -251,8 +274,8 @@ class PreparedStream:
         lo, hi = max(start - base, 0), min(stop - base, len(record) + int(self._ends[k]))
         pieces.append(record[lo:min(hi, len(record))])
         if hi > len(record):
-          pieces.append(np.array([EOS], np.int32))
-      out.append(np.concatenate(pieces) if pieces else np.zeros(0, np.int32))
+          pieces.append(EOS_PIECE)
+      out.append(pieces)
     return out
 
   def _fetch(self, needed: list[int]) -> dict[int, np.ndarray]:
@@ -288,6 +311,18 @@ class ArrayStream:
 
   def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     return [self.read(start, stop) for start, stop in ranges]
+
+  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """As `PreparedStream.read_block`, by one gather: a small model's step is a few milliseconds,
+    and a row-by-row copy took a tenth of a millisecond per 10 rows of it."""
+    positions = np.asarray(starts, np.int64)[:, None] + np.arange(width)
+    real = (positions >= 0) & (positions < len(self._tokens))
+    if not len(self._tokens):
+      return np.full(positions.shape, pad, np.int32), real
+    tokens = self._tokens[np.clip(positions, 0, len(self._tokens) - 1)]
+    return np.where(real, tokens, pad).astype(np.int32, copy=False), real
+
+
 
 
 class InMemorySequences:

@@ -33,7 +33,7 @@ def token_stream(documents: Sequence[dict], vocab: Vocabulary) -> np.ndarray:
 class LaneWindows:
   """Random-access windows over the lanes `lanes` (this process's rows) of a token stream.
 
-  `stream` is a token array or any object with `len()` and `read_many([(start, stop), ...])`
+  `stream` is a token array or any object with `len()` and `read_block(starts, width, pad)`
   (`pipeline.prepared.PreparedStream`): each window reads only its lanes' tokens, so a process
   touches only its share of a prepared corpus.
   """
@@ -58,13 +58,11 @@ class LaneWindows:
     offset = window * self._seq_len
     width = min(self._seq_len + 1, self._lane_length - offset)
     starts = [lane * self._lane_length + offset for lane in self._lanes]
-    pieces = self._stream.read_many([(start, start + width) for start in starts])
+    chunk, real = self._stream.read_block(starts, width, PAD)
+    if width < self._seq_len + 1:  # the lanes' last window
+      chunk = np.pad(chunk, ((0, 0), (0, self._seq_len + 1 - width)), constant_values=PAD)
+      real = np.pad(real, ((0, 0), (0, self._seq_len + 1 - width)))
     rows = len(self._lanes)
-    chunk = np.full((rows, self._seq_len + 1), PAD, np.int32)
-    real = np.zeros((rows, self._seq_len + 1), bool)
-    for row, piece in enumerate(pieces):
-      chunk[row, :len(piece)] = piece
-      real[row, :len(piece)] = True
     return {
         "inputs": chunk[:, :-1],
         "targets": chunk[:, 1:],

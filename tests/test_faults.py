@@ -196,6 +196,19 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_pat
   assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def test_nan_stops_the_run_at_the_end_of_its_log_window_before_the_next_save(tmp_path):
+  # A window's row is written (and checked) once the next step is queued: the run stops there,
+  # with no row for the failed window, not at the next save.
+  workdir = tmp_path / "nan"
+  result = run(workdir, "--num_steps=40", "--inject_nan_at_step=23", "--log_every=5", "--checkpoint_every=20")
+  assert_one_line_error(result, "error: step 23: the loss or gradients are not finite; stopped."
+                        " The last checkpoint (step 20) is intact")
+  assert checkpoint_steps(workdir) == [20]
+  with open(workdir / "metrics.jsonl") as f:
+    assert [row["step"] for row in map(json.loads, f) if row["split"] == "train"] == [5, 10, 15, 20]
+  assert "step 20/40" in result.stderr and "step 25/40" not in result.stderr
+
+
 def test_nan_can_be_skipped_instead(tmp_path):
   workdir = tmp_path / "nan_skipped"
   result = run(workdir, "--num_steps=30", "--inject_nan_at_step=23", "--on_nonfinite=skip")

@@ -13,7 +13,7 @@ import pytest
 from pipeline import prepared_writer as prepare, sources
 from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
-from pipeline.prepared import PreparedDataset, PreparedStream
+from pipeline.prepared import ArrayStream, PreparedDataset, PreparedStream
 from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
@@ -93,6 +93,15 @@ def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(tmp_pat
   ranges = [tuple(sorted(rng.integers(-3, len(whole) + 3, size=2))) for _ in range(50)]
   for (start, stop), got in zip(ranges, stream.read_many(ranges)):
     assert got.tolist() == whole[max(start, 0):max(stop, 0)].tolist(), (start, stop)
+  # Windows as rows of one padded array: from the prepared records, and by the in-memory gather.
+  starts, width = rng.integers(0, len(whole) + 3, size=20), 7
+  expected = ArrayStream(whole).read_many([(start, start + width) for start in starts])
+  for blocks in (stream.read_block(starts, width, -1), ArrayStream(whole).read_block(starts, width, -1)):
+    tokens, real = blocks
+    assert tokens.shape == real.shape == (20, width) and tokens.dtype == np.int32
+    for row, piece in enumerate(expected):
+      assert tokens[row].tolist() == piece.tolist() + [-1] * (width - len(piece)), starts[row]
+      assert real[row].tolist() == [True] * len(piece) + [False] * (width - len(piece))
 
 
 def test_slices_select_tokens_of_text_and_documents_of_the_rest(tmp_path):

@@ -1,6 +1,7 @@
 """The training loop: data, model and steps wired together, with evaluation, checkpoints and
 reports. `train_and_evaluate(config, workdir)` is the whole job."""
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -190,7 +191,8 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   train_batches = data.train_batches(start_step)  # global batch `step` comes next, on any topology
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
                            tensorboard_dir=workdir)
-  reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead)
+  reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead,
+                           check=lambda sums: _check_finite(sums, config.on_nonfinite, checkpointer))
   selection = ModelSelection(workdir, metric=config.selection_metric(), eval_every=config.eval_every,
                              patience=config.patience, resume_step=start_step,
                              set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR), enabled=data.eval_batches is not None)
@@ -212,16 +214,22 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
         jax.block_until_ready(metrics)
       checkpointer.check_save()  # a save that failed in the background stops the run here
       reporter.add(metrics, batch["inputs"].shape)
+      # The window closed a step ago is written now that this step is queued behind it. Skipped
+      # steps are reported once per window; a step that must stop the run stops it here.
+      reporter.write_closed_window()
       preempted = preemption.should_stop(step)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
-      if log_now or (save_now and config.on_nonfinite == "stop"):
-        # Skipped steps are reported once per log window; a step that must stop the run is
-        # also caught before any save, so a checkpoint never follows it.
-        _check_finite(reporter.pending, config.on_nonfinite, checkpointer)
+      eval_now = config.eval_every and step % config.eval_every == 0 and step < config.num_steps and not preempted
       if log_now:
-        reporter.log_train(step)
-      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps and not preempted:
+        reporter.close_window(step)
+      if save_now or eval_now:
+        # Rows come before evaluations, and a step that must stop the run is caught before any
+        # save, so a checkpoint never follows it.
+        reporter.write_closed_window()
+        if save_now and config.on_nonfinite == "stop":
+          _check_finite(reporter.pending, config.on_nonfinite, checkpointer)
+      if eval_now:
         if data.eval_batches is not None:
           eval_metrics, evaluated_at = _evaluate_and_select(evaluator, state, step, reporter, selection), step
           stopped_early = selection.patience_exhausted(step)
@@ -231,6 +239,8 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       if preempted:
         break
   except BaseException:
+    with contextlib.suppress(Exception):  # the error being raised matters more than a last row
+      reporter.write_closed_window()
     reporter.close()  # keep what was reported (TensorBoard buffers its events)
     selection.close()
     raise
@@ -328,8 +338,12 @@ def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelec
   return metrics
 
 
-def _check_finite(pending, on_nonfinite: str, checkpointer: Checkpointer) -> None:
-  nonfinite, first = jax.device_get((pending["nonfinite"], pending["first_nonfinite_step_min"]))
+def _check_finite(sums, on_nonfinite: str, checkpointer: Checkpointer) -> None:
+  """Warns of skipped updates, or stops the run, for metric sums (on the host or the device; None:
+  no steps to check)."""
+  if sums is None:
+    return
+  nonfinite, first = jax.device_get((sums["nonfinite"], sums["first_nonfinite_step_min"]))
   if not nonfinite:
     return
   if on_nonfinite == "skip":
