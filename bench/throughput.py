@@ -6,8 +6,9 @@ r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one r
 
 For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
-  `../shared/data` is there, generated text otherwise), median tokens/s of its log windows after
-  the first (compilation);
+  `../shared/data` is there, generated text otherwise), median tokens/s of its steady log
+  windows: those that meet no batch shape for the first time (a first meeting compiles, or loads
+  from the compilation cache); the bucketed classifier needs `--steps=120` or so to have some;
 - `bare step`: the same compiled train step alone on the same batches, so `trainer / bare step`
   is what the loop itself costs (target: within 5%);
 - `torch`: in a process of its own (in this one, JAX's thread pools slow PyTorch's OpenMP team),
@@ -107,14 +108,34 @@ def matmul_flops_per_sec() -> float:
 
 
 def measure_trainer(config: Config, workdir: str) -> dict:
+  """The trainer's median tokens/s over its steady log windows (`steady_windows`)."""
   train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  rows = [row for row in rows if row["split"] == "train"][1:]  # the first window compiles
+  rows = [row for row in rows if row["split"] == "train"]
+  shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
+  rows = steady_windows(rows)
   real = statistics.median(row["tokens_per_sec"] for row in rows)
   fed_per_real = sum(row["fed_tokens"] for row in rows) / sum(row["real_tokens"] for row in rows)
-  shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
-  return {"tokens_per_sec": real, "fed_tokens_per_sec": real * fed_per_real, "batch_shapes": shapes}
+  return {"tokens_per_sec": real, "fed_tokens_per_sec": real * fed_per_real, "batch_shapes": shapes,
+          "windows": len(rows)}
+
+
+def steady_windows(rows: list[dict]) -> list[dict]:
+  """The train rows whose batch shapes all came in earlier windows. A window that meets a shape
+  for the first time also traces it and loads it from the compilation cache (about a second for
+  the classifier's step): a long run pays that once per bucket, and a 30-step bench run would
+  pay it in most of its windows. With one shape, every window but the first."""
+  seen, steady = set(), []
+  for row in rows:
+    shapes = {tuple(shape) for shape in row["batch_shapes"]}
+    if shapes <= seen:
+      steady.append(row)
+    seen |= shapes
+  if not steady:
+    raise SystemExit(f"no log window met only batch shapes of earlier windows ({len(seen)} shapes in"
+                     f" {len(rows)} windows); pass a larger --steps")
+  return steady
 
 
 def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:

@@ -1,0 +1,22 @@
+"""The benchmarks' own arithmetic (their runs are benchmarks, not tests)."""
+
+import pytest
+
+from bench.throughput import steady_windows
+
+
+def row(step, *shapes):
+  return {"step": step, "batch_shapes": [list(shape) for shape in shapes]}
+
+
+def test_steady_windows_are_those_whose_shapes_all_came_before():
+  rows = [row(5, (64, 100)), row(10, (64, 100), (64, 200)), row(15, (64, 100)), row(20, (64, 200), (64, 300)),
+          row(25, (64, 300), (64, 100))]
+  assert [r["step"] for r in steady_windows(rows)] == [15, 25]
+  # One shape (a language model): every window but the first, which compiles.
+  assert [r["step"] for r in steady_windows([row(s, (32, 64)) for s in (5, 10, 15)])] == [10, 15]
+
+
+def test_no_steady_window_asks_for_more_steps():
+  with pytest.raises(SystemExit, match="pass a larger --steps"):
+    steady_windows([row(5, (64, 100)), row(10, (64, 200))])
