@@ -152,7 +152,7 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   built = build_steps(config, len(data.vocab), data.num_classes, mesh)
   state, train_fn = built.initial_state(), built.train_fn
   iterator = data.train_batches(0)
-  batches = [parallel.global_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
+  batches = [parallel.train_step_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
   for batch in batches:  # compile every shape first
     state, _ = train_fn(state, batch)
   jax.block_until_ready(state)

@@ -207,7 +207,7 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   stopped_early = selection.patience_exhausted(step)  # a run that stopped early stays stopped
   try:
     while step < config.num_steps and not stopped_early:
-      batch = parallel.global_batch(next(train_batches), mesh)
+      batch = parallel.train_step_batch(next(train_batches), mesh)
       state, metrics = train_fn(state, batch)
       step += 1
       if steps_in_flight_limited:
