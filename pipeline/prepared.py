@@ -323,8 +323,6 @@ class ArrayStream:
     return np.where(real, tokens, pad).astype(np.int32, copy=False), real
 
 
-
-
 class InMemorySequences:
   """In-memory token ids of each example with the interface of `PreparedSequences`."""
 
