@@ -88,6 +88,11 @@ class TrainReporter:
     self._closed = (step, self.pending, self._shapes)
     self.pending, self._shapes = None, set()
 
+  def check_open_window(self) -> None:
+    """`check` on the sums of the window still open, fetching them now (before a save)."""
+    if self.pending is not None:
+      self._check(jax.device_get(self.pending))
+
   def write_closed_window(self) -> None:
     """Checks and writes the row of the window `close_window` ended, waiting for its sums."""
     if self._closed is None:

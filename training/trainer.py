@@ -228,7 +228,7 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
         # save, so a checkpoint never follows it.
         reporter.write_closed_window()
         if save_now and config.on_nonfinite == "stop":
-          _check_finite(reporter.pending, config.on_nonfinite, checkpointer)
+          reporter.check_open_window()
       if eval_now:
         if data.eval_batches is not None:
           eval_metrics, evaluated_at = _evaluate_and_select(evaluator, state, step, reporter, selection), step
@@ -339,11 +339,8 @@ def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelec
 
 
 def _check_finite(sums, on_nonfinite: str, checkpointer: Checkpointer) -> None:
-  """Warns of skipped updates, or stops the run, for metric sums (on the host or the device; None:
-  no steps to check)."""
-  if sums is None:
-    return
-  nonfinite, first = jax.device_get((sums["nonfinite"], sums["first_nonfinite_step_min"]))
+  """Warns of skipped updates, or stops the run, for a log window's metric sums (on the host)."""
+  nonfinite, first = sums["nonfinite"], sums["first_nonfinite_step_min"]
   if not nonfinite:
     return
   if on_nonfinite == "skip":
