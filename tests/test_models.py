@@ -99,6 +99,26 @@ def test_dropout_is_active_only_in_training():
   np.testing.assert_array_equal(run(0, True), run(0, True))
 
 
+def test_word_dropout_drops_whole_token_embeddings_in_training_only():
+  model = LanguageModel(V, E, H, 1, "lstm", word_dropout_rate=0.5)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (16, 32), 0, V)
+  mask = jnp.ones(tokens.shape, bool)
+  carry = zero_carry("lstm", 1, 16, H)
+  params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
+  embedded = params["encoder"]["embed"]["embedding"][tokens.T]  # [T, B, E], time-major as the encoder
+  def dropped(train):
+    _, state = model.apply({"params": params}, tokens, mask, carry, train=train, capture_intermediates=True,
+                           rngs={"dropout": jax.random.PRNGKey(2)})
+    return state["intermediates"]["encoder"]["word_dropout"]["__call__"][0]
+  out = dropped(train=True)
+  kept = np.all(out != 0, axis=-1)
+  # A token is dropped whole (every unit zero) or kept whole, scaled by 1 / (1 - rate).
+  np.testing.assert_array_equal(np.all(out == 0, axis=-1), ~kept)
+  np.testing.assert_allclose(out[kept], 2.0 * embedded[kept], rtol=1e-6)
+  assert 0.4 < kept.mean() < 0.6
+  np.testing.assert_array_equal(dropped(train=False), embedded)
+
+
 def test_reversal_index_reverses_each_packed_sequence_in_place():
   segment_ids = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
   segment_ends = jnp.array([[2, 4], [5, 0]])

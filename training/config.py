@@ -57,6 +57,7 @@ class Config:
   hidden_size: int = 128
   embed_size: int = 32
   dropout: float = 0.0
+  word_dropout: float = 0.0  # a token's whole embedding, dropped with this probability in training
   head_widths: tuple[int, ...] = (128,)
   pooling: str = "last"
   bidirectional: bool = False  # classify: a backward layer beside each forward one
@@ -162,7 +163,8 @@ def validate(config: Config, device_count: int = 1) -> None:
   for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps", "restore_step",
                "inject_nan_at_step"):
     _require(getattr(config, flag) >= 0, flag, f"must be >= 0, got {getattr(config, flag)}")
-  _require(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
+  for flag in ("dropout", "word_dropout"):
+    _require(0.0 <= getattr(config, flag) < 1.0, flag, f"must be in [0, 1), got {getattr(config, flag)}")
   _require(config.learning_rate > 0, "learning_rate", f"must be positive, got {config.learning_rate}")
   _require(all(w > 0 for w in config.head_widths), "head_widths", "widths must be positive")
   _require(config.num_classes != 1, "num_classes", "a classifier needs at least 2 classes")

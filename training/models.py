@@ -168,6 +168,9 @@ class Encoder(nn.Module):
   bidirectional: bool = False
   kernel: str = "scan"
   final_carry_used: bool = True  # (see RecurrentLayer)
+  # Each token's whole embedding is zeroed with this probability in training: the word is dropped
+  # from the text (word dropout, Iyyer et al. 2015), where `dropout_rate` drops single units.
+  word_dropout_rate: float = 0.0
   path: str = "auto"  # (see RecurrentLayer)
 
   @nn.compact
@@ -182,6 +185,8 @@ class Encoder(nn.Module):
     # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
     # it is the gradient with respect to each input step (bench/dependency_distance.py).
     x = self.perturb("embedded", x)
+    if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
+      x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train, name="word_dropout")(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
     if self.bidirectional:
@@ -240,13 +245,14 @@ class LanguageModel(nn.Module):
   tie_embeddings: bool = False
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
   path: str = "auto"  # (see RecurrentLayer)
+  word_dropout_rate: float = 0.0  # (see Encoder)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
-                      path=self.path, name="encoder")
+                      path=self.path, word_dropout_rate=self.word_dropout_rate, name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
 
@@ -279,6 +285,7 @@ class SequenceClassifier(nn.Module):
   tie_embeddings: bool = False
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
   path: str = "auto"  # (see RecurrentLayer)
+  word_dropout_rate: float = 0.0  # (see Encoder)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
@@ -290,7 +297,8 @@ class SequenceClassifier(nn.Module):
     segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      kernel=self.kernel, final_carry_used=False, path=self.path, name="encoder")
+                      kernel=self.kernel, final_carry_used=False, path=self.path,
+                      word_dropout_rate=self.word_dropout_rate, name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.

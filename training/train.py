@@ -28,6 +28,8 @@ flags.DEFINE_integer("num_layers", _D.num_layers, "Stacked recurrent layers.")
 flags.DEFINE_integer("hidden_size", _D.hidden_size, "Units per recurrent layer.")
 flags.DEFINE_integer("embed_size", _D.embed_size, "Token embedding width.")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate on embeddings, between layers and in the head.")
+flags.DEFINE_float("word_dropout", _D.word_dropout, "Drop each token's whole embedding with this probability in"
+                   " training (word dropout: the word is left out of the text; --dropout drops single units).")
 flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
                   "Hidden widths of the classifier's MLP head (the class count is added).")
 flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, the"
