@@ -86,12 +86,28 @@ def bucket_batch_sizes(boundaries: list[int], batch_size: int, batch_tokens: int
   return [max(row_multiple, (batch_tokens // width) // row_multiple * row_multiple) for width in boundaries]
 
 
+def pad_plan_size(num_examples: int, batch_size: int) -> int:
+  """Batches in every epoch's `pad_plan`."""
+  return -(-num_examples // batch_size)
+
+
+def bucket_plan_size(lengths: np.ndarray, *, boundaries: list[int], batch_sizes: list[int]) -> int:
+  """Batches in every epoch's `bucket_plan`: the shuffle moves examples between batches, never
+  between buckets, so each bucket fills the same number of batches every epoch."""
+  members = np.bincount(_bucket_of(lengths, boundaries), minlength=len(boundaries))
+  return int(sum(-(-int(count) // size) for count, size in zip(members, batch_sizes)))
+
+
+def _bucket_of(lengths: np.ndarray, boundaries: list[int]) -> np.ndarray:
+  # Longer than the last boundary: the last bucket (the example is truncated to it).
+  return np.minimum(np.searchsorted(boundaries, np.maximum(lengths, 1)), len(boundaries) - 1)
+
+
 def bucket_plan(lengths: np.ndarray, *, boundaries: list[int], batch_sizes: list[int], seed: int, epoch: int,
                 shuffle: bool) -> list[PlannedBatch]:
   """Every example once, in batches of one bucket each; batch order shuffled across buckets."""
   order = _shuffled(len(lengths), seed, epoch, shuffle)
-  # Longer than the last boundary: the last bucket (the example is truncated to it).
-  bucket_of = np.minimum(np.searchsorted(boundaries, np.maximum(lengths, 1)), len(boundaries) - 1)
+  bucket_of = _bucket_of(lengths, boundaries)
   batches = []
   for bucket, (width, size) in enumerate(zip(boundaries, batch_sizes)):
     members = order[bucket_of[order] == bucket]

@@ -14,6 +14,7 @@ batches themselves are built lazily, in worker threads, reading only this proces
 """
 
 import concurrent.futures
+import dataclasses
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -35,8 +36,24 @@ def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
   return encoded
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochPlanner:
+  """epoch -> that epoch's plan, and how many batches every epoch has where that is known
+  without planning (pad, bucket; a packing plan's size changes with its shuffle)."""
+  plan: Callable[[int], list]
+  batches_per_epoch: int | None = None
+
+  def __call__(self, epoch: int) -> list:
+    return self.plan(epoch)
+
+
 class PlannedBatches:
-  """Random access to the batches of consecutive epochs' plans (this process's rows)."""
+  """Random access to the batches of consecutive epochs' plans (this process's rows).
+
+  `plan_for_epoch`: an `EpochPlanner` or any epoch -> plan function. Where the epoch size is
+  known, batch `index` is found by division; else by planning every earlier epoch once (a run
+  resumed far in pays that at its start).
+  """
 
   def __init__(self, sequences, labels: np.ndarray, plan_for_epoch: Callable[[int], list],
                *, repeat: bool, segments_per_row: int, shard_index: int, shard_count: int):
@@ -49,6 +66,7 @@ class PlannedBatches:
     self._lock = threading.Lock()
     self._plans: dict[int, concurrent.futures.Future] = {}
     self._epoch_starts = [0]  # index of each planned epoch's first batch
+    self._epoch_size = plan_for_epoch.batches_per_epoch if isinstance(plan_for_epoch, EpochPlanner) else None
     # Training plans the next epoch in the background while this one is read, so the trainer
     # does not wait at an epoch boundary (packing plans take about a second per IMDB epoch).
     self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plan-ahead") if repeat else None
@@ -74,6 +92,8 @@ class PlannedBatches:
     return plan.result()
 
   def _locate(self, index: int) -> tuple[int, int]:
+    if self._epoch_size:
+      return divmod(index, self._epoch_size)
     epoch = 0
     while True:
       with self._lock:
@@ -121,19 +141,21 @@ class PlannedBatches:
 
 def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, seq_len: int, seed: int,
                        shuffle: bool, boundaries: list[int], batch_tokens: int, max_segments: int,
-                       row_multiple: int) -> tuple[Callable[[int], list], int]:
+                       row_multiple: int) -> tuple[EpochPlanner, int]:
   """(epoch -> plan, sequences per row) for a batching mode."""
   if batching == "pad":
-    return (lambda epoch: batch_plans.pad_plan(len(lengths), batch_size=batch_size, seq_len=seq_len, seed=seed,
-                                               epoch=epoch, shuffle=shuffle)), 1
+    return EpochPlanner(lambda epoch: batch_plans.pad_plan(len(lengths), batch_size=batch_size, seq_len=seq_len,
+                                                           seed=seed, epoch=epoch, shuffle=shuffle),
+                        batch_plans.pad_plan_size(len(lengths), batch_size)), 1
   if batching == "bucket":
     sizes = batch_plans.bucket_batch_sizes(boundaries, batch_size, batch_tokens, row_multiple)
-    return (lambda epoch: batch_plans.bucket_plan(lengths, boundaries=boundaries, batch_sizes=sizes, seed=seed,
-                                                  epoch=epoch, shuffle=shuffle)), 1
+    return EpochPlanner(lambda epoch: batch_plans.bucket_plan(lengths, boundaries=boundaries, batch_sizes=sizes,
+                                                              seed=seed, epoch=epoch, shuffle=shuffle),
+                        batch_plans.bucket_plan_size(lengths, boundaries=boundaries, batch_sizes=sizes)), 1
   if batching == "pack":
-    return (lambda epoch: batch_plans.pack_plan(lengths, batch_size=batch_size, seq_len=seq_len,
-                                                max_segments=max_segments, seed=seed, epoch=epoch,
-                                                shuffle=shuffle)), max_segments
+    return EpochPlanner(lambda epoch: batch_plans.pack_plan(lengths, batch_size=batch_size, seq_len=seq_len,
+                                                            max_segments=max_segments, seed=seed, epoch=epoch,
+                                                            shuffle=shuffle)), max_segments
   raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(batch_plans.BATCHINGS)}")
 
 

@@ -42,3 +42,15 @@ def test_pack_rows_respect_width_and_segment_limit_and_hold_everything_once():
   assert all(len(row) <= 5 and sum(lengths[i] for i in row) <= 64 for row in rows)
   assert batch_plans.padding_efficiency(plan, lengths) > 0.8  # padding each to 64: 0.23
   assert {batch.width for batch in plan} == {64} and all(len(batch.rows) == 8 for batch in plan)
+
+
+@pytest.mark.parametrize("batch_tokens", [0, 48])
+def test_pad_and_bucket_epochs_have_the_size_known_before_planning(batch_tokens):
+  lengths = np.random.default_rng(3).integers(1, 40, size=101)
+  boundaries = batch_plans.optimal_boundaries(lengths, 4, 32)
+  sizes = batch_plans.bucket_batch_sizes(boundaries, 8, batch_tokens, 2)
+  for epoch in range(4):
+    assert len(batch_plans.bucket_plan(lengths, boundaries=boundaries, batch_sizes=sizes, seed=0, epoch=epoch, shuffle=True)) \
+        == batch_plans.bucket_plan_size(lengths, boundaries=boundaries, batch_sizes=sizes)
+    assert len(batch_plans.pad_plan(len(lengths), batch_size=8, seq_len=32, seed=0, epoch=epoch, shuffle=True)) \
+        == batch_plans.pad_plan_size(len(lengths), 8) == 13

@@ -192,3 +192,27 @@ def test_training_plans_the_next_epoch_while_this_one_is_read():
   while 2 not in planned and time.monotonic() < deadline:
     time.sleep(0.01)
   assert planned == [2]
+
+
+@pytest.mark.parametrize("batching", ["pad", "bucket"])
+def test_a_batch_far_into_the_run_is_found_without_planning_the_epochs_before_it(batching):
+  """A resumed run's first batch: its epoch is planned (and the next, ahead), no other; and it is
+  the batch a source that counted every earlier epoch's batches finds."""
+  from pipeline.sequence_batches import EpochPlanner, PlannedBatches
+
+  token_ids = encode_all(EXAMPLES, VOCAB)
+  lengths = np.array([len(ids) for ids in token_ids])
+  planner, _ = make_plan_function(lengths, batching=batching, batch_size=4, seq_len=8, seed=0, shuffle=True,
+                                  boundaries=optimal_boundaries(lengths, 3, 8), batch_tokens=0, max_segments=1,
+                                  row_multiple=1)
+  planned = []
+  counted = EpochPlanner(lambda epoch: planned.append(epoch) or planner(epoch), planner.batches_per_epoch)
+  labels = np.arange(len(EXAMPLES), dtype=np.int32)
+  source = lambda plans: PlannedBatches(token_ids, labels, plans, repeat=True, segments_per_row=1,
+                                        shard_index=0, shard_count=1)
+  index = 40 * planner.batches_per_epoch + 3
+  found = source(counted)[index]
+  assert 40 in planned and set(planned) <= {40, 41}  # (41: the plan-ahead thread's, maybe not started yet)
+  by_counting = source(planner.plan)[index]  # a plain function: every earlier epoch planned to count
+  for name in found:
+    np.testing.assert_array_equal(found[name], by_counting[name])
