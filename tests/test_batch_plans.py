@@ -54,3 +54,36 @@ def test_pad_and_bucket_epochs_have_the_size_known_before_planning(batch_tokens)
         == batch_plans.bucket_plan_size(lengths, boundaries=boundaries, batch_sizes=sizes)
     assert len(batch_plans.pad_plan(len(lengths), batch_size=8, seq_len=32, seed=0, epoch=epoch, shuffle=True)) \
         == batch_plans.pad_plan_size(len(lengths), 8) == 13
+
+
+def _first_fit_decreasing_reference(lengths, *, batch_size, seq_len, max_segments, seed, epoch, window):
+  """The packing plan's rows as the first version computed them: a Python scan of the open rows."""
+  order = np.arange(len(lengths))
+  np.random.default_rng([seed, epoch]).shuffle(order)
+  clipped = np.minimum(np.maximum(lengths, 1), seq_len)
+  rows = []
+  for start in range(0, len(order), window):
+    open_rows, room = [], []
+    for index in sorted(order[start:start + window], key=lambda i: (-clipped[i], i)):
+      for r, space in enumerate(room):
+        if space >= clipped[index] and len(open_rows[r]) < max_segments:
+          open_rows[r].append(int(index))
+          room[r] -= clipped[index]
+          break
+      else:
+        open_rows.append([int(index)])
+        room.append(seq_len - clipped[index])
+    rows.extend(tuple(row) for row in open_rows)
+  np.random.default_rng([seed, epoch, 2]).shuffle(rows)
+  return rows
+
+
+@pytest.mark.parametrize("max_segments,window", [(1, 4096), (3, 4096), (32, 64), (5, 97)])
+def test_pack_plan_is_the_first_fit_decreasing_plan_it_always_was(max_segments, window):
+  """Runs resumed across versions read the same batches: the plan may get faster, never different."""
+  lengths = np.random.default_rng(max_segments).integers(1, 90, size=700)
+  plan = batch_plans.pack_plan(lengths, batch_size=8, seq_len=64, max_segments=max_segments, seed=1, epoch=2,
+                               shuffle=True, window=window)
+  reference = _first_fit_decreasing_reference(lengths, batch_size=8, seq_len=64, max_segments=max_segments,
+                                              seed=1, epoch=2, window=window)
+  assert [row for batch in plan for row in batch.rows if row] == reference
