@@ -47,14 +47,14 @@ def main() -> None:
   for index, (name, flags) in enumerate(variants(args.corpus, lm_workdir)):
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.corpus}_{index + 1}"))
     summary = runs.train(workdir, *flags)
-    curve = [(row["elapsed_s"], 100 * row["accuracy"]) for row in runs.rows(workdir, "eval")]
+    curve = [(row["step"], row["elapsed_s"], 100 * row["accuracy"]) for row in runs.rows(workdir, "eval")]
     shown = " ".join(flags).replace(lm_workdir, args.lm_workdir)  # the path as the user gave it
     results.append((name, shown, summary, runs.training_seconds(workdir), curve))
 
   lm_seconds = runs.training_seconds(lm_workdir)
   lm_time = f"took {lm_seconds / 60:.0f} more minutes" if lm_seconds else "took more time (see its log)"
   table = [[name, f"`{flags}`", f"{100 * s['best']['eval']['accuracy']:.1f}% (step {s['best']['step']})",
-            f"{100 * s['test']['accuracy']:.1f}%", f"{seconds / 60:.1f}"]
+            f"{100 * s['test']['accuracy']:.1f}%", s["step"], f"{seconds / 60:.1f}"]
            for name, flags, s, seconds, _ in results]
   runs.write_table(
       out + ".md", f"Each token or each sequence? ({args.corpus})",
@@ -62,12 +62,15 @@ def main() -> None:
       " best evaluation, test accuracy of its parameters (read once). Times are the classifier's training;"
       f" the language model (`configs/imdb_lm.flags`, validation {lm['best']['eval']['loss']:.3f} nats/word)"
       f" {lm_time}, once, for every pretrained row.",
-      ["training", "flags", "dev accuracy", "test accuracy", "minutes"], table)
-  figure, (axis,) = runs.new_figure()
+      ["training", "flags", "dev accuracy", "test accuracy", "steps", "minutes"], table)
+  # Against steps too: minutes depend on what else shared the machine; steps do not.
+  figure, (by_step, by_time) = runs.new_figure(panels=2)
   for name, _, _, _, curve in results:
-    axis.plot([t / 60 for t, _ in curve], [a for _, a in curve], marker=".", label=name)
-  axis.set(xlabel="classifier training time (minutes)", ylabel="dev accuracy (%)", title=args.corpus)
-  axis.legend(fontsize=8)
+    by_step.plot([step for step, _, _ in curve], [a for _, _, a in curve], marker=".", label=name)
+    by_time.plot([t / 60 for _, t, _ in curve], [a for _, _, a in curve], marker=".", label=name)
+  by_step.set(xlabel="classifier training step", ylabel="dev accuracy (%)", title=args.corpus)
+  by_time.set(xlabel="classifier training time (minutes)", ylabel="dev accuracy (%)", title=args.corpus)
+  by_step.legend(fontsize=8)
   runs.save_figure(figure, out + ".png")
 
 
