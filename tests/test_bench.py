@@ -2,6 +2,7 @@
 
 import pytest
 
+from bench import throughput
 from bench.throughput import steady_windows
 
 
@@ -20,3 +21,12 @@ def test_steady_windows_are_those_whose_shapes_all_came_before():
 def test_no_steady_window_asks_for_more_steps():
   with pytest.raises(SystemExit, match="pass a larger --steps"):
     steady_windows([row(5, (64, 100)), row(10, (64, 200))])
+
+
+def test_peak_fractions_use_the_fastest_matmul_and_skip_a_missing_peer():
+  results = [{"flops_per_token": 2e6, "trainer_fed_tokens_per_sec": 50_000.0, "torch_tokens_per_sec": 40_000.0},
+             {"flops_per_token": 1e6, "trainer_fed_tokens_per_sec": 10_000.0}]
+  throughput.add_peak_fractions(results, 200e9)
+  assert results[0]["project_peak_fraction"] == pytest.approx(0.5)
+  assert results[0]["torch_peak_fraction"] == pytest.approx(0.4)
+  assert results[1]["project_peak_fraction"] == pytest.approx(0.05) and "torch_peak_fraction" not in results[1]
