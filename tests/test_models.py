@@ -119,6 +119,22 @@ def test_word_dropout_drops_whole_token_embeddings_in_training_only():
   np.testing.assert_array_equal(dropped(train=False), embedded)
 
 
+@pytest.mark.parametrize("variational", [False, True])
+def test_variational_dropout_drops_the_same_units_at_every_time_step(variational):
+  model = LanguageModel(V, E, H, 2, "lstm", dropout_rate=0.5, variational_dropout=variational)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 12), 3, V)
+  mask = jnp.ones(tokens.shape, bool)
+  carry = zero_carry("lstm", 2, 4, H)
+  params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
+  _, state = model.apply({"params": params}, tokens, mask, carry, train=True, capture_intermediates=True,
+                         rngs={"dropout": jax.random.PRNGKey(2)})
+  drops = state["intermediates"]["encoder"]
+  for name in ("Dropout_0", "Dropout_1"):  # on the embeddings, and after the first layer ([T, B, F])
+    dropped = np.asarray(drops[name]["__call__"][0]) == 0
+    assert 0.3 < dropped.mean() < 0.7
+    assert np.array_equal(dropped, np.broadcast_to(dropped[:1], dropped.shape)) == variational
+
+
 def test_reversal_index_reverses_each_packed_sequence_in_place():
   segment_ids = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
   segment_ends = jnp.array([[2, 4], [5, 0]])

@@ -58,6 +58,7 @@ class Config:
   embed_size: int = 32
   dropout: float = 0.0
   word_dropout: float = 0.0  # a token's whole embedding, dropped with this probability in training
+  variational_dropout: bool = False  # --dropout's units dropped for a whole window, not per time step
   head_widths: tuple[int, ...] = (128,)
   pooling: str = "last"
   bidirectional: bool = False  # classify: a backward layer beside each forward one

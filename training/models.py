@@ -171,6 +171,9 @@ class Encoder(nn.Module):
   # Each token's whole embedding is zeroed with this probability in training: the word is dropped
   # from the text (word dropout, Iyyer et al. 2015), where `dropout_rate` drops single units.
   word_dropout_rate: float = 0.0
+  # `dropout_rate`'s units are dropped for a whole sequence (window), the same at every time step,
+  # rather than drawn anew at each (variational dropout, Gal & Ghahramani 2016).
+  variational_dropout: bool = False
   path: str = "auto"  # (see RecurrentLayer)
 
   @nn.compact
@@ -187,7 +190,7 @@ class Encoder(nn.Module):
     x = self.perturb("embedded", x)
     if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
       x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train, name="word_dropout")(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = self._dropout(x, train)
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
     if self.bidirectional:
       # A sequence reversed in place occupies the same positions, so mask and resets still hold.
@@ -196,6 +199,11 @@ class Encoder(nn.Module):
       outputs = jnp.concatenate([outputs, reverse(backward_outputs)], axis=-1)
     return jnp.swapaxes(outputs, 0, 1), final
 
+  def _dropout(self, x, train: bool):
+    # x: [T, B, F]; variational: one draw per row and unit, shared over time (axis 0).
+    return nn.Dropout(self.dropout_rate, broadcast_dims=(0,) if self.variational_dropout else (),
+                      deterministic=not train)(x)
+
   def _stack(self, prefix, x, mask, carry, resets, train):
     final = []
     for layer in range(self.num_layers):
@@ -203,7 +211,7 @@ class Encoder(nn.Module):
                                     remat=self.remat, kernel=self.kernel, final_carry_used=self.final_carry_used,
                                     path=self.path, name=f"{prefix}_{layer}")
       x, layer_carry = layer_module(x, mask, carry[layer], resets)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = self._dropout(x, train)
       final.append(layer_carry)
     return x, jnp.stack(final)
 
@@ -246,13 +254,15 @@ class LanguageModel(nn.Module):
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
+  variational_dropout: bool = False  # (see Encoder)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V], carry [L, S, B, H])."""
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
-                      path=self.path, word_dropout_rate=self.word_dropout_rate, name="encoder")
+                      path=self.path, word_dropout_rate=self.word_dropout_rate,
+                      variational_dropout=self.variational_dropout, name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
 
@@ -286,6 +296,7 @@ class SequenceClassifier(nn.Module):
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
+  variational_dropout: bool = False  # (see Encoder)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
@@ -298,7 +309,8 @@ class SequenceClassifier(nn.Module):
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
                       kernel=self.kernel, final_carry_used=False, path=self.path,
-                      word_dropout_rate=self.word_dropout_rate, name="encoder")
+                      word_dropout_rate=self.word_dropout_rate, variational_dropout=self.variational_dropout,
+                      name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.

@@ -30,6 +30,8 @@ flags.DEFINE_integer("embed_size", _D.embed_size, "Token embedding width.")
 flags.DEFINE_float("dropout", _D.dropout, "Dropout rate on embeddings, between layers and in the head.")
 flags.DEFINE_float("word_dropout", _D.word_dropout, "Drop each token's whole embedding with this probability in"
                    " training (word dropout: the word is left out of the text; --dropout drops single units).")
+flags.DEFINE_bool("variational_dropout", _D.variational_dropout, "--dropout drops the same units at every time step"
+                  " of a sequence (Gal & Ghahramani 2016) instead of new ones at each.")
 flags.DEFINE_list("head_widths", list(map(str, _D.head_widths)),
                   "Hidden widths of the classifier's MLP head (the class count is added).")
 flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(POOLINGS)} (the last state, the"
