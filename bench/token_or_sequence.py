@@ -2,6 +2,7 @@ r"""Each token or each sequence? Four ways to train the same sentiment classifie
 against training time.
 
   python -m bench.token_or_sequence --corpus=sst2 --lm_workdir=runs/imdb_lm [--workdir=runs/token_or_sequence]
+  python -m bench.token_or_sequence --corpus=imdb --lm_workdir=runs/imdb_lm --finished_only   # the rows so far
 
 1. per sequence only: the corpus's classifier config (`configs/CORPUS.flags`), one label per text;
 2. per token + per sequence, from scratch: the same, plus the next-token loss of the same text
@@ -39,23 +40,31 @@ def main() -> None:
   parser.add_argument("--lm_workdir", default="runs/imdb_lm")
   parser.add_argument("--workdir", default="runs/token_or_sequence")
   parser.add_argument("--out", default="")
+  parser.add_argument("--finished_only", action="store_true",
+                      help="train nothing: write the table and plot from the runs that have finished"
+                           " (on IMDB the four runs take hours on a small CPU; this shows them as they land)")
   args = parser.parse_args()
   out = args.out or f"docs/token_or_sequence_{args.corpus}"
   lm_workdir = os.path.abspath(args.lm_workdir)
+  finished = lambda workdir: os.path.exists(os.path.join(workdir, "summary.json"))
+  if args.finished_only and not finished(lm_workdir):
+    parser.error(f"--finished_only: the language model in {args.lm_workdir} has not finished")
   lm = runs.train(lm_workdir, "--flagfile=configs/imdb_lm.flags")
-  results = []
+  results, table = [], []
   for index, (name, flags) in enumerate(variants(args.corpus, lm_workdir)):
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.corpus}_{index + 1}"))
-    summary = runs.train(workdir, *flags)
-    curve = [(row["step"], row["elapsed_s"], 100 * row["accuracy"]) for row in runs.rows(workdir, "eval")]
-    shown = " ".join(flags).replace(lm_workdir, args.lm_workdir)  # the path as the user gave it
-    results.append((name, shown, summary, runs.training_seconds(workdir), curve))
+    shown = "`" + " ".join(flags).replace(lm_workdir, args.lm_workdir) + "`"  # the path as the user gave it
+    if args.finished_only and not finished(workdir):
+      table.append([name, shown, "(not finished)", "", "", ""])
+      continue
+    s = runs.train(workdir, *flags)
+    table.append([name, shown, f"{100 * s['best']['eval']['accuracy']:.1f}% (step {s['best']['step']})",
+                  f"{100 * s['test']['accuracy']:.1f}%", s["step"], f"{runs.training_seconds(workdir) / 60:.1f}"])
+    results.append((name, [(row["step"], row["elapsed_s"], 100 * row["accuracy"])
+                           for row in runs.rows(workdir, "eval")]))
 
   lm_seconds = runs.training_seconds(lm_workdir)
   lm_time = f"took {lm_seconds / 60:.0f} more minutes" if lm_seconds else "took more time (see its log)"
-  table = [[name, f"`{flags}`", f"{100 * s['best']['eval']['accuracy']:.1f}% (step {s['best']['step']})",
-            f"{100 * s['test']['accuracy']:.1f}%", s["step"], f"{seconds / 60:.1f}"]
-           for name, flags, s, seconds, _ in results]
   runs.write_table(
       out + ".md", f"Each token or each sequence? ({args.corpus})",
       f"`python -m bench.token_or_sequence --corpus={args.corpus}` on {runs.machine()}. Dev accuracy of the"
@@ -65,7 +74,7 @@ def main() -> None:
       ["training", "flags", "dev accuracy", "test accuracy", "steps", "minutes"], table)
   # Against steps too: minutes depend on what else shared the machine; steps do not.
   figure, (by_step, by_time) = runs.new_figure(panels=2)
-  for name, _, _, _, curve in results:
+  for name, curve in results:
     by_step.plot([step for step, _, _ in curve], [a for _, _, a in curve], marker=".", label=name)
     by_time.plot([t / 60 for _, t, _ in curve], [a for _, _, a in curve], marker=".", label=name)
   by_step.set(xlabel="classifier training step", ylabel="dev accuracy (%)", title=args.corpus)
