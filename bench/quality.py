@@ -53,7 +53,7 @@ def main() -> None:
     workdir = os.path.join(args.workdir, name)
     if args.train:
       runs.train(os.path.abspath(workdir), f"--flagfile=configs/{name}.flags")
-    if not os.path.exists(os.path.join(workdir, "summary.json")):
+    if not runs.finished(workdir):
       table.append([f"`{name}`", "not run", "", "", "", target, anchors])
       continue
     summary = runs.read_summary(workdir)

@@ -15,10 +15,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def finished(workdir: str) -> bool:
+  """Whether the run in `workdir` has ended (its summary is written at the end)."""
+  return os.path.exists(os.path.join(workdir, "summary.json"))
+
+
 def train(workdir: str, *flags: str, log: str | None = None) -> dict:
   """Trains (or finishes) the run in `workdir`; returns its summary."""
-  summary_path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(summary_path):
+  if not finished(workdir):
     os.makedirs(workdir, exist_ok=True)
     command = [sys.executable, "-m", "training.train", f"--workdir={workdir}", *flags]
     print("$", " ".join(command[1:]), flush=True)

@@ -46,15 +46,14 @@ def main() -> None:
   args = parser.parse_args()
   out = args.out or f"docs/token_or_sequence_{args.corpus}"
   lm_workdir = os.path.abspath(args.lm_workdir)
-  finished = lambda workdir: os.path.exists(os.path.join(workdir, "summary.json"))
-  if args.finished_only and not finished(lm_workdir):
+  if args.finished_only and not runs.finished(lm_workdir):
     parser.error(f"--finished_only: the language model in {args.lm_workdir} has not finished")
   lm = runs.train(lm_workdir, "--flagfile=configs/imdb_lm.flags")
   results, table = [], []
   for index, (name, flags) in enumerate(variants(args.corpus, lm_workdir)):
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.corpus}_{index + 1}"))
     shown = "`" + " ".join(flags).replace(lm_workdir, args.lm_workdir) + "`"  # the path as the user gave it
-    if args.finished_only and not finished(workdir):
+    if args.finished_only and not runs.finished(workdir):
       table.append([name, shown, "(not finished)", "", "", ""])
       continue
     s = runs.train(workdir, *flags)
@@ -79,7 +78,8 @@ def main() -> None:
     by_time.plot([t / 60 for _, t, _ in curve], [a for _, _, a in curve], marker=".", label=name)
   by_step.set(xlabel="classifier training step", ylabel="dev accuracy (%)", title=args.corpus)
   by_time.set(xlabel="classifier training time (minutes)", ylabel="dev accuracy (%)", title=args.corpus)
-  by_step.legend(fontsize=8)
+  if results:  # (none yet under --finished_only: an empty plot, no legend)
+    by_step.legend(fontsize=8)
   runs.save_figure(figure, out + ".png")
 
 
