@@ -38,6 +38,15 @@ def test_a_frozen_encoder_starts_moving_after_its_steps():
     assert bool(jnp.all(updates["head"]["kernel"] != 0))
 
 
+def test_the_freeze_waits_for_the_per_token_steps():
+  """With `--target_lm_steps=2` the encoder learns in the first two updates, is frozen in the
+  next `--freeze_encoder_steps=2` (the new head's first per-sequence steps), then learns again."""
+  history = updates_over(6, freeze_encoder_steps=2, freeze_encoder_from=2)
+  for step, updates in enumerate(history):
+    moved = [bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates["encoder"])]
+    assert all(moved) == (step not in (2, 3)) and any(moved) == (step not in (2, 3)), step
+
+
 def test_default_options_keep_the_optimiser_state_as_it_was():
   default = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
                            grad_clip=1.0)

@@ -104,6 +104,10 @@ def test_selection_flags_are_checked():
     validate(Config(init_from="/somewhere"))
   with pytest.raises(ConfigError, match="--lm_loss_weight: must be >= 0"):
     validate(dataclasses.replace(CLASSIFY, lm_loss_weight=-1.0))
+  with pytest.raises(ConfigError, match="--target_lm_steps: 60 leaves no per-sequence step of --num_steps=60"):
+    validate(dataclasses.replace(CLASSIFY, target_lm_steps=60))
+  with pytest.raises(ConfigError, match="--target_lm_steps: applies to --task=classify"):
+    validate(Config(target_lm_steps=5))
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,19 @@ def test_a_fine_tune_with_a_moving_average_starts_it_at_the_language_model(langu
   for name in ("embed", "layer_0"):
     for a, b in zip(jax.tree.leaves(lm.params["encoder"][name]), jax.tree.leaves(served.params["encoder"][name])):
       assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
+
+
+def test_per_token_steps_on_the_target_text_come_first_and_are_not_evaluated(language_model, tmp_path):
+  """ULMFiT's second stage (`--target_lm_steps`): no dev evaluation (of a head not yet trained)
+  and no model selection before the per-sequence steps; the next-token loss falls meanwhile."""
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, target_lm_steps=30, num_steps=40,
+                               freeze_encoder_steps=5)
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert [row["step"] for row in eval_rows(tmp_path)] == [40]
+  assert summary["best"]["step"] == 40 and "lm_loss" in summary["eval"]
+  with open(tmp_path / "metrics.jsonl") as f:
+    train = [row for row in map(json.loads, f) if row["split"] == "train"]
+  assert train[-2]["step"] == 30 and train[-2]["lm_loss"] < train[0]["lm_loss"]
 
 
 def test_init_from_a_classifier_run_is_refused(tmp_path):

@@ -80,3 +80,39 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
     forced = one_step(task, model.clone(path="fast"), batch, None)
     assert not all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
                    for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(once)))
+
+
+def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train():
+  """`--target_lm_steps`: a classifier's first steps train on the next-token loss alone (the
+  encoder and the next-token head move, the classifier's head does not); after them the step is
+  the joint one, exactly as with no per-token steps."""
+  model = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max",
+                             next_token_head=True)
+  batch, optimizer = classify_batch("packed"), optax.adam(1e-2)
+  init_args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
+  state = create_train_state(jax.random.PRNGKey(3), model, optimizer, init_args, None)
+  step = lambda target_lm_steps, lm_loss_weight: jax.jit(lambda state: train_step(
+      state, batch, model=model, optimizer=optimizer, objective=OBJECTIVES["classify"],
+      lm_loss_weight=lm_loss_weight, target_lm_steps=target_lm_steps)[0])
+  moved = lambda before, after: {name: not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))) for name in before}
+
+  per_token = step(target_lm_steps=1, lm_loss_weight=0.0)(state)  # step 1 of 1 per-token step
+  changed = moved(state.params, per_token.params)
+  assert changed["encoder"] and changed["lm_head"]
+  assert not any(changed[name] for name in changed if name not in ("encoder", "lm_head")), changed
+  # The per-token step is the step of the next-token loss alone: a joint step whose per-sequence
+  # part is zero gives the same update only if the weights are right, so compare with a
+  # classifier step whose labels are all masked out (no per-sequence loss at all).
+  no_labels = dict(batch, example_mask=jnp.zeros_like(batch["example_mask"]))
+  lm_only = jax.jit(lambda state: train_step(state, no_labels, model=model, optimizer=optimizer,
+                                             objective=OBJECTIVES["classify"], lm_loss_weight=1.0)[0])(state)
+  for a, b in zip(jax.tree.leaves(per_token.params), jax.tree.leaves(lm_only.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+  # Step 2 of a run with one per-token step is the joint step.
+  after = step(target_lm_steps=1, lm_loss_weight=0.5)(per_token)
+  joint = step(target_lm_steps=0, lm_loss_weight=0.5)(per_token)
+  assert all(moved(per_token.params, after.params).values())
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(joint.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

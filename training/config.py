@@ -32,7 +32,7 @@ DEFAULT_DATA = {
 # must not change them.
 MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
                 "tokenizer", "vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
-                "lm_loss_weight", "ema_decay")
+                "lm_loss_weight", "target_lm_steps", "ema_decay")
 
 
 def config_from_fields(saved: dict) -> "Config":
@@ -65,6 +65,9 @@ class Config:
   tie_embeddings: bool = False  # the next-token layer reuses the embedding matrix
   lm_loss_weight: float = 0.0  # classify: add this times the next-token loss of the same text
   init_from: str = ""  # classify: a trained language model's workdir; its encoder and vocabulary
+  # classify: the first N steps train per token only, on the classifier's own training text
+  # (ULMFiT's second stage, target-task LM fine-tuning); per sequence from step N + 1.
+  target_lm_steps: int = 0
   num_classes: int = 0  # 0: one more than the largest training label
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
@@ -102,7 +105,8 @@ class Config:
   # Fine-tuning a pretrained encoder (ULMFiT's discriminative learning rates and, in its simplest
   # form, gradual unfreezing): the encoder's step is this times the rest's ...
   encoder_lr_scale: float = 1.0
-  # ... and it is not updated at all for the first N steps, while the new head settles.
+  # ... and it is not updated at all for the first N steps of per-sequence training (after
+  # --target_lm_steps), while the new head settles.
   freeze_encoder_steps: int = 0
   # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
   # tested and served in their place; 0: none.
@@ -200,6 +204,9 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
   _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
            f"must be >= 0, got {config.freeze_encoder_steps}")
-  for flag in ("bidirectional", "lm_loss_weight", "init_from"):
+  _require(config.target_lm_steps >= 0, "target_lm_steps", f"must be >= 0, got {config.target_lm_steps}")
+  _require(config.target_lm_steps < config.num_steps, "target_lm_steps",
+           f"{config.target_lm_steps} leaves no per-sequence step of --num_steps={config.num_steps}")
+  for flag in ("bidirectional", "lm_loss_weight", "init_from", "target_lm_steps"):
     _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
 

@@ -6,7 +6,7 @@ The classifier takes from the language model's run
 - its vocabulary (`vocab.json`, copied into the classifier's workdir on the first run);
 - its parameters, on the first run only (a resumed run restores its own checkpoint): the
   `encoder` (embedding and forward layers) and, when the classifier keeps training per token
-  (`--lm_loss_weight`), the `lm_head`. What the LM does not have (the classifier's head, a
+  (`--lm_loss_weight`, `--target_lm_steps`), the `lm_head`. What the LM does not have (the classifier's head, a
   bidirectional encoder's backward stack) starts from the seed as usual.
 
 The language model's parameters are its best checkpoint on its dev split when it kept one,

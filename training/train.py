@@ -44,6 +44,10 @@ flags.DEFINE_float("lm_loss_weight", _D.lm_loss_weight, "classify: add this weig
                    " loss on the same text (per token and per sequence at once); 0: off.")
 flags.DEFINE_string("init_from", _D.init_from, "classify: workdir of a trained language model; the"
                     " classifier starts from its encoder (and next-token head) and uses its vocabulary.")
+flags.DEFINE_integer("target_lm_steps", _D.target_lm_steps, "classify: train the first N steps per token"
+                     " only, on the classifier's own training text (ULMFiT's target-task language-model"
+                     " fine-tuning), then per sequence; dev evaluations and --freeze_encoder_steps start"
+                     " after them.")
 flags.DEFINE_integer("num_classes", _D.num_classes, "Classes; 0 infers 1 + the largest training label.")
 flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteration.")
 flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
@@ -93,7 +97,7 @@ flags.DEFINE_float("encoder_lr_scale", _D.encoder_lr_scale, "The encoder's (embe
                    " stack's) step relative to the rest's, e.g. 0.3 when fine-tuning a pretrained encoder"
                    " (discriminative learning rates, ULMFiT).")
 flags.DEFINE_integer("freeze_encoder_steps", _D.freeze_encoder_steps, "Leave the encoder unchanged for this"
-                     " many first steps while the new head learns (the simplest gradual unfreezing).")
+                     " many first per-sequence steps while the new head learns (the simplest gradual unfreezing).")
 flags.DEFINE_float("ema_decay", _D.ema_decay, "Keep an exponential moving average of the parameters with"
                    " this decay (e.g. 0.999) and evaluate, select, test and serve it instead of the last"
                    " parameters; 0: off.")

@@ -81,12 +81,15 @@ def learning_rate_at(schedule, step: int) -> float:
 
 def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
                    weight_decay: float, grad_clip: float, encoder_lr_scale: float = 1.0,
-                   freeze_encoder_steps: int = 0, ema_decay: float = 0.0) -> optax.GradientTransformation:
+                   freeze_encoder_steps: int = 0, freeze_encoder_from: int = 0,
+                   ema_decay: float = 0.0) -> optax.GradientTransformation:
   """AdamW with optional linear warm-up and cosine decay, after global-norm clipping.
 
   `encoder_lr_scale`, `freeze_encoder_steps`: the parameters under `encoder` take steps this
-  many times smaller, and none in the first steps (fine-tuning a pretrained encoder). Only
-  when asked for: the optimiser state, and so checkpoints, are otherwise as they always were.
+  many times smaller, and none in the `freeze_encoder_steps` steps after the first
+  `freeze_encoder_from` (fine-tuning a pretrained encoder; those first steps are the
+  per-token ones of `--target_lm_steps`, where the encoder must learn). Only when asked for:
+  the optimiser state, and so checkpoints, are otherwise as they always were.
   `ema_decay`: the state also keeps a moving average of the parameters (`average_params`).
   """
   schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
@@ -94,7 +97,8 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
   transforms = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   transforms.append(optax.adamw(schedule, weight_decay=weight_decay))
   if encoder_lr_scale != 1.0 or freeze_encoder_steps > 0:
-    encoder_scale = lambda step: jnp.where(step < freeze_encoder_steps, 0.0, encoder_lr_scale)
+    frozen = lambda update: (update >= freeze_encoder_from) & (update < freeze_encoder_from + freeze_encoder_steps)
+    encoder_scale = lambda update: jnp.where(frozen(update), 0.0, encoder_lr_scale)
     transforms.append(optax.masked(optax.scale_by_schedule(encoder_scale), _encoder_mask))
   if ema_decay > 0:
     transforms.append(average_params(ema_decay))
@@ -116,7 +120,8 @@ def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainS
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None, lm_loss_weight: float = 0.0, fast_path=None):
+               axis_name: str | None = None, lm_loss_weight: float = 0.0, target_lm_steps: int = 0,
+               fast_path=None):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -129,6 +134,9 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   step, so the data moves on) and reports itself in `nonfinite` / `first_nonfinite_step_min`:
   the loop then stops or carries on, as `--on_nonfinite` says. Either way no NaN reaches the
   parameters, and so none reaches a checkpoint.
+
+  A classifier's loss is its per-sequence loss plus `lm_loss_weight` times its per-token loss;
+  in its first `target_lm_steps` steps it is the per-token loss alone (the head is not trained).
 
   `fast_path(batch)`, where given, says whether every recurrent layer may take its fast
   time loop on this batch (`models.RecurrentLayer.path`); the step then differentiates the model
@@ -144,8 +152,10 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   def loss_fn(params, model):
     sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
     loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
-    if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text (--lm_loss_weight)
-      loss += lm_loss_weight * sums["lm_loss_sum"] / jnp.maximum(total(sums["lm_weight"]), 1.0)
+    if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text
+      token_loss = sums["lm_loss_sum"] / jnp.maximum(total(sums["lm_weight"]), 1.0)
+      per_token_only = step_number <= target_lm_steps
+      loss = jnp.where(per_token_only, 0.0, loss) + jnp.where(per_token_only, 1.0, lm_loss_weight) * token_loss
     if inject_nan_at_step:
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
@@ -184,9 +194,10 @@ def eval_step(params, batch: dict, carry, *, model, objective):
 
 
 def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0, fast_path=None):
+               lm_loss_weight: float = 0.0, target_lm_steps: int = 0, fast_path=None):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
                             inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
-                            lm_loss_weight=lm_loss_weight, fast_path=fast_path),
+                            lm_loss_weight=lm_loss_weight, target_lm_steps=target_lm_steps,
+                            fast_path=fast_path),
           functools.partial(eval_step, model=model, objective=objective))

@@ -51,8 +51,8 @@ def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = 
   kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
   if config.bidirectional:
     kwargs["bidirectional"] = True
-  if config.lm_loss_weight > 0:
-    kwargs["next_token_head"] = True  # per token and per sequence at once
+  if config.lm_loss_weight > 0 or config.target_lm_steps > 0:
+    kwargs["next_token_head"] = True  # per token and per sequence, at once or in turn
   return "SequenceClassifier", kwargs
 
 
@@ -98,7 +98,7 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
-      lm_loss_weight=config.lm_loss_weight,
+      lm_loss_weight=config.lm_loss_weight, target_lm_steps=config.target_lm_steps,
       # The reference (autodiff) layer has one time loop only.
       fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None)
   init_state = initial_state_fn(config, model, optimizer)
@@ -115,6 +115,7 @@ def make_optimizer_for(config: Config):
                         warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                         encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                        freeze_encoder_from=config.target_lm_steps,
                         ema_decay=config.ema_decay)
 
 
@@ -224,7 +225,7 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       preempted = preemption.should_stop(step)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
-      eval_now = config.eval_every and step % config.eval_every == 0 and step < config.num_steps and not preempted
+      eval_now = _evaluates_at(step, config) and not preempted
       if log_now:
         reporter.close_window(step)
       if save_now or eval_now:
@@ -280,6 +281,13 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _evaluates_at(step: int, config: Config) -> bool:
+  """Whether the loop evaluates on the dev split after `step`: every `--eval_every` steps, but
+  not after the last (the run evaluates it after the loop) nor in the per-token steps of
+  `--target_lm_steps` (the classifier's head has not been trained yet)."""
+  return bool(config.eval_every) and step % config.eval_every == 0 and config.target_lm_steps < step < config.num_steps
 
 
 def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Checkpointer) -> tuple[TrainState, int]:
