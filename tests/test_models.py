@@ -237,3 +237,33 @@ def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence
     expected_sum, expected_weight = expected_sum + alone["loss_sum"], expected_weight + alone["weight"]
   assert float(sums["lm_weight"]) == expected_weight == 5.0
   np.testing.assert_allclose(sums["lm_loss_sum"], expected_sum, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_as_unknown(tie):
+  """`--softmax_vocab_size=K`: the model reads all V tokens but predicts the first K (the most
+  frequent); its logits are the full model's first K (same embedding), and a rarer target
+  costs what `<unk>` costs."""
+  K = 6
+  small = LanguageModel(V, E, H, 1, "lstm", tie_embeddings=tie, softmax_vocab_size=K)
+  full = LanguageModel(V, E, H, 1, "lstm", tie_embeddings=tie)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 5), 0, V)
+  mask, carry = jnp.ones((2, 5), bool), zero_carry("lstm", 1, 2, H)
+  params = small.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
+  assert params["encoder"]["embed"]["embedding"].shape == (V, E) and params["lm_head"]["bias"].shape == (K,)
+  full_params = full.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
+  full_params = jax.tree.map(lambda x: x, full_params)
+  full_params["encoder"] = params["encoder"]
+  for name, value in params["lm_head"].items():  # the full head with the small one's first K outputs
+    is_output = name in ("bias", "kernel")  # (a tied head's projection to the embedding width is not)
+    full_params["lm_head"][name] = full_params["lm_head"][name].at[..., :K].set(value) if is_output else value
+  logits, _ = small.apply({"params": params}, tokens, mask, carry, train=False)
+  full_logits, _ = full.apply({"params": full_params}, tokens, mask, carry, train=False)
+  assert logits.shape == (2, 5, K)
+  np.testing.assert_allclose(logits, full_logits[..., :K], rtol=1e-6, atol=1e-6)
+
+  rare = jnp.full((2, 5), V - 1)  # beyond the softmax
+  batch = {"inputs": tokens, "targets": rare, "mask": mask, "resets": jnp.ones((2,), bool)}
+  sums, _ = lm_loss(small, params, batch, carry, {}, False)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  np.testing.assert_allclose(sums["loss_sum"], -log_probs[..., 1].sum(), rtol=1e-5)  # <unk> is id 1

@@ -108,6 +108,10 @@ def test_selection_flags_are_checked():
     validate(dataclasses.replace(CLASSIFY, target_lm_steps=60))
   with pytest.raises(ConfigError, match="--target_lm_steps: applies to --task=classify"):
     validate(Config(target_lm_steps=5))
+  with pytest.raises(ConfigError, match="--softmax_vocab_size: 100 is not smaller than --vocab_size=100"):
+    validate(Config(vocab_size=100, softmax_vocab_size=100))
+  with pytest.raises(ConfigError, match="--softmax_vocab_size: must be 0 .* got 2"):
+    validate(Config(softmax_vocab_size=2))
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +149,28 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(langu
   with open(tmp_path / "run_config.json") as f:
     assert json.load(f)["full_config"]["hidden_size"] == 16
   assert "lm_loss" in summary["eval"]
+
+
+def test_a_language_model_with_a_smaller_softmax_gives_a_classifier_its_whole_vocabulary(tmp_path):
+  """`--softmax_vocab_size`: the LM reads every token of its vocabulary but predicts the most
+  frequent K; a classifier from it takes the whole embedding (rare words included) and the
+  K-way next-token head."""
+  lm_dir, classifier_dir = str(tmp_path / "lm"), str(tmp_path / "classifier")
+  lm_config = Config(task="lm", hidden_size=16, embed_size=8, batch_size=8, seq_len=16, num_steps=10, eval_every=0,
+                     checkpoint_every=10, train_data="synthetic:copy[:90%]", eval_data="synthetic:copy[90%:]",
+                     tie_embeddings=True, softmax_vocab_size=8)
+  train_and_evaluate(lm_config, lm_dir)
+  lm = load_run(lm_dir)
+  assert len(lm.vocab) == 12  # 3 special tokens, 8 letters and "="
+  assert lm.params["encoder"]["embed"]["embedding"].shape == (12, 8) and lm.params["lm_head"]["bias"].shape == (8,)
+  config = dataclasses.replace(CLASSIFY, init_from=lm_dir, lm_loss_weight=0.5, num_steps=10, eval_every=0)
+  summary = train_and_evaluate(config, classifier_dir)
+  assert np.isfinite(summary["eval"]["lm_loss"])
+  with open(os.path.join(classifier_dir, "run_config.json")) as f:
+    assert json.load(f)["full_config"]["softmax_vocab_size"] == 8
+  classifier = load_run(classifier_dir)
+  assert classifier.params["encoder"]["embed"]["embedding"].shape == (12, 8)
+  assert classifier.params["lm_head"]["bias"].shape == (8,)
 
 
 def test_a_fine_tune_with_a_moving_average_starts_it_at_the_language_model(language_model, tmp_path):

@@ -31,7 +31,7 @@ DEFAULT_DATA = {
 # The fields that fix the parameters' shapes (and whether an average of them is kept): a resume
 # must not change them.
 MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
-                "tokenizer", "vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
+                "tokenizer", "vocab_size", "softmax_vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
                 "lm_loss_weight", "target_lm_steps", "ema_decay")
 
 
@@ -63,6 +63,10 @@ class Config:
   pooling: str = "last"
   bidirectional: bool = False  # classify: a backward layer beside each forward one
   tie_embeddings: bool = False  # the next-token layer reuses the embedding matrix
+  # The next-token softmax predicts only the N most frequent tokens (rarer ones are read with
+  # embeddings of their own, and predicted as <unk>): a large vocabulary for what follows (a
+  # classifier's rare words) at the cost of a small softmax; 0: the whole vocabulary.
+  softmax_vocab_size: int = 0
   lm_loss_weight: float = 0.0  # classify: add this times the next-token loss of the same text
   init_from: str = ""  # classify: a trained language model's workdir; its encoder and vocabulary
   # classify: the first N steps train per token only, on the classifier's own training text
@@ -175,6 +179,11 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(config.num_classes != 1, "num_classes", "a classifier needs at least 2 classes")
   _require(config.vocab_size == 0 or config.vocab_size > 3, "vocab_size",
            "must leave room beyond the 3 special tokens")
+  _require(config.softmax_vocab_size == 0 or config.softmax_vocab_size > 3, "softmax_vocab_size",
+           f"must be 0 (the whole vocabulary) or leave room beyond the 3 special tokens, got {config.softmax_vocab_size}")
+  _require(config.softmax_vocab_size == 0 or config.vocab_size == 0 or config.softmax_vocab_size < config.vocab_size,
+           "softmax_vocab_size", f"{config.softmax_vocab_size} is not smaller than --vocab_size={config.vocab_size};"
+           " use 0 for a softmax over the whole vocabulary")
   _require(config.batch_size % device_count == 0, "batch_size",
            f"the global batch of {config.batch_size} does not divide by the {device_count} devices;"
            f" use a multiple of {device_count}")

@@ -218,7 +218,9 @@ class Encoder(nn.Module):
 
 class NextTokenHead(nn.Module):
   """Next-token logits from recurrent outputs: a dense layer, or (`tie`) the embedding matrix
-  transposed, after a projection to its width when the widths differ (Press & Wolf 2017)."""
+  transposed, after a projection to its width when the widths differ (Press & Wolf 2017).
+  `vocab_size` tokens are predicted: the first rows of the embedding when tied (the vocabulary
+  is most frequent first, so a smaller softmax than the embedding predicts the commonest)."""
   vocab_size: int
   tie: bool = False
 
@@ -230,13 +232,15 @@ class NextTokenHead(nn.Module):
       return outputs @ kernel + bias
     if outputs.shape[-1] != embedding.shape[-1]:
       outputs = nn.Dense(embedding.shape[-1], name="projection")(outputs)
-    return outputs @ embedding.T + bias
+    return outputs @ embedding[:self.vocab_size].T + bias
 
 
-def next_token_logits(module: nn.Module, encoder: Encoder, outputs, tie: bool):
-  """`module`'s `lm_head` applied to `outputs`, with the encoder's embedding when tied."""
+def next_token_logits(module: nn.Module, encoder: Encoder, outputs, tie: bool, softmax_vocab_size: int = 0):
+  """`module`'s `lm_head` applied to `outputs`, with the encoder's embedding when tied. The
+  softmax covers the `softmax_vocab_size` most frequent tokens (0: all the encoder reads)."""
   embedding = encoder.variables["params"]["embed"]["embedding"] if tie else None
-  return NextTokenHead(encoder.vocab_size, tie, name="lm_head")(outputs, embedding)
+  size = min(softmax_vocab_size, encoder.vocab_size) if softmax_vocab_size else encoder.vocab_size
+  return NextTokenHead(size, tie, name="lm_head")(outputs, embedding)
 
 
 class LanguageModel(nn.Module):
@@ -255,16 +259,19 @@ class LanguageModel(nn.Module):
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)
+  # Tokens the next-token softmax predicts, the most frequent first (rarer ones are read but
+  # predicted as <unk>; see `objectives.token_cross_entropy`); 0: all `vocab_size`.
+  softmax_vocab_size: int = 0
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
-    """Returns (logits [B, T, V], carry [L, S, B, H])."""
+    """Returns (logits [B, T, V] (V: the softmax's tokens), carry [L, S, B, H])."""
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
                       path=self.path, word_dropout_rate=self.word_dropout_rate,
                       variational_dropout=self.variational_dropout, name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
-    return next_token_logits(self, encoder, outputs, self.tie_embeddings), carry
+    return next_token_logits(self, encoder, outputs, self.tie_embeddings, self.softmax_vocab_size), carry
 
 
 class SequenceClassifier(nn.Module):
@@ -297,6 +304,7 @@ class SequenceClassifier(nn.Module):
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)
+  softmax_vocab_size: int = 0  # of the next-token head (see LanguageModel)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
@@ -323,7 +331,8 @@ class SequenceClassifier(nn.Module):
     logits = nn.Dense(self.num_classes, name="head_out")(features)
     if self.next_token_head and (token_logits or self.is_initializing()):
       # Only the forward stack may predict the next token: the backward one has read it.
-      tokens_out = next_token_logits(self, encoder, outputs[..., :self.hidden_size], self.tie_embeddings)
+      tokens_out = next_token_logits(self, encoder, outputs[..., :self.hidden_size], self.tie_embeddings,
+                                     self.softmax_vocab_size)
       if token_logits:
         return logits, tokens_out
     return logits

@@ -15,11 +15,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pipeline.tokenizers import UNK
 from training.models import fast_path_applies, segment_resets
 
 
 def token_cross_entropy(logits, targets, mask) -> dict:
-  """logits [B, T, V], targets [B, T] int, mask [B, T] bool -> sums over real tokens."""
+  """logits [B, T, V], targets [B, T] int, mask [B, T] bool -> sums over real tokens.
+
+  A target outside the softmax (a token rarer than the V it predicts, `--softmax_vocab_size`)
+  is to be predicted as `<unk>`, as if the vocabulary ended at V."""
+  targets = jnp.where(targets < logits.shape[-1], targets, UNK)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   weights = mask.astype(jnp.float32)
   return {"loss_sum": (losses * weights).sum(), "weight": weights.sum()}

@@ -24,7 +24,8 @@ from pipeline import paths
 from training.config import Config, ConfigError
 from training.data import VOCAB_FILE
 
-ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings")
+ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings",
+                  "softmax_vocab_size")
 SHARED_MODULES = ("encoder", "lm_head")
 
 

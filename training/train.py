@@ -40,6 +40,9 @@ flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: a second recurre
                   " backwards; the two stacks' outputs are concatenated.")
 flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
                   " (through a projection to --embed_size when --hidden_size differs).")
+flags.DEFINE_integer("softmax_vocab_size", _D.softmax_vocab_size, "Next-token softmax over only the N most"
+                     " frequent tokens of --vocab_size; rarer ones keep embeddings of their own (a classifier"
+                     " from this LM reads them) but are predicted as <unk>. 0: the whole vocabulary.")
 flags.DEFINE_float("lm_loss_weight", _D.lm_loss_weight, "classify: add this weight times the next-token"
                    " loss on the same text (per token and per sequence at once); 0: off.")
 flags.DEFINE_string("init_from", _D.init_from, "classify: workdir of a trained language model; the"
