@@ -26,7 +26,8 @@ For each config it measures, back to back on the same machine:
 Ratios are the figures to quote: both sides ran minutes apart on the same machine. Each config
 is measured in `--repeats` rounds (bare step, trainer, PyTorch; every other round in reverse),
 and the table shows the medians with the range of the rounds' ratios: on a shared VM one round
-moves by 10%. Prints a Markdown table (and writes JSON with `--json`). On a GPU both sides use
+moves by 10%. Prints a Markdown table (and writes JSON with `--json`); each round's figures go
+to stderr as soon as it ends (`round: {...}`), so a run stopped part way keeps them. On a GPU both sides use
 it (cuDNN for PyTorch).
 """
 
@@ -221,6 +222,7 @@ def run_config(name: str, config: Config, loop: str, peaks: list[float], repeats
     with tempfile.TemporaryDirectory() as tmp:
       rounds.append(measure_round(config, config.num_steps, tmp, reverse_of=rounds[0] if index % 2 else None,
                                   torch_huge_pages=torch_huge_pages))
+    print_round(name, index, rounds[-1])
   median = statistics.median
   trainer = median(r["trainer"]["tokens_per_sec"] for r in rounds)
   trainer_fed = median(r["trainer"]["fed_tokens_per_sec"] for r in rounds)
@@ -238,6 +240,19 @@ def run_config(name: str, config: Config, loop: str, peaks: list[float], repeats
     result.update(torch_tokens_per_sec=torch_speed, torch=rounds[0]["torch"], ratio=median(ratios),
                   ratio_range=[min(ratios), max(ratios)])
   return result
+
+
+def print_round(name: str, index: int, measured: dict) -> None:
+  """One round's figures on stderr as soon as it ends, so that a run stopped part way (a time
+  limit, a shared machine) still leaves what it measured."""
+  torch_speed = measured["torch"]["tokens_per_sec"] if measured["torch"] else None
+  figures = {"config": name, "round": index + 1, "bare_step_tokens_per_sec": round(measured["bare"]["tokens_per_sec"]),
+             "trainer_tokens_per_sec": round(measured["trainer"]["tokens_per_sec"]),
+             "trainer_fed_tokens_per_sec": round(measured["trainer"]["fed_tokens_per_sec"]),
+             "torch_tokens_per_sec": round(torch_speed) if torch_speed else None}
+  if torch_speed:
+    figures["ratio"] = round(measured["trainer"]["fed_tokens_per_sec"] / torch_speed, 3)
+  print("round: " + json.dumps(figures), file=sys.stderr, flush=True)
 
 
 def add_peak_fractions(results: list[dict], peak: float) -> None:

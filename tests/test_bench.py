@@ -30,3 +30,15 @@ def test_peak_fractions_use_the_fastest_matmul_and_skip_a_missing_peer():
   assert results[0]["project_peak_fraction"] == pytest.approx(0.5)
   assert results[0]["torch_peak_fraction"] == pytest.approx(0.4)
   assert results[1]["project_peak_fraction"] == pytest.approx(0.05) and "torch_peak_fraction" not in results[1]
+
+
+def test_each_round_is_printed_as_it_ends_with_its_ratio(capsys):
+  measured = {"bare": {"tokens_per_sec": 1000.4}, "trainer": {"tokens_per_sec": 900.0, "fed_tokens_per_sec": 950.0},
+              "torch": {"tokens_per_sec": 1000.0}}
+  throughput.print_round("char_1x128", 0, measured)
+  throughput.print_round("char_1x128", 1, dict(measured, torch=None))  # no PyTorch installed
+  first, second = capsys.readouterr().err.splitlines()
+  assert first == ('round: {"config": "char_1x128", "round": 1, "bare_step_tokens_per_sec": 1000,'
+                   ' "trainer_tokens_per_sec": 900, "trainer_fed_tokens_per_sec": 950, "torch_tokens_per_sec": 1000,'
+                   ' "ratio": 0.95}')
+  assert second.endswith('"torch_tokens_per_sec": null}')
