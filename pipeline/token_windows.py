@@ -8,6 +8,11 @@ window to the next (truncated backpropagation through time).
 Batch: `inputs [B, T]` and `targets [B, T]` int32 (targets are inputs shifted by one),
 `mask [B, T]` bool (the target is a real token), `resets [B]` bool (start this row from a
 zero state: the first window of an epoch, or every window when the state is not carried).
+
+`reverse`: the stream is read from its last token to its first, so a language model trained on
+it predicts each token from the text after it (a backward language model, as ULMFiT and ELMo
+train beside the forward one). Each document then reads backwards, and its `<eos>` separates it
+from the document that came before it in the stream.
 """
 
 import math
@@ -30,6 +35,32 @@ def token_stream(documents: Sequence[dict], vocab: Vocabulary) -> np.ndarray:
   return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
 
 
+class ReversedStream:
+  """A token stream (anything with `len()` and `read_block`) read from its end to its start:
+  position i is the wrapped stream's position N-1-i. Reads the same tokens as the wrapped stream,
+  so a prepared corpus is still read only where the lanes are."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._size = len(stream)
+
+  def __len__(self):
+    return self._size
+
+  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.asarray(starts, np.int64)
+    stops = np.clip(starts + width, 0, self._size)
+    lengths = np.maximum(stops - np.maximum(starts, 0), 0)
+    # Reversed [start, stop) is the wrapped stream's [N - stop, N - start), read backwards.
+    block, _ = self._stream.read_block(self._size - stops, width, pad)
+    tokens = np.full((len(starts), width), pad, np.int32)
+    real = np.zeros((len(starts), width), bool)
+    for row, length in enumerate(lengths.tolist()):
+      tokens[row, :length] = block[row, :length][::-1]
+      real[row, :length] = True
+    return tokens, real
+
+
 class LaneWindows:
   """Random-access windows over the lanes `lanes` (this process's rows) of a token stream.
 
@@ -38,8 +69,11 @@ class LaneWindows:
   touches only its share of a prepared corpus.
   """
 
-  def __init__(self, stream, *, num_lanes: int, seq_len: int, lanes: range, carry_state: bool, what: str):
+  def __init__(self, stream, *, num_lanes: int, seq_len: int, lanes: range, carry_state: bool, what: str,
+               reverse: bool = False):
     self._stream = ArrayStream(stream) if isinstance(stream, np.ndarray) else stream
+    if reverse:
+      self._stream = ReversedStream(self._stream)
     self._size = len(self._stream)
     self._lane_length = math.ceil(self._size / num_lanes)
     if self._lane_length < 2:
@@ -73,17 +107,20 @@ class LaneWindows:
 
 def window_batches(tokens, *, batch_size: int, seq_len: int, train: bool,
                    carry_state: bool, shard_index: int = 0, shard_count: int = 1,
-                   num_threads: int = 2, what: str = "data", start: int = 0) -> grain.IterDataset:
+                   num_threads: int = 2, what: str = "data", start: int = 0,
+                   reverse: bool = False) -> grain.IterDataset:
   """Batches of windows; `batch_size` is global (the number of lanes), split over processes.
 
   Training data repeats forever, each epoch starting again from zero states; evaluation data
   is read once. `start`: the global index of the first batch (a resumed run's step), the same
   for any number of processes, since every process reads its rows of the same global batches.
+  `reverse`: the stream read from its end (a backward language model's data).
   """
   rows = batch_size // shard_count
   lanes = range(shard_index * rows, (shard_index + 1) * rows)
   dataset = grain.MapDataset.source(LaneWindows(tokens, num_lanes=batch_size, seq_len=seq_len,
-                                                lanes=lanes, carry_state=carry_state, what=what))
+                                                lanes=lanes, carry_state=carry_state, what=what,
+                                                reverse=reverse))
   if train:
     dataset = dataset.repeat()
   return dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

@@ -15,7 +15,7 @@ from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
 from pipeline.prepared import ArrayStream, PreparedDataset, PreparedStream
 from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
-from pipeline.token_windows import token_stream, window_batches
+from pipeline.token_windows import ReversedStream, token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
 
 WORDS = "the cat sat on a mat while dogs ran far away from home and sang".split()
@@ -164,6 +164,29 @@ def test_window_batches_from_a_prepared_stream_equal_in_memory_ones(tmp_path):
     for _ in range(2 * len(tokens) // (6 * 16) + 3):  # past the end of an epoch
       a, b = next(expected), next(got)
       assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_reversed_stream_reads_the_stream_backwards_in_memory_and_prepared(tmp_path):
+  """`--read_backward`: the windows of a stream read from its end equal the windows of the
+  reversed token array, from memory and from a prepared dataset (whose records are read in
+  pieces), for every shard and past an epoch's end."""
+  path = make_jsonl(tmp_path / "train.jsonl", 120)
+  prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), tokenizer="char")
+  dataset = PreparedDataset(str(tmp_path / "out"))
+  tokens = token_stream(read_all(f"jsonl:{path}", False), dataset.vocab)
+  for source in (tokens, dataset.view(None, "x").stream()):
+    for shard in range(2):
+      args = dict(batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2)
+      expected = iter(window_batches(tokens[::-1].copy(), **args))
+      got = iter(window_batches(source, reverse=True, **args))
+      for _ in range(2 * len(tokens) // (6 * 16) + 3):
+        a, b = next(expected), next(got)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+  # Ranges that run past the end read only what is there, padded.
+  reversed_stream = ReversedStream(ArrayStream(np.arange(3, 13, dtype=np.int32)))
+  block, real = reversed_stream.read_block([0, 6, 8, 12], 4, pad=0)
+  np.testing.assert_array_equal(block, [[12, 11, 10, 9], [6, 5, 4, 3], [4, 3, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(real.sum(axis=1), [4, 4, 2, 0])
 
 
 class CountingReads:

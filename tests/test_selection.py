@@ -151,6 +151,75 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(langu
   assert "lm_loss" in summary["eval"]
 
 
+@pytest.fixture(scope="module")
+def backward_language_model(tmp_path_factory):
+  """The `language_model` fixture's twin that reads the same text backwards (`--read_backward`)."""
+  workdir = str(tmp_path_factory.mktemp("backward_lm"))
+  config = Config(task="lm", hidden_size=16, embed_size=8, num_layers=2, batch_size=8, seq_len=16, num_steps=30,
+                  eval_every=10, checkpoint_every=10, train_data="synthetic:copy[:90%]",
+                  eval_data="synthetic:copy[90%:]", tie_embeddings=True, read_backward=True)
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_a_backward_language_model_starts_the_backward_stack_with_its_own_embedding(
+    language_model, backward_language_model, tmp_path):
+  """ULMFiT / ELMo: both directions pretrained. The forward stack and embedding come from the
+  forward LM, the backward stack and its own embedding from the backward LM, the head from the
+  seed; and the trainer runs from there."""
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, init_backward_from=backward_language_model,
+                               bidirectional=True)
+  adopted = pretrained.adopt_architecture(config)
+  assert adopted.backward_embedding and (adopted.hidden_size, adopted.num_layers) == (16, 2)
+  forward, backward = load_run(language_model), load_run(backward_language_model)
+  model = build_model(adopted, len(forward.vocab), 3)
+  fresh = jax.jit(initial_state_fn(adopted, model, make_optimizer_for(adopted)))(jax.random.PRNGKey(0)).params
+  params = pretrained.initial_backward_params(backward_language_model,
+                                              pretrained.initial_params(language_model, fresh))
+  encoder = params["encoder"]
+  np.testing.assert_array_equal(encoder["embed"]["embedding"], forward.params["encoder"]["embed"]["embedding"])
+  np.testing.assert_array_equal(encoder["backward_embed"]["embedding"],
+                                backward.params["encoder"]["embed"]["embedding"])
+  for layer in range(2):
+    for name, value in forward.params["encoder"][f"layer_{layer}"].items():
+      np.testing.assert_array_equal(encoder[f"layer_{layer}"][name], value)
+    for name, value in backward.params["encoder"][f"layer_{layer}"].items():
+      np.testing.assert_array_equal(encoder[f"backward_layer_{layer}"][name], value)
+  assert not np.array_equal(encoder["backward_layer_0"]["W_h"], encoder["layer_0"]["W_h"])  # two different LMs
+  np.testing.assert_array_equal(params["head_out"]["kernel"], fresh["head_out"]["kernel"])
+
+  summary = train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path))
+  assert np.isfinite(summary["eval"]["loss"])
+  served = load_run(str(tmp_path))
+  assert served.config.backward_embedding and "backward_embed" in served.params["encoder"]
+
+
+def test_backward_language_models_are_checked(language_model, backward_language_model, tmp_path):
+  both = dataclasses.replace(CLASSIFY, init_from=language_model, init_backward_from=backward_language_model,
+                             bidirectional=True)
+  with pytest.raises(ConfigError, match="--init_backward_from: starts the backward stack of a classifier that also"
+                                        " has --bidirectional"):
+    validate(dataclasses.replace(both, bidirectional=False))
+  with pytest.raises(ConfigError, match="--read_backward: applies to --task=lm"):
+    validate(dataclasses.replace(CLASSIFY, read_backward=True))
+  with pytest.raises(ConfigError, match="reads its text forwards; --init_backward_from takes one trained with"):
+    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=language_model))
+  with pytest.raises(ConfigError, match="reads its text backwards .--read_backward.; give it as --init_backward_from"):
+    pretrained.adopt_architecture(dataclasses.replace(both, init_from=backward_language_model))
+  other = str(tmp_path / "other")
+  train_and_evaluate(Config(task="lm", hidden_size=8, embed_size=8, num_layers=2, batch_size=8, seq_len=16,
+                            num_steps=2, eval_every=0, train_data="synthetic:copy[:90%]", read_backward=True), other)
+  with pytest.raises(ConfigError, match=r"its encoder differs from the --init_from language model's: --hidden_size=8"
+                                        r" \(--init_from's: 16\)"):
+    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=other))
+  other_text = str(tmp_path / "other_text")
+  train_and_evaluate(Config(task="lm", hidden_size=16, embed_size=8, num_layers=2, batch_size=8, seq_len=16,
+                            num_steps=2, eval_every=0, train_data="synthetic:recall[:90%]", read_backward=True,
+                            tie_embeddings=True), other_text)
+  with pytest.raises(ConfigError, match="its vocabulary differs from the --init_from language model's"):
+    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=other_text))
+
+
 def test_a_language_model_with_a_smaller_softmax_gives_a_classifier_its_whole_vocabulary(tmp_path):
   """`--softmax_vocab_size`: the LM reads every token of its vocabulary but predicts the most
   frequent K; a classifier from it takes the whole embedding (rare words included) and the

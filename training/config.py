@@ -28,11 +28,11 @@ DEFAULT_DATA = {
     "classify": ("synthetic:recall[:90%]", "synthetic:recall[90%:]"),
 }
 
-# The fields that fix the parameters' shapes (and whether an average of them is kept): a resume
-# must not change them.
+# The fields that fix the parameters' shapes (and whether an average of them is kept) or what
+# they mean (the direction a language model reads): a resume must not change them.
 MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
                 "tokenizer", "vocab_size", "softmax_vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
-                "lm_loss_weight", "target_lm_steps", "ema_decay")
+                "read_backward", "backward_embedding", "lm_loss_weight", "target_lm_steps", "ema_decay")
 
 
 def config_from_fields(saved: dict) -> "Config":
@@ -67,8 +67,17 @@ class Config:
   # embeddings of their own, and predicted as <unk>): a large vocabulary for what follows (a
   # classifier's rare words) at the cost of a small softmax; 0: the whole vocabulary.
   softmax_vocab_size: int = 0
+  # lm: read the text from its end to its start, predicting each token from what follows it (a
+  # backward language model, for a bidirectional classifier's backward stack).
+  read_backward: bool = False
+  # classify, bidirectional: the backward stack reads an embedding of its own (set by
+  # --init_backward_from: each language model learnt its own).
+  backward_embedding: bool = False
   lm_loss_weight: float = 0.0  # classify: add this times the next-token loss of the same text
   init_from: str = ""  # classify: a trained language model's workdir; its encoder and vocabulary
+  # classify, bidirectional: a backward language model's workdir (--read_backward, trained on the
+  # same data as --init_from's); its embedding and layers start the backward stack.
+  init_backward_from: str = ""
   # classify: the first N steps train per token only, on the classifier's own training text
   # (ULMFiT's second stage, target-task LM fine-tuning); per sequence from step N + 1.
   target_lm_steps: int = 0
@@ -145,7 +154,8 @@ class Config:
                                eval_data=with_absolute_path(self.eval_data),
                                test_data=with_absolute_path(self.test_data),
                                tfds_data_dir=absolute(self.tfds_data_dir),
-                               init_from=absolute(self.init_from))
+                               init_from=absolute(self.init_from),
+                               init_backward_from=absolute(self.init_backward_from))
 
   def selection_metric(self) -> str:
     """The eval metric that picks the best checkpoint: accuracy for classifiers, loss for LMs."""
@@ -216,6 +226,12 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(config.target_lm_steps >= 0, "target_lm_steps", f"must be >= 0, got {config.target_lm_steps}")
   _require(config.target_lm_steps < config.num_steps, "target_lm_steps",
            f"{config.target_lm_steps} leaves no per-sequence step of --num_steps={config.num_steps}")
-  for flag in ("bidirectional", "lm_loss_weight", "init_from", "target_lm_steps"):
+  for flag in ("bidirectional", "lm_loss_weight", "init_from", "init_backward_from", "target_lm_steps",
+               "backward_embedding"):
     _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
+  _require(not config.read_backward or config.task == "lm", "read_backward", "applies to --task=lm")
+  _require(not config.init_backward_from or (config.bidirectional and config.init_from), "init_backward_from",
+           "starts the backward stack of a classifier that also has --bidirectional and --init_from (the"
+           " forward language model)")
+  _require(not config.backward_embedding or config.bidirectional, "backward_embedding", "needs --bidirectional")
 

@@ -68,7 +68,8 @@ def prepare_data(config: Config, workdir: str) -> RunData:
 
   if config.task == "lm":
     lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
-                   shard_index=process_index, shard_count=process_count, num_threads=config.data_workers)
+                   shard_index=process_index, shard_count=process_count, num_threads=config.data_workers,
+                   reverse=config.read_backward)
     train_batches = lambda start=0: iter(window_batches(train.stream, train=True, what="--train_data",
                                                         start=start, **lm_args))
 

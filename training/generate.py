@@ -5,7 +5,8 @@ r"""Samples text from a trained language model.
 
 The prompt is read in one pass, then the model runs one step per new token from its carried
 state (a jitted `lax.scan` of single steps; the prompt is never re-read). Same flags and seed,
-same text. Uses the best checkpoint (chosen on the dev
+same text. A backward language model (`--read_backward`) writes the text that comes before the
+prompt. Uses the best checkpoint (chosen on the dev
 split) when the run kept one, else the latest, or `--step`.
 """
 
@@ -40,7 +41,8 @@ def main(argv):
     text = sample(run, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                   seed=_SEED.value)
   sep = "" if run.vocab.kind == "char" or not _PROMPT.value else " "
-  print(_PROMPT.value + sep + text)
+  # A backward language model (--read_backward) writes what comes before the prompt.
+  print(text + sep + _PROMPT.value if run.config.read_backward else _PROMPT.value + sep + text)
 
 
 def run_main():

@@ -99,14 +99,18 @@ def encode_batch(texts: list[str], vocab: Vocabulary, seq_len: int) -> tuple[jax
 
 def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.0, top_k: int = 0,
            seed: int = 0) -> str:
-  """`length` tokens sampled after `prompt` from a trained language model.
+  """`length` tokens sampled after `prompt` from a trained language model; from a backward one
+  (`--read_backward`), the tokens before `prompt`, in reading order.
 
   The prompt is read in one pass; then one step per new token from the carried state (a jitted
   `lax.scan` of single steps), never re-reading the prompt. `temperature=0` is greedy.
   """
   config, model = run.config, run.model
-  # A document starts after <eos> in training streams: the prompt continues from there.
-  ids = jnp.concatenate([jnp.array([EOS], jnp.int32), jnp.asarray(run.vocab.encode(prompt))])[None]
+  backward = config.read_backward
+  prompt_ids = run.vocab.encode(prompt)
+  # A document starts after <eos> in training streams (a backward model's: its end), so the
+  # prompt goes on from there.
+  ids = jnp.concatenate([jnp.array([EOS], jnp.int32), jnp.asarray(prompt_ids[::-1] if backward else prompt_ids)])[None]
   carry = zero_carry(config.model, config.num_layers, 1, config.hidden_size)
   apply = functools.partial(model.apply, {"params": run.params}, train=False)
   logits, carry = jax.jit(apply)(ids, jnp.ones(ids.shape, bool), carry)
@@ -128,8 +132,8 @@ def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.
 
     return jax.lax.scan(step, (logits, carry), jax.random.split(key, steps))[1]
 
-  tokens = continue_from(length, logits[:, -1], carry, jax.random.PRNGKey(seed))
-  return run.vocab.decode([int(t) for t in tokens])
+  tokens = [int(t) for t in continue_from(length, logits[:, -1], carry, jax.random.PRNGKey(seed))]
+  return run.vocab.decode(tokens[::-1] if backward else tokens)
 
 
 def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[dict]:

@@ -154,7 +154,9 @@ class Encoder(nn.Module):
   token to its first, also inside packed rows (each sequence is reversed in place, see
   `reversal_index`), and its outputs are concatenated to the forward stack's: [B, T, 2H]. The
   forward stack keeps the names and shapes of a language model's encoder, so a unidirectional
-  LM initialises it whole (`--init_from`).
+  LM initialises it whole (`--init_from`). `backward_embedding`: the backward stack reads an
+  embedding of its own (`backward_embed`), so that a backward language model's embedding and
+  layers can start it together (`--init_backward_from`).
   """
   vocab_size: int
   embed_size: int
@@ -166,6 +168,7 @@ class Encoder(nn.Module):
   backward: str = "fused"
   remat: bool = False
   bidirectional: bool = False
+  backward_embedding: bool = False
   kernel: str = "scan"
   final_carry_used: bool = True  # (see RecurrentLayer)
   # Each token's whole embedding is zeroed with this probability in training: the word is dropped
@@ -184,20 +187,28 @@ class Encoder(nn.Module):
     # only the last layer's outputs are turned back.
     tokens, mask = tokens.T, mask.T
     resets = None if resets is None else resets.T
-    x = nn.Embed(self.vocab_size, self.embed_size, name="embed")(tokens)
-    # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
-    # it is the gradient with respect to each input step (bench/dependency_distance.py).
-    x = self.perturb("embedded", x)
-    if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
-      x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train, name="word_dropout")(x)
-    x = self._dropout(x, train)
+    x = self._embed("embed", tokens, train)
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
     if self.bidirectional:
       # A sequence reversed in place occupies the same positions, so mask and resets still hold.
       reverse = lambda a: jnp.take_along_axis(a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0)
-      backward_outputs, _ = self._stack("backward_layer", reverse(x), mask, jnp.zeros_like(carry), resets, train)
+      backward_x = self._embed("backward_embed", tokens, train, perturb=False) if self.backward_embedding else x
+      backward_outputs, _ = self._stack("backward_layer", reverse(backward_x), mask, jnp.zeros_like(carry), resets,
+                                        train)
       outputs = jnp.concatenate([outputs, reverse(backward_outputs)], axis=-1)
     return jnp.swapaxes(outputs, 0, 1), final
+
+  def _embed(self, name: str, tokens, train: bool, perturb: bool = True):
+    """tokens [T, B] -> embeddings [T, B, E], with word and unit dropout."""
+    x = nn.Embed(self.vocab_size, self.embed_size, name=name)(tokens)
+    if perturb:
+      # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
+      # it is the gradient with respect to each input step (bench/dependency_distance.py).
+      x = self.perturb("embedded", x)
+    if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
+      x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train,
+                     name=name.replace("embed", "word_dropout"))(x)
+    return self._dropout(x, train)
 
   def _dropout(self, x, train: bool):
     # x: [T, B, F]; variational: one draw per row and unit, shared over time (axis 0).
@@ -298,6 +309,7 @@ class SequenceClassifier(nn.Module):
   backward: str = "fused"
   remat: bool = False
   bidirectional: bool = False
+  backward_embedding: bool = False  # (see Encoder)
   next_token_head: bool = False
   tie_embeddings: bool = False
   kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
@@ -316,7 +328,7 @@ class SequenceClassifier(nn.Module):
     segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      kernel=self.kernel, final_carry_used=False, path=self.path,
+                      backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False, path=self.path,
                       word_dropout_rate=self.word_dropout_rate, variational_dropout=self.variational_dropout,
                       name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None

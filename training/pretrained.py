@@ -9,6 +9,11 @@ The classifier takes from the language model's run
   (`--lm_loss_weight`, `--target_lm_steps`), the `lm_head`. What the LM does not have (the classifier's head, a
   bidirectional encoder's backward stack) starts from the seed as usual.
 
+A bidirectional classifier's backward stack can start from a second language model, one that
+read the same text backwards (`--read_backward`; `--init_backward_from=BACKWARD_LM_WORKDIR`): its
+embedding and layers become the backward stack's own (`backward_embedding`), as ULMFiT and ELMo
+pretrain both directions. The two must share the encoder's shapes and the vocabulary.
+
 The language model's parameters are its best checkpoint on its dev split when it kept one,
 else its latest (`inference.load_run`).
 """
@@ -22,26 +27,57 @@ from absl import logging
 
 from pipeline import paths
 from training.config import Config, ConfigError
+from pipeline.tokenizers import Vocabulary
 from training.data import VOCAB_FILE
 
 ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings",
                   "softmax_vocab_size")
 SHARED_MODULES = ("encoder", "lm_head")
+# What a backward language model must share with the forward one: the encoder's shapes and tokens.
+ENCODER_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size")
+# A backward LM's encoder, renamed to the bidirectional encoder's backward part.
+BACKWARD_NAMES = (("['encoder']['embed']", "['encoder']['backward_embed']"),
+                  ("['encoder']['layer_", "['encoder']['backward_layer_"))
 
 
 def adopt_architecture(config: Config) -> Config:
-  """`config` with the language model's architecture (the flags for it are overridden)."""
-  from training.inference import load_config  # (inference imports the trainer)
-
-  lm = load_config(config.init_from)
-  if lm.task != "lm":
-    raise ConfigError(f"--init_from={config.init_from}: that run trained --task={lm.task}; a classifier"
-                      " starts from a language model's run (--task=lm)")
+  """`config` with the language model's architecture (the flags for it are overridden), and
+  with `backward_embedding` when a backward language model starts the backward stack."""
+  lm = _language_model(config.init_from, "init_from", read_backward=False)
   adopted = {name: getattr(lm, name) for name in ADOPTED_FIELDS}
+  if config.init_backward_from:
+    backward = _language_model(config.init_backward_from, "init_backward_from", read_backward=True)
+    differing = [f"--{name}={getattr(backward, name)} (--init_from's: {getattr(lm, name)})"
+                 for name in ENCODER_FIELDS if getattr(backward, name) != getattr(lm, name)]
+    if differing:
+      raise ConfigError(f"--init_backward_from={config.init_backward_from}: its encoder differs from the"
+                        f" --init_from language model's: {', '.join(differing)}")
+    vocabularies = [Vocabulary.load(os.path.join(workdir, VOCAB_FILE)) for workdir in (config.init_from,
+                                                                                      config.init_backward_from)]
+    if vocabularies[0] != vocabularies[1]:
+      raise ConfigError(f"--init_backward_from={config.init_backward_from}: its vocabulary differs from the"
+                        f" --init_from language model's; train both on the same --train_data, --tokenizer and"
+                        " --vocab_size")
+    adopted["backward_embedding"] = True
   changed = {name: value for name, value in adopted.items() if getattr(config, name) != value}
   if changed:
     logging.info("From --init_from: %s", "  ".join(f"--{k}={v}" for k, v in changed.items()))
   return dataclasses.replace(config, **adopted)
+
+
+def _language_model(workdir: str, flag: str, read_backward: bool) -> Config:
+  """The config of the language model's run in `workdir`, which must read in that direction."""
+  from training.inference import load_config  # (inference imports the trainer)
+
+  lm = load_config(workdir)
+  if lm.task != "lm":
+    raise ConfigError(f"--{flag}={workdir}: that run trained --task={lm.task}; a classifier starts from a"
+                      " language model's run (--task=lm)")
+  if lm.read_backward != read_backward:
+    raise ConfigError(f"--{flag}={workdir}: that language model reads its text "
+                      + ("backwards (--read_backward); give it as --init_backward_from" if lm.read_backward else
+                         "forwards; --init_backward_from takes one trained with --read_backward"))
+  return lm
 
 
 def copy_vocabulary(init_from: str, workdir: str) -> None:
@@ -59,20 +95,42 @@ def initial_params(init_from: str, params):
 
   lm = load_run(init_from)
   lm_leaves = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]}
+  return _take(params, lm_leaves, lambda path: path[0].key in SHARED_MODULES, lm, "init_from")
+
+
+def initial_backward_params(init_backward_from: str, params):
+  """`params` with the backward stack and its embedding taken from the backward language model's
+  encoder (`BACKWARD_NAMES`); the rest as they were."""
+  from training.inference import load_run
+
+  lm = load_run(init_backward_from)
+  lm_leaves = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]:
+    name = jax.tree_util.keystr(path)
+    for old, new in BACKWARD_NAMES:
+      if name.startswith(old):
+        lm_leaves[new + name[len(old):]] = leaf
+  is_backward = lambda path: any(jax.tree_util.keystr(path).startswith(new) for _, new in BACKWARD_NAMES)
+  return _take(params, lm_leaves, is_backward, lm, "init_backward_from")
+
+
+def _take(params, lm_leaves: dict, wanted, lm, flag: str):
+  """`params` with each leaf that `wanted(path)` and `lm_leaves` has, with the same shape,
+  replaced by the language model's (placed like the leaf it replaces)."""
   taken, kept = [], []
 
   def take(path, leaf):
     name = jax.tree_util.keystr(path)
     source = lm_leaves.get(name)
-    if path[0].key not in SHARED_MODULES or source is None or source.shape != leaf.shape:
+    if not wanted(path) or source is None or source.shape != leaf.shape:
       kept.append(name)
       return leaf
     taken.append(name)
     return jax.device_put(np.asarray(source, leaf.dtype), leaf.sharding)  # every process holds it
 
   params = jax.tree_util.tree_map_with_path(take, params)
-  logging.info("Initialised from the language model in %s (step %d): %d parameter arrays taken, %d new"
-               " (%s)", lm.workdir, lm.step, len(taken), len(kept), ", ".join(kept) or "none")
+  logging.info("Initialised from the language model in %s (step %d, --%s): %d parameter arrays taken, %d others"
+               " (%s)", lm.workdir, lm.step, flag, len(taken), len(kept), ", ".join(kept) or "none")
   if not taken:
-    raise ConfigError(f"--init_from={init_from}: no parameter of that run fits this model")
+    raise ConfigError(f"--{flag}={lm.workdir}: no parameter of that run fits this model")
   return params

@@ -38,6 +38,10 @@ flags.DEFINE_string("pooling", _D.pooling, f"Classifier features: {' | '.join(PO
                     " mean or elementwise max of the states, or all three side by side).")
 flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: a second recurrent stack reads every sequence"
                   " backwards; the two stacks' outputs are concatenated.")
+flags.DEFINE_bool("backward_embedding", _D.backward_embedding, "classify, --bidirectional: the backward stack"
+                  " reads an embedding of its own (--init_backward_from sets it: each language model learnt its own).")
+flags.DEFINE_bool("read_backward", _D.read_backward, "lm: read the text from its end to its start, predicting"
+                  " each token from the text after it (a backward language model, for --init_backward_from).")
 flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
                   " (through a projection to --embed_size when --hidden_size differs).")
 flags.DEFINE_integer("softmax_vocab_size", _D.softmax_vocab_size, "Next-token softmax over only the N most"
@@ -47,6 +51,10 @@ flags.DEFINE_float("lm_loss_weight", _D.lm_loss_weight, "classify: add this weig
                    " loss on the same text (per token and per sequence at once); 0: off.")
 flags.DEFINE_string("init_from", _D.init_from, "classify: workdir of a trained language model; the"
                     " classifier starts from its encoder (and next-token head) and uses its vocabulary.")
+flags.DEFINE_string("init_backward_from", _D.init_backward_from, "classify, with --bidirectional and --init_from:"
+                    " workdir of a backward language model (--read_backward) trained on the same data as"
+                    " --init_from's; the backward stack starts from its embedding and layers (ULMFiT and ELMo"
+                    " pretrain both directions).")
 flags.DEFINE_integer("target_lm_steps", _D.target_lm_steps, "classify: train the first N steps per token"
                      " only, on the classifier's own training text (ULMFiT's target-task language-model"
                      " fine-tuning), then per sequence; dev evaluations and --freeze_encoder_steps start"

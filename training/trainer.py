@@ -24,7 +24,7 @@ from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import FAST_PATHS, OBJECTIVES, finalize_metrics
 from training.preemption import PreemptionWatch
 from training.kernels import recurrent_kernel
-from training.pretrained import adopt_architecture, copy_vocabulary, initial_params
+from training.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
 from training.train_state import (TrainState, bind_steps, create_train_state, eval_params, make_optimizer,
                                   make_schedule, with_params)
 from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
@@ -53,6 +53,8 @@ def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = 
   kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
   if config.bidirectional:
     kwargs["bidirectional"] = True
+  if config.backward_embedding:
+    kwargs["backward_embedding"] = True
   if config.lm_loss_weight > 0 or config.target_lm_steps > 0:
     kwargs["next_token_head"] = True  # per token and per sequence, at once or in turn
   return "SequenceClassifier", kwargs
@@ -294,7 +296,7 @@ def _evaluates_at(step: int, config: Config) -> bool:
 
 def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Checkpointer) -> tuple[TrainState, int]:
   """(state, step): the latest readable checkpoint's, else a new run's (from `--seed`, or with a
-  language model's encoder under `--init_from`)."""
+  language model's encoder under `--init_from`, and a backward one's under `--init_backward_from`)."""
   state = steps.initial_state()
   restored, start_step = checkpointer.restore_readable(
       state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR))
@@ -302,7 +304,10 @@ def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Ch
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
     return restored, start_step
   if config.init_from:
-    state = with_params(state, initial_params(config.init_from, state.params))
+    params = initial_params(config.init_from, state.params)
+    if config.init_backward_from:
+      params = initial_backward_params(config.init_backward_from, params)
+    state = with_params(state, params)
   return state, 0
 
 
