@@ -129,8 +129,8 @@ def _take(params, lm_leaves: dict, wanted, lm, flag: str):
     return jax.device_put(np.asarray(source, leaf.dtype), leaf.sharding)  # every process holds it
 
   params = jax.tree_util.tree_map_with_path(take, params)
-  logging.info("Initialised from the language model in %s (step %d, --%s): %d parameter arrays taken, %d kept as they were"
-               " (%s)", lm.workdir, lm.step, flag, len(taken), len(kept), ", ".join(kept) or "none")
+  logging.info("Initialised from the language model in %s (step %d, --%s): %d parameter arrays taken, %d kept"
+               " as they were (%s)", lm.workdir, lm.step, flag, len(taken), len(kept), ", ".join(kept) or "none")
   if not taken:
     raise ConfigError(f"--{flag}={lm.workdir}: no parameter of that run fits this model")
   return params
