@@ -108,9 +108,11 @@ def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.
   config, model = run.config, run.model
   backward = config.read_backward
   prompt_ids = run.vocab.encode(prompt)
+  if backward:
+    prompt_ids = prompt_ids[::-1]
   # A document starts after <eos> in training streams (a backward model's: its end), so the
   # prompt goes on from there.
-  ids = jnp.concatenate([jnp.array([EOS], jnp.int32), jnp.asarray(prompt_ids[::-1] if backward else prompt_ids)])[None]
+  ids = jnp.concatenate([jnp.array([EOS], jnp.int32), jnp.asarray(prompt_ids)])[None]
   carry = zero_carry(config.model, config.num_layers, 1, config.hidden_size)
   apply = functools.partial(model.apply, {"params": run.params}, train=False)
   logits, carry = jax.jit(apply)(ids, jnp.ones(ids.shape, bool), carry)

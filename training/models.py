@@ -328,9 +328,9 @@ class SequenceClassifier(nn.Module):
     segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False, path=self.path,
-                      word_dropout_rate=self.word_dropout_rate, variational_dropout=self.variational_dropout,
-                      name="encoder")
+                      backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False,
+                      path=self.path, word_dropout_rate=self.word_dropout_rate,
+                      variational_dropout=self.variational_dropout, name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
     outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.

@@ -26,8 +26,8 @@ import numpy as np
 from absl import logging
 
 from pipeline import paths
-from training.config import Config, ConfigError
 from pipeline.tokenizers import Vocabulary
+from training.config import Config, ConfigError
 from training.data import VOCAB_FILE
 
 ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings",
