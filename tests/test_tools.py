@@ -87,6 +87,26 @@ def test_generate_continues_the_carried_state_exactly_as_the_model_reads_the_tex
   assert run.vocab.decode([int(t) for t in greedy]) == text
 
 
+def test_a_backward_language_model_writes_the_text_before_the_prompt(tmp_path):
+  """`--read_backward`: the model reads the prompt from its end, then each token it wrote; what
+  it wrote comes out in reading order, before the prompt."""
+  from training.inference import load_run, sample
+  from training.models import zero_carry
+
+  workdir = str(tmp_path / "backward")
+  train_and_evaluate(dataclasses.replace(TINY, read_backward=True), workdir)
+  run = load_run(workdir)
+  text = sample(run, "abc", 12, temperature=0.0)
+  read = jnp.concatenate([jnp.array([2]), jnp.asarray(run.vocab.encode((text + "abc")[::-1]))])[None]
+  carry = zero_carry(run.config.model, run.config.num_layers, 1, run.config.hidden_size)
+  logits, _ = run.model.apply({"params": run.params}, read, jnp.ones(read.shape, bool), carry, train=False)
+  greedy = jnp.argmax(logits[0, 3:-1], axis=-1)  # after "<eos>cba", then after each token written
+  assert run.vocab.decode([int(t) for t in greedy]) == text[::-1]
+  generated = command("training.generate", f"--workdir={workdir}", "--prompt=abc", "--length=12", "--temperature=0")
+  assert generated.returncode == 0, generated.stderr[-2000:]
+  assert generated.stdout.rstrip("\n") == text + "abc"
+
+
 def test_generate_refuses_a_classifier_and_a_missing_run(classifier_run, tmp_path):
   wrong = command("training.generate", f"--workdir={classifier_run[0]}")
   assert wrong.returncode == 2 and "needs a language model" in wrong.stderr and "Traceback" not in wrong.stderr
