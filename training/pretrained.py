@@ -94,8 +94,9 @@ def initial_params(init_from: str, params):
   from training.inference import load_run
 
   lm = load_run(init_from)
-  lm_leaves = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]}
-  return _take(params, lm_leaves, lambda path: path[0].key in SHARED_MODULES, lm, "init_from")
+  offered = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]
+             if path[0].key in SHARED_MODULES}
+  return _take(params, offered, lm, "init_from")
 
 
 def initial_backward_params(init_backward_from: str, params):
@@ -104,25 +105,24 @@ def initial_backward_params(init_backward_from: str, params):
   from training.inference import load_run
 
   lm = load_run(init_backward_from)
-  lm_leaves = {}
+  offered = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]:
     name = jax.tree_util.keystr(path)
     for old, new in BACKWARD_NAMES:
       if name.startswith(old):
-        lm_leaves[new + name[len(old):]] = leaf
-  is_backward = lambda path: any(jax.tree_util.keystr(path).startswith(new) for _, new in BACKWARD_NAMES)
-  return _take(params, lm_leaves, is_backward, lm, "init_backward_from")
+        offered[new + name[len(old):]] = leaf
+  return _take(params, offered, lm, "init_backward_from")
 
 
-def _take(params, lm_leaves: dict, wanted, lm, flag: str):
-  """`params` with each leaf that `wanted(path)` and `lm_leaves` has, with the same shape,
-  replaced by the language model's (placed like the leaf it replaces)."""
+def _take(params, offered: dict, lm, flag: str):
+  """`params` with each leaf that `offered` (the language model's leaves, by the names they take
+  in this model) has, with the same shape, replaced by it (placed like the leaf it replaces)."""
   taken, kept = [], []
 
   def take(path, leaf):
     name = jax.tree_util.keystr(path)
-    source = lm_leaves.get(name)
-    if not wanted(path) or source is None or source.shape != leaf.shape:
+    source = offered.get(name)
+    if source is None or source.shape != leaf.shape:
       kept.append(name)
       return leaf
     taken.append(name)
