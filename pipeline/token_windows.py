@@ -53,12 +53,11 @@ class ReversedStream:
     lengths = np.maximum(stops - np.maximum(starts, 0), 0)
     # Reversed [start, stop) is the wrapped stream's [N - stop, N - start), read backwards.
     block, _ = self._stream.read_block(self._size - stops, width, pad)
-    tokens = np.full((len(starts), width), pad, np.int32)
-    real = np.zeros((len(starts), width), bool)
-    for row, length in enumerate(lengths.tolist()):
-      tokens[row, :length] = block[row, :length][::-1]
-      real[row, :length] = True
-    return tokens, real
+    # Row r's first lengths[r] tokens, reversed, by one gather (no copy per row).
+    source = lengths[:, None] - 1 - np.arange(width)
+    real = source >= 0
+    tokens = np.take_along_axis(block, np.maximum(source, 0), axis=1)
+    return np.where(real, tokens, pad).astype(np.int32, copy=False), real
 
 
 class LaneWindows:
