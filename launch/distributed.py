@@ -9,7 +9,9 @@ does nothing.
 
 from collections.abc import Mapping
 
-import jax
+# JAX is imported only by the functions that join a job: the trainer imports this module before
+# it starts itself again with huge pages (training/huge_pages.py), and importing JAX first (about
+# two seconds on two cores) would be paid twice by every run.
 
 
 class LaunchError(ValueError):
@@ -38,6 +40,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
       raise LaunchError(f"{', '.join(missing)}: needed with the other distributed flags")
     if not 0 <= process_id < num_processes:
       raise LaunchError(f"--process_id={process_id}: must be in [0, --num_processes={num_processes})")
+    import jax
+
     _use_cpu_collectives()
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
@@ -45,6 +49,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
   cluster = detect_cluster(env)
   if cluster is None:
     return "single process"
+  import jax
+
   _use_cpu_collectives()
   jax.distributed.initialize()
   return cluster
@@ -53,4 +59,6 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
 def _use_cpu_collectives() -> None:
   # Cross-process collectives on the CPU backend need an implementation; gloo ships with
   # jaxlib. It changes nothing for GPU or TPU devices.
+  import jax
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

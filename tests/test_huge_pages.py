@@ -39,3 +39,13 @@ def test_the_trainer_runs_on_huge_pages_unless_turned_off(tmp_path):
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
   assert f"{LINE} (GLIBC_TUNABLES=glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1;" in run_trainer(tmp_path / "on", **env)
   assert LINE not in run_trainer(tmp_path / "off", **env, **{huge_pages.OPT_OUT: "0"})
+
+
+def test_the_trainer_starts_itself_again_before_importing_jax():
+  # Whatever the first process imports is imported again after the restart: JAX (about two
+  # seconds on two cores) must wait for the process that trains.
+  probe = ("import sys\n"
+           "import training.train\n"
+           "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))[:5]\n")
+  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]

@@ -114,7 +114,10 @@ def _encoder_mask(params):
 def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:
   """Initialises parameters from `rng` on dummy model inputs `init_args` of the right shapes."""
   init_rng, state_rng = jax.random.split(rng)
-  params = model.init({"params": init_rng}, *init_args, train=False)["params"]
+  # Only the inputs' shapes matter: `lazy_init` leaves out the forward pass over them, which
+  # `init` computed (a whole batch through the recurrent stack) and XLA compiled at every start.
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init_args)
+  params = model.lazy_init({"params": init_rng}, *shapes, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     rng=state_rng, carry=carry)
 
