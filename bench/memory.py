@@ -25,7 +25,7 @@ def step_temp_bytes(config: Config, vocab_size: int) -> int:
   shape = (config.batch_size, config.seq_len)
   batch = {"inputs": jax.ShapeDtypeStruct(shape, "int32"), "targets": jax.ShapeDtypeStruct(shape, "int32"),
            "mask": jax.ShapeDtypeStruct(shape, "bool"), "resets": jax.ShapeDtypeStruct(shape[:1], "bool")}
-  compiled = steps.train_fn.lower(steps.abstract_state, batch).compile()
+  compiled = steps.train_fn.lower(steps.abstract_state, batch, jax.eval_shape(steps.no_sums, batch)).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 

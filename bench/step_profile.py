@@ -93,9 +93,11 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
   head_loss = jax.jit(jax.grad(_head_loss(config, batch), argnums=(0, 1)))
   states = jnp.zeros(batch["inputs"].shape + (config.hidden_size,), jnp.float32)
 
+  window_sums = built.no_sums(batch)
+
   def whole_step():
-    nonlocal state
-    state, _ = built.train_fn(state, batch)
+    nonlocal state, window_sums
+    state, window_sums = built.train_fn(state, batch, window_sums)
     jax.block_until_ready(state)
 
   phases = {"forward": lambda: jax.block_until_ready(forward(state.params)),

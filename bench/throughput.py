@@ -149,7 +149,8 @@ def steady_windows(rows: list[dict]) -> list[dict]:
 
 
 def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
-  """The compiled train step alone, on batches fetched beforehand: no loop, no logging."""
+  """The compiled train step alone, on batches fetched beforehand: no loop, no logging (the step
+  adds its metric sums to the window's, as in the trainer, where only their fetch is extra)."""
   os.makedirs(workdir, exist_ok=True)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
@@ -157,14 +158,15 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   state, train_fn = built.initial_state(), built.train_fn
   iterator = data.train_batches(0)
   batches = [parallel.train_step_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
+  sums = built.no_sums(batches[0])
   for batch in batches:  # compile every shape first
-    state, _ = train_fn(state, batch)
+    state, sums = train_fn(state, batch, sums)
   jax.block_until_ready(state)
   real = 0
   start = time.perf_counter()
   for index in range(steps):
     batch = batches[index % len(batches)]
-    state, _ = train_fn(state, batch)
+    state, sums = train_fn(state, batch, sums)
     real += int(np.asarray(batch["mask"]).sum())
   jax.block_until_ready(state)
   return {"tokens_per_sec": real / (time.perf_counter() - start)}

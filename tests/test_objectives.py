@@ -2,11 +2,13 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.objectives import finalize_metrics, sequence_cross_entropy, token_cross_entropy
+from training.objectives import (combine_sums, finalize_metrics, no_sums, sequence_cross_entropy,
+                                 token_cross_entropy)
 
 
 def test_token_loss_averages_over_real_tokens_only():
@@ -41,3 +43,14 @@ def test_sums_from_two_halves_give_the_mean_of_the_whole():
   halves = [token_cross_entropy(logits[i:i + 2], targets[i:i + 2], mask[i:i + 2]) for i in (0, 2)]
   combined = {k: halves[0][k] + halves[1][k] for k in whole}
   assert finalize_metrics(combined)["loss"] == pytest.approx(finalize_metrics(whole)["loss"], rel=1e-6)
+
+
+def test_no_sums_is_what_any_steps_sums_combine_with_unchanged():
+  step = {"loss_sum": jnp.float32(2.5), "weight": jnp.float32(-1.0), "steps": jnp.int32(1),
+          "first_nonfinite_step_min": jnp.int32(7), "grad_norm_min": jnp.float32(-3.0)}
+  empty = no_sums(jax.eval_shape(lambda: step))
+  assert jax.tree.map(lambda x: x.dtype, empty) == jax.tree.map(lambda x: x.dtype, step)
+  assert combine_sums(empty, step) == step
+  later = {**step, "loss_sum": jnp.float32(1.0), "first_nonfinite_step_min": jnp.int32(3)}
+  both = combine_sums(combine_sums(empty, step), later)
+  assert float(both["loss_sum"]) == 3.5 and int(both["first_nonfinite_step_min"]) == 3

@@ -92,6 +92,23 @@ def classify_fast_path(batch):
 FAST_PATHS = {"lm": lm_fast_path, "classify": classify_fast_path}
 
 
+def combine_sums(total: dict, new: dict) -> dict:
+  """Two steps' (or windows') sums as one: added, but `*_min` entries keep their minimum."""
+  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+
+
+def no_sums(abstract_sums: dict) -> dict:
+  """Sums of no step at all, shaped like `abstract_sums`: zeros, and for `*_min` entries the
+  dtype's largest value (what `combine_sums` leaves any step's own minimum under)."""
+  def identity(name, leaf):
+    if not name.endswith("_min"):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    info = jnp.iinfo if jnp.issubdtype(leaf.dtype, jnp.integer) else jnp.finfo
+    return jnp.full(leaf.shape, info(leaf.dtype).max, leaf.dtype)
+
+  return {name: identity(name, leaf) for name, leaf in abstract_sums.items()}
+
+
 def finalize_metrics(sums: dict) -> dict:
   """Means from summed metrics: `loss` (nats), and `accuracy` where predictions were counted."""
   sums = jax.device_get(sums)

@@ -1,8 +1,9 @@
 """What a run reports while it trains: metric rows (`metrics.jsonl` and TensorBoard), log lines,
 and a progress bar on a terminal.
 
-The train loop hands each step's metric sums to `TrainReporter.add`; sums stay on the device and
-are fetched once per log window, so reporting adds no host sync per step. Even that fetch does not
+The train step adds its metric sums to its log window's (`TrainReporter.window_sums` in,
+`TrainReporter.add` out); sums stay on the device and are fetched once per log window, so
+reporting adds no host sync per step. Even that fetch does not
 stall the device: a window's sums are fetched after the next step is queued behind them.
 """
 
@@ -10,23 +11,20 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from training.metrics_log import MetricsLog
-from training.objectives import finalize_metrics
+from training.objectives import combine_sums, finalize_metrics
 from training.train_state import learning_rate_at
 
 
-@jax.jit
-def _accumulate(total, new):
-  # One dispatch per step for all the metrics, not one per metric (which an accelerator feels).
-  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+# One dispatch for all the metrics, not one per metric (which an accelerator feels).
+_combine = jax.jit(combine_sums)
 
 
 def add_sums(total, new):
-  """Accumulates metric sums; `*_min` entries keep their minimum instead."""
-  return new if total is None else _accumulate(total, new)
+  """Accumulates metric sums (an evaluation's batches); `*_min` entries keep their minimum."""
+  return new if total is None else _combine(total, new)
 
 
 def format_duration(seconds: float) -> str:
@@ -61,7 +59,7 @@ class TrainReporter:
     it may raise to stop the run (a non-finite loss)."""
     self._check = check
     self.metrics_log, self._schedule, self._num_steps = metrics_log, schedule, num_steps
-    self.pending = None  # metric sums since the last train row, on the device
+    self.pending = None  # metric sums of the steps since the last train row, on the device
     self._shapes = set()  # global batch shapes the train step saw since the last row
     self._window_start = self._run_start = time.perf_counter()
     self._run_start_step = start_step
@@ -70,8 +68,13 @@ class TrainReporter:
     self._closed = None  # (step, sums, shapes) of a window ended but not yet written
     self._bar = ProgressBar(num_steps, start_step, "train", enabled)
 
-  def add(self, metrics, batch_shape) -> None:
-    self.pending = add_sums(self.pending, metrics)
+  def window_sums(self, no_sums):
+    """The sums the next step adds its own to: the open window's, or `no_sums()` to open one."""
+    return no_sums() if self.pending is None else self.pending
+
+  def add(self, window_sums, batch_shape) -> None:
+    """A step done: `window_sums` (the step's output) are the open window's sums now."""
+    self.pending = window_sums
     self._shapes.add(tuple(batch_shape))
     self._bar.update()
 

@@ -21,7 +21,7 @@ from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
 from training.selection import ModelSelection
 from training.models import LanguageModel, SequenceClassifier, zero_carry
-from training.objectives import FAST_PATHS, OBJECTIVES, finalize_metrics
+from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
 from training.preemption import PreemptionWatch
 from training.kernels import recurrent_kernel
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
@@ -90,7 +90,10 @@ def initial_state_fn(config: Config, model, optimizer):
 class Steps:
   abstract_state: TrainState  # shapes and dtypes of the train state, before any is allocated
   initial_state: Callable[[], TrainState]  # the state from `--seed`, sharded over the mesh
-  train_fn: Callable  # (state, global batch) -> (state, metric sums), compiled with shardings
+  # (state, global batch, window's metric sums) -> (state, the sums with this step's), compiled
+  # with shardings; a window starts from `no_sums(batch)`.
+  train_fn: Callable
+  no_sums: Callable[[dict], dict]
   eval_fn: Callable  # (params, global batch, carry) -> (metric sums, carry)
 
 
@@ -109,9 +112,24 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
-  return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng),
-               parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism),
-               jax.jit(eval_step))
+  train_fn, sums_shapes = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism,
+                                                      combine_sums)
+  return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng), train_fn,
+               _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step))
+
+
+def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
+  """batch -> the sums of no step, replicated over `mesh`: a log window's start. Their shapes
+  come from tracing the step once, on the first batch (they are the same for every batch)."""
+  made = []
+
+  def no_sums_for(batch):
+    if not made:
+      shapes = sums_shapes(batch)
+      made.append(jax.jit(lambda: no_sums(shapes), out_shardings=parallel.replicated(mesh)))
+    return made[0]()
+
+  return no_sums_for
 
 
 def make_optimizer_for(config: Config):
@@ -217,12 +235,12 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   try:
     while step < config.num_steps and not stopped_early:
       batch = parallel.train_step_batch(next(train_batches), mesh)
-      state, metrics = train_fn(state, batch)
+      state, window_sums = train_fn(state, batch, reporter.window_sums(lambda: steps.no_sums(batch)))
       step += 1
       if steps_in_flight_limited:
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(window_sums)
       checkpointer.check_save()  # a save that failed in the background stops the run here
-      reporter.add(metrics, batch["inputs"].shape)
+      reporter.add(window_sums, batch["inputs"].shape)
       # The window closed a step ago is written now that this step is queued behind it. Skipped
       # steps are reported once per window; a step that must stop the run stops it here.
       reporter.write_closed_window()
