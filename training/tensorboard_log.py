@@ -8,14 +8,30 @@ the crashed run wrote after that checkpoint, so the curves continue without dupl
 """
 
 import numbers
+import sys
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch. Its writer module imports torch
+  whenever it is installed, only to accept torch tensors (this log passes floats): that took
+  2.2 s of every run's start on 2 cores where the bench extra is installed. An import of torch
+  made here fails at once and is then forgotten, so a later `import torch` works as ever."""
+  if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 class TensorBoardLog:
   def __init__(self, directory: str, resume_step: int, enabled: bool = True):
     self._writer = None
     if enabled:
-      from tensorboardX import SummaryWriter  # imported here: only the lead process writes
-
+      SummaryWriter = _summary_writer_class()  # imported here: only the lead process writes
       self._writer = SummaryWriter(directory, purge_step=resume_step + 1 if resume_step else None,
                                    flush_secs=30)
 
