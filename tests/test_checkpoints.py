@@ -1,6 +1,8 @@
 """Checkpoint saves that fail: reported once, in one line, at the next check, never as a
 traceback that scrolls past while training goes on; earlier checkpoints untouched."""
 
+import asyncio
+import gc
 import logging
 import os
 import time
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from tests.test_faults import snapshot
+from training.abandoned_reads import silence_abandoned_reads
 from training.checkpoints import CheckpointError, Checkpointer
 from training.train_state import TrainState
 
@@ -76,3 +79,31 @@ def test_a_good_save_passes_every_check(tmp_path):
   checkpointer.check_save()
   assert checkpointer.all_steps() == [1, 2]
   checkpointer.close()
+
+
+def _never_retrieved(loop, error: BaseException) -> None:
+  """What asyncio does with a future whose exception nobody read: logs it when it is collected."""
+  future = loop.create_future()
+  future.set_exception(error)
+  del future
+  gc.collect()
+
+
+def test_a_read_that_orbax_abandoned_is_not_reported_and_other_errors_are(caplog):
+  from orbax.checkpoint._src.serialization import serialization
+
+  silence_abandoned_reads()
+  try:
+    serialization.estimate_write_memory_footprint(None)  # raises inside Orbax's serialization
+  except Exception as e:
+    abandoned = e
+  loop = asyncio.new_event_loop()
+  try:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      _never_retrieved(loop, abandoned)
+      _never_retrieved(loop, ValueError("a failure of our own"))
+  finally:
+    loop.close()
+  reported = [record for record in caplog.records if record.name == "asyncio"]
+  assert len(reported) == 1 and "exception was never retrieved" in reported[0].getMessage()
+  assert reported[0].exc_info[1].args == ("a failure of our own",)

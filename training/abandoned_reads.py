@@ -7,6 +7,7 @@ without this, the reads still in flight would add pages of tracebacks to that li
 import logging as logging_lib
 import sys
 import threading
+import traceback
 import warnings
 
 # How Orbax's abandoned read coroutines and tasks show up in reports about them.
@@ -25,17 +26,22 @@ def _is_abandoned_read(exc_type, exc_value, origin=None) -> bool:
 
 class _DropAbandonedReads(logging_lib.Filter):
   def filter(self, record) -> bool:
-    return not _mentions_abandoned_read(record.getMessage())
+    # "Future exception was never retrieved" names only the error in its message (a TensorStore
+    # read out of range); where it was raised, in Orbax's reader, is in the attached traceback.
+    text = record.getMessage()
+    if record.exc_info:
+      text += "".join(traceback.format_exception(*record.exc_info))
+    return not _mentions_abandoned_read(text)
 
 
 def silence_abandoned_reads() -> None:
   """When a restore fails, Orbax abandons the reads still in flight. When they finish (in
   TensorStore's threads) or are garbage-collected, Python reports them four ways: "Event loop
   is closed" through the exception hooks, "Exception ignored in <coroutine ...>" through the
-  unraisable hook, "Task exception was never retrieved" through the `asyncio` logger, and
-  "coroutine ... was never awaited" as a warning, some only at exit. The
-  failure was already reported in one line, so drop exactly those reports (idempotent; every
-  other error still prints)."""
+  unraisable hook, "Task (or Future) exception was never retrieved" through the `asyncio`
+  logger, and "coroutine ... was never awaited" as a warning, some only at exit. The failure
+  was already reported in one line, so drop exactly those reports (idempotent; every other
+  error still prints)."""
   if getattr(sys.excepthook, "_drops_abandoned_reads", False):
     return
   excepthook, unraisablehook, thread_hook = sys.excepthook, sys.unraisablehook, threading.excepthook
