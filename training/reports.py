@@ -3,8 +3,8 @@ and a progress bar on a terminal.
 
 The train step adds its metric sums to its log window's (`TrainReporter.window_sums` in,
 `TrainReporter.add` out); sums stay on the device and are fetched once per log window, so
-reporting adds no host sync per step. Even that fetch does not
-stall the device: a window's sums are fetched after the next step is queued behind them.
+reporting adds no host sync per step. Even that fetch does not stall the device: a window's sums
+are fetched after the next step is queued behind them.
 """
 
 import sys
