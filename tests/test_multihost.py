@@ -212,14 +212,15 @@ def test_a_checkpoint_from_2x2_resumes_on_other_topologies_with_the_uninterrupte
                                                                                        layouts):
   import shutil
 
-  common = [f"--task={task}", *flags, "--eval_every=0", "--eval_steps=2"]
-  reference, _ = run_job(tmp_path / "whole", 1, 1, *common, "--num_steps=30")
-  run_job(tmp_path / "2x2", 2, 2, *common, "--num_steps=20")  # checkpoints 10 and 20
+  common = [f"--task={task}", *flags, "--eval_every=0", "--eval_steps=2", "--num_steps=30"]
+  # The 2 x 2 run itself is the uninterrupted reference (the equivalence test above holds 2 x 2 to
+  # one process); each copy resumes it from its checkpoint at step 20 on another topology.
+  reference, _ = run_job(tmp_path / "2x2", 2, 2, *common)  # checkpoints 10, 20 and 30
   after = lambda rows: [(r["step"], r["split"], r["loss"]) for r in rows if r["step"] > 20]
   for processes, devices in layouts:
     workdir = tmp_path / f"{processes}x{devices}"
     shutil.copytree(tmp_path / "2x2", workdir)
-    rows, output = run_job(workdir, processes, devices, *common, "--num_steps=30")
+    rows, output = run_job(workdir, processes, devices, *common, "--restore_step=20")
     assert "Resumed from the checkpoint at step 20" in output
     assert "Resuming a run trained by 2 process(es) and 4 devices" in output
     resumed, expected = after(rows), after(reference)
@@ -230,7 +231,7 @@ def test_a_checkpoint_from_2x2_resumes_on_other_topologies_with_the_uninterrupte
     # 3 devices cannot split a global batch of 8: refused in one line that says what changed.
     workdir = tmp_path / "1x3"
     shutil.copytree(tmp_path / "2x2", workdir)
-    result = subprocess.run(trainer(workdir, *common, "--num_steps=30"), cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run(trainer(workdir, *common, "--restore_step=20"), cwd=ROOT, capture_output=True, text=True,
                             env=local.process_env(3, dict(os.environ)), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
