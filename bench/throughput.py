@@ -2,15 +2,16 @@ r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one r
 
   pip install -e ".[bench]"        # PyTorch 2.13 (CPU build here), the peer; never a dependency
   python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--repeats=3] [--recurrent_kernel=auto,scan]
-                             [--torch_huge_pages] [--json=FILE]
+                             [--steps_per_call=1] [--torch_huge_pages] [--json=FILE]
 
 For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
   `../shared/data` is there, generated text otherwise), median tokens/s of its steady log
   windows: those that meet no batch shape for the first time (a first meeting compiles, or loads
   from the compilation cache), over at least 120 steps for the bucketed classifier;
-- `bare step`: the same compiled train step alone on the same batches, so `trainer / bare step`
-  is what the loop itself costs (target: within 5%);
+- `bare step`: the same compiled train step alone on the same batches, one call per step, so
+  `trainer / bare step` is what the loop itself costs (target: within 5%); with
+  `--steps_per_call=K` the trainer runs K steps per call and may pass the bare step;
 - `torch`: in a process of its own (in this one, JAX's thread pools slow PyTorch's OpenMP team),
   the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
   token and the state carried across windows; per-sequence configs: the last state through the
@@ -78,7 +79,7 @@ CONFIGS = {
 MIN_STEPS = {"classify_1x256": 120}
 
 
-def make_config(name: str, steps: int, backward: str, kernel: str = "auto") -> Config:
+def make_config(name: str, steps: int, backward: str, kernel: str = "auto", steps_per_call: int = 1) -> Config:
   fields, _ = CONFIGS[name]
   steps = max(steps, MIN_STEPS.get(name, 0))
   task = fields.get("task", "lm")
@@ -88,7 +89,7 @@ def make_config(name: str, steps: int, backward: str, kernel: str = "auto") -> C
     data = f"jsonl:{IMDB}" if os.path.exists(IMDB) else "synthetic:recall"
   return Config(**fields, train_data=data, model="lstm", num_steps=steps, log_every=max(steps // 6, 1),
                 eval_every=0, checkpoint_every=10 * steps, learning_rate=1e-3, recurrent_backward=backward,
-                recurrent_kernel=kernel)
+                recurrent_kernel=kernel, steps_per_call=steps_per_call)
 
 
 def lm_flops_per_token(config: Config, vocab_size: int) -> float:
@@ -303,6 +304,8 @@ def main() -> None:
                       help="auto, scan, onednn, or several (comma-separated): the trainer's --recurrent_kernel")
   parser.add_argument("--repeats", type=int, default=3,
                       help="rounds per config (bare step, trainer, PyTorch each); the table shows medians")
+  parser.add_argument("--steps_per_call", type=int, default=1,
+                      help="the trainer's --steps_per_call (the bare step stays one call per step)")
   parser.add_argument("--json", default="", help="also write the results here")
   parser.add_argument("--torch_huge_pages", action="store_true",
                       help="run PyTorch with glibc.malloc.hugetlb=1 too, as the project runs (its users can set it)")
@@ -322,7 +325,7 @@ def main() -> None:
     for kernel in args.recurrent_kernel.split(","):
       for backward in args.recurrent_backward.split(","):
         try:
-          config = make_config(name, args.steps, backward, kernel)
+          config = make_config(name, args.steps, backward, kernel, args.steps_per_call)
           loop = time_loop(config)
         except ConfigError as e:
           print(f"{name}: skipped: {e}", file=sys.stderr)
@@ -334,6 +337,8 @@ def main() -> None:
         print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
   add_peak_fractions(results, max(peaks))
   print_table(results, peaks, args.steps, args.repeats)
+  if args.steps_per_call > 1:
+    print(f"\nThe trainer ran {args.steps_per_call} steps per call (--steps_per_call); the bare step one per call.")
   print(f"\nPyTorch ran {'with glibc.malloc.hugetlb=1' if args.torch_huge_pages else 'with malloc as installed'}.")
   if args.json:
     with open(args.json, "w") as f:

@@ -106,6 +106,7 @@ class Config:
   max_segments: int = 32  # pack: sequences per row at most
   batch_size: int = 32  # global, over all devices and processes
   parallelism: str = "jit"  # or "shard_map": the same step written per device
+  steps_per_call: int = 1  # train steps run inside one call of the compiled step (fewer dispatches)
   seq_len: int = 64
   carry_state: bool = True
   # Optimisation.
@@ -177,7 +178,7 @@ def validate(config: Config, device_count: int = 1) -> None:
     value = getattr(config, flag)
     _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
   for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",
-               "log_every", "checkpoint_every", "keep_checkpoints", "unroll", "data_workers"):
+               "log_every", "checkpoint_every", "keep_checkpoints", "unroll", "data_workers", "steps_per_call"):
     _require(getattr(config, flag) > 0, flag, f"must be positive, got {getattr(config, flag)}")
   for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps", "restore_step",
                "inject_nan_at_step"):

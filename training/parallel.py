@@ -43,6 +43,11 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Arra
           for name, rows in local_batch.items()}
 
 
+def global_shape(local_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """A batch array's global shape from this process's rows (every process holds as many)."""
+  return (local_shape[0] * jax.process_count(), *local_shape[1:])
+
+
 def train_step_batch(local_batch: dict[str, np.ndarray], mesh) -> dict:
   """A batch as the compiled train step takes it (`compile_train_step`). On one process, the host
   arrays themselves: the step's own transfer, by its `in_shardings`, took 0.7 ms of host time a
@@ -51,6 +56,22 @@ def train_step_batch(local_batch: dict[str, np.ndarray], mesh) -> dict:
   if jax.process_count() == 1:
     return local_batch
   return global_batch(local_batch, mesh)
+
+
+def stacked_batch_sharding(mesh) -> NamedSharding:
+  """Several steps' batches stacked on a new leading axis [steps, rows, ...]: rows split."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def stacked_train_batches(local_batches: list[dict[str, np.ndarray]], mesh) -> dict:
+  """Consecutive batches of one shape, stacked [steps, rows, ...], as the compiled multi-step
+  function takes them: host arrays on one process (its own transfer, as `train_step_batch`),
+  global arrays assembled from each process's rows on several."""
+  stacked = {name: np.stack([batch[name] for batch in local_batches]) for name in local_batches[0]}
+  if jax.process_count() == 1:
+    return stacked
+  sharding = stacked_batch_sharding(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, rows) for name, rows in stacked.items()}
 
 
 def state_specs(abstract_state):
@@ -68,8 +89,10 @@ def shardings_of(specs, mesh):
 
 def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_sums):
   """The train step, jitted once with explicit shardings, adding its metric sums to a window's:
-  `(state, batch, window sums) -> (state, window sums with this step's)`; and
-  `(batch) -> the shapes of one step's sums` (the same for any batch shape).
+  `(state, batch, window sums) -> (state, window sums with this step's)`; the same for several
+  consecutive steps in one call, `(state, batches stacked [steps, ...], window sums) -> (state,
+  window sums with theirs)`; and `(batch) -> the shapes of one step's sums` (the same for any
+  batch shape).
 
   `jit`: `step_fn` sees global arrays and XLA partitions it. `shard_map`: `step_fn` (bound with
   `axis_name=DATA_AXIS`) runs per device on its rows and reduces explicitly. The sums are added
@@ -92,6 +115,19 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
   def sums_shapes(batch):
     return jax.eval_shape(step_fn, abstract_state, batch)[1]
 
+  def accumulating_steps(state, stacked_batches, window_sums):
+    # The same step, once per batch, inside one executable: one dispatch (and one wait for the
+    # host) for all of them, which small models on a small CPU, or any model on an accelerator
+    # fed by a slow host, notice (`--steps_per_call`).
+    def one_step(carry, batch):
+      state, window_sums = carry
+      return accumulating_step(state, batch, window_sums), None
+
+    return jax.lax.scan(one_step, (state, window_sums), stacked_batches)[0]
+
+  shardings = dict(out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
   compiled = jax.jit(accumulating_step, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
-                     out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
-  return compiled, sums_shapes
+                     **shardings)
+  compiled_steps = jax.jit(accumulating_steps, **shardings,
+                           in_shardings=(state_shardings, stacked_batch_sharding(mesh), replicated(mesh)))
+  return compiled, compiled_steps, sums_shapes

@@ -2,8 +2,8 @@
 
 On one process a signal handler sets a flag that the loop reads after each step. On many
 processes, `jax.distributed` runs a preemption sync service (it handles SIGTERM itself): when
-any process is told to stop, all of them reach `reached_preemption_sync_point` at the same step,
-so they save the same checkpoint together.
+any process is told to stop, all of them reach `reached_preemption_sync_point` after the same
+call of the train step, so they save the same checkpoint together.
 """
 
 import signal
@@ -15,7 +15,8 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatch:
-  """`should_stop(step)` turns True at the step where every process should save and exit."""
+  """`should_stop(call)` turns True after the call of the train step (the `call`-th of this run,
+  counting from 1) where every process should save and exit."""
 
   def __init__(self):
     self._requested = threading.Event()
@@ -33,10 +34,13 @@ class PreemptionWatch:
                     signal.Signals(signum).name)
     self._requested.set()
 
-  def should_stop(self, step: int) -> bool:
+  def should_stop(self, call: int) -> bool:
     if self._multiprocess:
+      # Calls, not steps: the service agrees on the call after the furthest process's and
+      # answers True only when given exactly that number, which a run of several steps per
+      # call (`--steps_per_call`) would step over if it were given steps.
       try:
-        return multihost_utils.reached_preemption_sync_point(step)
+        return multihost_utils.reached_preemption_sync_point(call)
       except RuntimeError:  # The preemption service is off (jax_enable_preemption_service).
         return False
     return self._requested.is_set()

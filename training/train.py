@@ -95,6 +95,9 @@ flags.DEFINE_integer("max_segments", _D.max_segments, "pack: sequences per row a
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (rows, over all devices).")
 flags.DEFINE_string("parallelism", _D.parallelism, f"Data-parallel train step: {' | '.join(PARALLELISMS)}"
                     " (XLA partitions a global step | the step written per device with explicit psums).")
+flags.DEFINE_integer("steps_per_call", _D.steps_per_call, "Train steps run inside one call of the compiled step"
+                     " (one dispatch for all of them; a call ends where the loop logs, saves or evaluates):"
+                     " for small models on a small CPU or an accelerator. The same results for any value.")
 flags.DEFINE_integer("seq_len", _D.seq_len, "Tokens per row: window length (lm) or truncation (classify).")
 flags.DEFINE_bool("carry_state", _D.carry_state,
                   "lm: carry the hidden state from one window to the next (truncated BPTT).")

@@ -20,6 +20,7 @@ from training.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.reports import ProgressBar, TrainReporter, add_sums
 from training.run_config import check_devices_for_resume, check_resume, record_run
 from training.selection import ModelSelection
+from training.step_groups import BatchGroups, steps_in_next_call
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
 from training.preemption import PreemptionWatch
@@ -91,10 +92,19 @@ class Steps:
   abstract_state: TrainState  # shapes and dtypes of the train state, before any is allocated
   initial_state: Callable[[], TrainState]  # the state from `--seed`, sharded over the mesh
   # (state, global batch, window's metric sums) -> (state, the sums with this step's), compiled
-  # with shardings; a window starts from `no_sums(batch)`.
+  # with shardings; a window starts from `no_sums(a local batch)`.
   train_fn: Callable
+  # The same for several consecutive batches of one shape, stacked [steps, ...], in one call.
+  train_steps_fn: Callable
   no_sums: Callable[[dict], dict]
   eval_fn: Callable  # (params, global batch, carry) -> (metric sums, carry)
+  mesh: jax.sharding.Mesh
+
+  def train(self, state: TrainState, local_batches: list[dict], window_sums: dict) -> tuple[TrainState, dict]:
+    """One step per batch of `local_batches` (this process's rows; all of one shape), in one call."""
+    if len(local_batches) == 1:
+      return self.train_fn(state, parallel.train_step_batch(local_batches[0], self.mesh), window_sums)
+    return self.train_steps_fn(state, parallel.stacked_train_batches(local_batches, self.mesh), window_sums)
 
 
 def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
@@ -112,20 +122,22 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
-  train_fn, sums_shapes = parallel.compile_train_step(train_step, abstract_state, mesh, config.parallelism,
-                                                      combine_sums)
+  train_fn, train_steps_fn, sums_shapes = parallel.compile_train_step(train_step, abstract_state, mesh,
+                                                                      config.parallelism, combine_sums)
   return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng), train_fn,
-               _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step))
+               train_steps_fn, _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step), mesh)
 
 
 def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
-  """batch -> the sums of no step, replicated over `mesh`: a log window's start. Their shapes
-  come from tracing the step once, on the first batch (they are the same for every batch)."""
+  """local batch -> the sums of no step, replicated over `mesh`: a log window's start. Their
+  shapes come from tracing the step once, on the first batch's global shapes (they are the same
+  for every batch)."""
   made = []
 
-  def no_sums_for(batch):
+  def no_sums_for(local_batch):
     if not made:
-      shapes = sums_shapes(batch)
+      shapes = sums_shapes({name: jax.ShapeDtypeStruct(parallel.global_shape(array.shape), array.dtype)
+                            for name, array in local_batch.items()})
       made.append(jax.jit(lambda: no_sums(shapes), out_shardings=parallel.replicated(mesh)))
     return made[0]()
 
@@ -214,8 +226,9 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
   state, start_step = _starting_state(config, workdir, steps, checkpointer)
-  train_fn, evaluator = steps.train_fn, Evaluator(steps.eval_fn, data, config, mesh)
-  train_batches = data.train_batches(start_step)  # global batch `step` comes next, on any topology
+  evaluator = Evaluator(steps.eval_fn, data, config, mesh)
+  # Global batch `step` comes next, on any topology.
+  train_batches = BatchGroups(data.train_batches(start_step))
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
                            tensorboard_dir=workdir)
   reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead,
@@ -230,21 +243,22 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   # there, each step waits for the last. Accelerators keep dispatching ahead.
   steps_in_flight_limited = jax.process_count() > 1 and jax.default_backend() == "cpu"
   preemption = PreemptionWatch()
-  preempted = False
+  preempted, calls = False, 0
   stopped_early = selection.patience_exhausted(step)  # a run that stopped early stays stopped
   try:
     while step < config.num_steps and not stopped_early:
-      batch = parallel.train_step_batch(next(train_batches), mesh)
-      state, window_sums = train_fn(state, batch, reporter.window_sums(lambda: steps.no_sums(batch)))
-      step += 1
+      batches = train_batches.take(steps_in_next_call(step, config.steps_per_call,
+                                                       lambda s: _loop_acts_at(s, config)))
+      state, window_sums = steps.train(state, batches, reporter.window_sums(lambda: steps.no_sums(batches[0])))
+      step, calls = step + len(batches), calls + 1
       if steps_in_flight_limited:
         jax.block_until_ready(window_sums)
       checkpointer.check_save()  # a save that failed in the background stops the run here
-      reporter.add(window_sums, batch["inputs"].shape)
+      reporter.add(window_sums, parallel.global_shape(batches[0]["inputs"].shape))
       # The window closed a step ago is written now that this step is queued behind it. Skipped
       # steps are reported once per window; a step that must stop the run stops it here.
       reporter.write_closed_window()
-      preempted = preemption.should_stop(step)
+      preempted = preemption.should_stop(calls)
       log_now = step % config.log_every == 0 or step == config.num_steps or preempted
       save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
       eval_now = _evaluates_at(step, config) and not preempted
@@ -303,6 +317,13 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _loop_acts_at(step: int, config: Config) -> bool:
+  """Whether the loop does more than train after `step` (logs, saves, evaluates or ends there):
+  a call of several steps (`--steps_per_call`) ends at such a step."""
+  return (step % config.log_every == 0 or step % config.checkpoint_every == 0 or _evaluates_at(step, config)
+          or step >= config.num_steps)
 
 
 def _evaluates_at(step: int, config: Config) -> bool:
