@@ -48,22 +48,21 @@ def main() -> None:
   k = args.steps_per_call
   stacked = [parallel.stacked_train_batches(local[i:i + k], mesh) for i in range(0, DISTINCT_BATCHES, k)]
 
-  def one_per_call(state):
-    sums = steps.no_sums(local[0])
-    for i in range(args.steps):
-      state, sums = steps.train_fn(state, single[i % len(single)], sums)
-    jax.block_until_ready(sums)
-    return state
+  def round_of(train, inputs, steps_per_call):
+    """One round of `--steps` steps: `train` called on `inputs` in turn, `steps_per_call` a call."""
+    def run(state):
+      sums = steps.no_sums(local[0])
+      for i in range(args.steps // steps_per_call):
+        state, sums = train(state, inputs[i % len(inputs)], sums)
+      jax.block_until_ready(sums)
+      return state
+    return run
 
-  def several_per_call(state):
-    sums = steps.no_sums(local[0])
-    for i in range(args.steps // k):
-      state, sums = steps.train_steps_fn(state, stacked[i % len(stacked)], sums)
-    jax.block_until_ready(sums)
-    return state
-
-  state = several_per_call(one_per_call(steps.initial_state()))  # compiled and warm
-  sides = {"1 per call": one_per_call, f"{k} per call": several_per_call}
+  sides = {"1 per call": round_of(steps.train_fn, single, 1),
+           f"{k} per call": round_of(steps.train_steps_fn, stacked, k)}
+  state = steps.initial_state()
+  for run in sides.values():
+    state = run(state)  # compiled and warm
   times = {name: [] for name in sides}
   for index in range(args.rounds):
     for name in (list(sides) if index % 2 == 0 else list(reversed(sides))):

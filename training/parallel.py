@@ -34,9 +34,11 @@ def carry_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, CARRY_SPEC)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Assembles one global batch from each process's local rows."""
-  sharding = batch_sharding(mesh)
+def global_batch(local_batch: dict[str, np.ndarray], mesh,
+                 sharding: NamedSharding | None = None) -> dict[str, jax.Array]:
+  """Assembles one global batch from each process's local rows (split as `sharding` says; by
+  default along the leading axis, `batch_sharding`)."""
+  sharding = sharding or batch_sharding(mesh)
   if jax.process_count() == 1:  # the same arrays by one call: 0.2 ms a step less on a CPU
     return jax.device_put(local_batch, sharding)
   return {name: jax.make_array_from_process_local_data(sharding, rows)
@@ -48,14 +50,14 @@ def global_shape(local_shape: tuple[int, ...]) -> tuple[int, ...]:
   return (local_shape[0] * jax.process_count(), *local_shape[1:])
 
 
-def train_step_batch(local_batch: dict[str, np.ndarray], mesh) -> dict:
+def train_step_batch(local_batch: dict[str, np.ndarray], mesh, sharding: NamedSharding | None = None) -> dict:
   """A batch as the compiled train step takes it (`compile_train_step`). On one process, the host
   arrays themselves: the step's own transfer, by its `in_shardings`, took 0.7 ms of host time a
   step of a small model against 1.2-1.3 ms through `global_batch`, time taken from the step's own
   threads on a small CPU. Several processes must assemble global arrays."""
   if jax.process_count() == 1:
     return local_batch
-  return global_batch(local_batch, mesh)
+  return global_batch(local_batch, mesh, sharding)
 
 
 def stacked_batch_sharding(mesh) -> NamedSharding:
@@ -68,10 +70,7 @@ def stacked_train_batches(local_batches: list[dict[str, np.ndarray]], mesh) -> d
   function takes them: host arrays on one process (its own transfer, as `train_step_batch`),
   global arrays assembled from each process's rows on several."""
   stacked = {name: np.stack([batch[name] for batch in local_batches]) for name in local_batches[0]}
-  if jax.process_count() == 1:
-    return stacked
-  sharding = stacked_batch_sharding(mesh)
-  return {name: jax.make_array_from_process_local_data(sharding, rows) for name, rows in stacked.items()}
+  return train_step_batch(stacked, mesh, stacked_batch_sharding(mesh))
 
 
 def state_specs(abstract_state):

@@ -37,12 +37,13 @@ class BatchGroups:
     """The next 1 to `most` batches, all of the first one's shapes."""
     group = [self._held if self._held is not None else next(self._batches)]
     self._held = None
+    shapes = _shapes(group[0])
     while len(group) < most:
       try:
         batch = next(self._batches)
       except StopIteration:
         break
-      if _shapes(batch) != _shapes(group[0]):
+      if _shapes(batch) != shapes:
         self._held = batch
         break
       group.append(batch)

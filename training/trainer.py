@@ -259,8 +259,8 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       # steps are reported once per window; a step that must stop the run stops it here.
       reporter.write_closed_window()
       preempted = preemption.should_stop(calls)
-      log_now = step % config.log_every == 0 or step == config.num_steps or preempted
-      save_now = step % config.checkpoint_every == 0 or step == config.num_steps or preempted
+      log_now = _logs_at(step, config) or preempted
+      save_now = _saves_at(step, config) or preempted
       eval_now = _evaluates_at(step, config) and not preempted
       if log_now:
         reporter.close_window(step)
@@ -320,10 +320,17 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
 
 
 def _loop_acts_at(step: int, config: Config) -> bool:
-  """Whether the loop does more than train after `step` (logs, saves, evaluates or ends there):
-  a call of several steps (`--steps_per_call`) ends at such a step."""
-  return (step % config.log_every == 0 or step % config.checkpoint_every == 0 or _evaluates_at(step, config)
-          or step >= config.num_steps)
+  """Whether the loop does more than train after `step` (logs, saves or evaluates; the last step
+  logs and saves): a call of several steps (`--steps_per_call`) ends at such a step."""
+  return _logs_at(step, config) or _saves_at(step, config) or _evaluates_at(step, config)
+
+
+def _logs_at(step: int, config: Config) -> bool:
+  return step % config.log_every == 0 or step == config.num_steps
+
+
+def _saves_at(step: int, config: Config) -> bool:
+  return step % config.checkpoint_every == 0 or step == config.num_steps
 
 
 def _evaluates_at(step: int, config: Config) -> bool:
