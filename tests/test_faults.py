@@ -91,11 +91,23 @@ def assert_one_line_error(result, expected):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
+def uninterrupted_run(tmp_path_factory):
+  """A finished run of NUM_STEPS: its fingerprint is what every resumed run must end with, and
+  tests that damage or rewind a finished run start from a copy of its workdir."""
+  workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
   result = run(workdir, f"--num_steps={NUM_STEPS}")
   assert result.returncode == 0, result.stderr[-2000:]
-  return summary(workdir)["param_fingerprint"]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+  return summary(uninterrupted_run)["param_fingerprint"]
+
+
+def copy_of(finished_workdir, workdir):
+  shutil.copytree(finished_workdir, workdir)
+  return workdir
 
 
 @pytest.mark.slow
@@ -140,9 +152,9 @@ def _truncate_largest_array_file(checkpoint):
 
 
 @pytest.mark.parametrize("damage", ["truncated array file", "truncated state metadata", "missing state item"])
-def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, uninterrupted, damage):
-  workdir = tmp_path / "damaged"
-  assert run(workdir, f"--num_steps={NUM_STEPS}").returncode == 0
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, uninterrupted_run,
+                                                                            uninterrupted, damage):
+  workdir = copy_of(uninterrupted_run, tmp_path / "damaged")
   latest = workdir / "checkpoints" / str(NUM_STEPS)
   if damage == "truncated array file":
     _truncate_largest_array_file(latest)
@@ -172,9 +184,9 @@ def test_no_readable_checkpoint_is_a_clear_error_that_deletes_nothing(tmp_path):
   assert snapshot(workdir / "checkpoints") == before
 
 
-def test_restore_step_resumes_from_an_earlier_checkpoint_and_sets_later_ones_aside(tmp_path, uninterrupted):
-  workdir = tmp_path / "rewound"
-  assert run(workdir, f"--num_steps={NUM_STEPS}").returncode == 0
+def test_restore_step_resumes_from_an_earlier_checkpoint_and_sets_later_ones_aside(tmp_path, uninterrupted_run,
+                                                                                  uninterrupted):
+  workdir = copy_of(uninterrupted_run, tmp_path / "rewound")
   result = run(workdir, f"--num_steps={NUM_STEPS}", f"--restore_step={NUM_STEPS - 10}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert sorted(os.listdir(workdir / "set_aside_checkpoints")) == [str(NUM_STEPS - 5), str(NUM_STEPS), "best_checkpoint"]
