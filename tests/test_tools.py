@@ -283,9 +283,9 @@ def test_every_console_script_runs_and_its_help_lists_the_commands_own_flags():
 
   with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
     scripts = tomllib.load(f)["project"]["scripts"]
-  assert {"rnn-train", "rnn-generate", "rnn-predict", "rnn-export", "rnn-plot", "rnn-prepare"} <= set(scripts)
+  assert {"rnn-train", "rnn-generate", "rnn-predict", "rnn-ensemble", "rnn-export", "rnn-plot", "rnn-prepare"} <= set(scripts)
   own_flag = {"rnn-train": "--workdir", "rnn-generate": "--prompt", "rnn-predict": "--input",
-              "rnn-export": "--out", "rnn-plot": "--metrics", "rnn-prepare": "--split",
+              "rnn-export": "--out", "rnn-plot": "--metrics", "rnn-prepare": "--split", "rnn-ensemble": "--workdirs",
               "rnn-launch-local": "--devices_per_process"}
   bin_dir = os.path.dirname(sys.executable)
   for name in scripts:

@@ -2,8 +2,9 @@
 
 `load_run(workdir)` reads what the trainer wrote (`run_config.json`, `vocab.json`, `labels.json`,
 `checkpoints/`) and rebuilds the model exactly as trained, on this machine's devices whatever the
-topology that trained it. `sample` (language models) and `predict` (classifiers) use it; the
-commands `training.generate`, `training.predict` and `training.export` wrap them.
+topology that trained it. `sample` (language models) and `predict` / `class_probabilities`
+(classifiers) use it; the commands `training.generate`, `training.predict`, `training.ensemble`
+and `training.export` wrap them.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from pipeline.errors import DataError
@@ -138,8 +140,11 @@ def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.
   return run.vocab.decode(tokens[::-1] if backward else tokens)
 
 
-def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[dict]:
-  """One prediction per text, in order: label name and id, and every class's probability.
+_WIDTH_MULTIPLE = 16
+
+
+def class_probabilities(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[np.ndarray]:
+  """float32 [C] per text, in order: every class's probability under the run's classifier.
 
   Texts are tokenised with the run's vocabulary and truncated to its `seq_len`, as in training.
   """
@@ -151,17 +156,19 @@ def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iter
                              (lengths - 1)[:, None], train=False)
     return jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
 
-  names = [run.labels.name(i) for i in range(run.labels.num_classes)]
   batch, truncated = [], 0
 
   def flush():
     nonlocal truncated
     tokens, mask, cut = encode_batch(batch, run.vocab, run.config.seq_len)
     truncated += cut
-    for row in jax.device_get(probabilities(tokens, mask)):
-      best = int(row.argmax())
-      yield {"label": names[best], "label_id": best,
-             "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}
+    # Padded to a few shapes (rows to the batch size, width to a multiple of 16) so that a few
+    # compiles serve every batch: each new shape costs a compile, a padded row or step nothing
+    # that changes a real row's result (masked, as in training).
+    rows, width = tokens.shape
+    padding = ((0, batch_size - rows), (0, -width % _WIDTH_MULTIPLE))
+    row_probabilities = probabilities(jnp.pad(tokens, padding), jnp.pad(mask, padding))
+    yield from jax.device_get(row_probabilities[:rows])
     batch.clear()
 
   for text in texts:
@@ -173,3 +180,12 @@ def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iter
   if truncated:
     logging.warning("%d sequences were longer than --seq_len=%d tokens and were truncated, as in training",
                     truncated, run.config.seq_len)
+
+
+def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[dict]:
+  """One prediction per text, in order: label name and id, and every class's probability."""
+  names = [run.labels.name(i) for i in range(run.labels.num_classes)]
+  for row in class_probabilities(run, texts, batch_size):
+    best = int(row.argmax())
+    yield {"label": names[best], "label_id": best,
+           "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}

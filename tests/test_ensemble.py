@@ -1,0 +1,104 @@
+"""`training.ensemble`: members scored as their own runs scored themselves, the ensemble as the
+average of the members' probabilities, through the real command on tiny trained classifiers."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import synthetic
+from training.config import Config
+from training.trainer import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = Config(task="classify", hidden_size=16, embed_size=8, head_widths=(8,), batch_size=16, seq_len=24,
+              num_steps=120, log_every=20, eval_every=40, checkpoint_every=40, learning_rate=5e-3)
+
+
+def ensemble(*flags):
+  return subprocess.run([sys.executable, "-m", "training.ensemble", *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def write_lines(path, examples):
+  path.write_text("".join(f"{e['label']} {e['text']}\n" for e in examples))
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+  """Two classifiers that differ in their seed and cell, with a held-out dev split (10% of the
+  training file) and a test file, and a third with another dev split."""
+  data = tmp_path_factory.mktemp("data")
+  examples = synthetic.TASKS["recall"]()
+  write_lines(data / "train.txt", examples[:600])
+  write_lines(data / "test.txt", examples[-150:])
+  config = dataclasses.replace(TINY, train_data=f"lines:{data}/train.txt", eval_data="holdout:10%",
+                               test_data=f"lines:{data}/test.txt")
+  runs = {}
+  for name, changes in [("lstm_seed0", {}), ("gru_seed1", {"model": "gru", "seed": 1}),
+                        ("other_dev", {"eval_data": f"lines:{data}/test.txt[:50%]", "test_data": ""})]:
+    workdir = str(data / name)
+    runs[name] = (workdir, train_and_evaluate(dataclasses.replace(config, **changes), workdir))
+  return runs
+
+
+def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members, tmp_path):
+  (first, first_summary), (second, second_summary) = members["lstm_seed0"], members["gru_seed1"]
+  output = tmp_path / "ensemble.json"
+  result = ensemble(f"--workdirs={first},{second}", f"--output={output}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(output.read_text())
+  assert summary == json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+  for member, (workdir, own) in zip(summary["members"], [members["lstm_seed0"], members["gru_seed1"]]):
+    # The selected parameters, on the same dev and test examples as the trainer's own evaluations.
+    assert member["workdir"] == workdir and member["step"] == own["best"]["step"]
+    assert member["eval"]["accuracy"] == pytest.approx(own["best"]["eval"]["accuracy"], abs=1e-9)
+    assert member["test"]["accuracy"] == pytest.approx(own["test"]["accuracy"], abs=1e-9)
+    assert member["eval"]["loss"] == pytest.approx(own["best"]["eval"]["loss"], rel=1e-4)
+    assert member["test"]["loss"] == pytest.approx(own["test"]["loss"], rel=1e-4)
+  assert summary["members"][0]["eval"]["examples"] == 60 and summary["members"][0]["test"]["examples"] == 150
+  assert first_summary["test"] != second_summary["test"]  # two different models
+
+  # The ensemble is the average of the members' probabilities (from training.predict here).
+  examples = synthetic.TASKS["recall"]()[-150:]
+  texts, labels = [e["text"] for e in examples], np.array([e["label"] for e in examples])
+  probabilities = []
+  for workdir in (first, second):
+    predicted = subprocess.run([sys.executable, "-m", "training.predict", f"--workdir={workdir}", "--input=-"],
+                               cwd=ROOT, input="".join(t + "\n" for t in texts), capture_output=True, text=True,
+                               timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    rows = [json.loads(line)["probabilities"] for line in predicted.stdout.splitlines()]
+    probabilities.append(np.array([[row[str(c)] for c in range(len(row))] for row in rows]))
+  average = np.mean(probabilities, axis=0)
+  assert summary["ensemble"]["test"]["accuracy"] == pytest.approx(np.mean(average.argmax(1) == labels), abs=1e-9)
+  expected_loss = -np.mean(np.log(average[np.arange(len(labels)), labels]))
+  assert summary["ensemble"]["test"]["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_a_run_ensembled_with_itself_scores_as_itself(members):
+  workdir, _ = members["lstm_seed0"]
+  result = ensemble(f"--workdirs={workdir},{workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+  for split in ("eval", "test"):
+    assert summary["ensemble"][split]["accuracy"] == summary["members"][0][split]["accuracy"]
+    assert summary["ensemble"][split]["loss"] == pytest.approx(summary["members"][0][split]["loss"], rel=1e-6)
+
+
+def test_members_with_other_splits_one_member_or_a_missing_run_are_refused_in_one_line(members, tmp_path):
+  workdir, _ = members["lstm_seed0"]
+  other, _ = members["other_dev"]
+  result = ensemble(f"--workdirs={workdir},{other}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdirs: {other} was trained with --eval_data ")
+  assert "the members must share their dev and test splits and classes" in result.stderr
+  lone = ensemble(f"--workdirs={workdir}")
+  assert lone.returncode == 2 and "name two runs or more" in lone.stderr
+  missing = ensemble(f"--workdirs={workdir},{tmp_path}/nothing")
+  assert missing.returncode == 2 and "no trained run there" in missing.stderr

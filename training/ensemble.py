@@ -1,0 +1,127 @@
+r"""Scores an ensemble of trained classifiers: the average of their class probabilities.
+
+  python -m training.ensemble --workdirs=runs/sst2_pretrained_seed0,runs/sst2_pretrained_seed1,runs/sst2_pretrained_seed2 \
+      --output=runs/sst2_pretrained_ensemble.json
+
+Each member is a finished `--task=classify` run, used with its selected parameters (the best dev
+evaluation's, as `training.predict` uses them). The members must have been trained with the same
+`--eval_data` and `--test_data` and the same classes; they may differ in anything else (seed,
+cell, sizes, vocabulary, direction): each reads the text with its own vocabulary. The dev split
+is scored for every member and for the ensemble, and so is the test split: nothing is chosen here,
+so the test figure stays a figure read once (decide on an ensemble, and of which runs, before
+reading it). Prints a JSON summary; `--output` also writes it.
+
+Averaging the probabilities of models that differ only in their seed is the cheapest ensemble
+there is (ULMFiT averages a forward and a backward classifier the same way); its members train
+independently, side by side or one after another.
+"""
+
+import json
+import math
+
+import numpy as np
+from absl import flags
+
+from pipeline import paths, sources
+from pipeline.errors import DataError
+from training import cli
+
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of finished classifier runs.",
+                              required=True)
+_OUTPUT = flags.DEFINE_string("output", "", "Also write the summary (JSON) to this file.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+
+_SPLITS = (("eval", "eval_data"), ("test", "test_data"))
+
+
+def split_examples(config, flag: str) -> list[dict] | None:
+  """The labelled examples of a run's dev (`eval_data`) or test split, in the source's order, read
+  as the trainer read them; None when the run had no such split."""
+  spec = getattr(config, flag)
+  if not spec:
+    return None
+  options = dict(with_labels=True, text_field=config.text_field, label_field=config.label_field,
+                 tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
+                 encoding=config.encoding)
+  if spec.startswith(f"{sources.PREPARED}:") or config.train_data.startswith(f"{sources.PREPARED}:"):
+    raise DataError(f"--{flag}={spec}: the run read a prepared dataset (token ids); an ensemble reads"
+                    " each member's text with its own vocabulary: train the members on the source files")
+  if spec.startswith(sources.HOLDOUT):
+    training_examples = sources.read_joined(config.train_data, "train_data", **options)
+    return sources.holdout_split(training_examples, spec, flag)[1]
+  return list(sources.read_joined(spec, flag, **options))
+
+
+def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+  """Accuracy and mean negative log-likelihood of `labels` under `probabilities` [N, C]."""
+  chosen = probabilities[np.arange(len(labels)), labels]
+  return {"loss": float(-np.mean(np.log(np.maximum(chosen, 1e-12)))),
+          "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+          "examples": int(len(labels))}
+
+
+def _check_members(runs) -> None:
+  first = runs[0]
+  for run in runs:
+    if run.config.task != "classify":
+      raise DataError(f"--workdirs: {run.workdir} is a --task={run.config.task} run; an ensemble needs classifiers")
+    for what, value, expected in [("--eval_data", run.config.eval_data, first.config.eval_data),
+                                  ("--test_data", run.config.test_data, first.config.test_data),
+                                  ("classes", (run.labels.names, run.labels.num_classes),
+                                   (first.labels.names, first.labels.num_classes))]:
+      if value != expected:
+        raise DataError(f"--workdirs: {run.workdir} was trained with {what} {value!r}, {first.workdir} with"
+                        f" {expected!r}; the members must share their dev and test splits and classes")
+  if first.config.eval_data == "":
+    raise DataError(f"--workdirs: {first.workdir} had no --eval_data; an ensemble is scored on the runs' dev split")
+
+
+def score(runs, batch_size: int = 64) -> dict:
+  """Every member's and the ensemble's metrics on the runs' dev and test splits."""
+  from training.inference import class_probabilities
+
+  _check_members(runs)
+  summary = {"members": [{"workdir": run.workdir, "step": run.step} for run in runs], "ensemble": {}}
+  for split, flag in _SPLITS:
+    examples = split_examples(runs[0].config, flag)
+    if examples is None:
+      continue
+    labels = runs[0].labels.ids(examples, getattr(runs[0].config, flag))
+    texts = [example["text"] for example in examples]
+    each = [np.stack(list(class_probabilities(run, texts, batch_size))) for run in runs]
+    for member, probabilities in zip(summary["members"], each):
+      member[split] = metrics(probabilities, labels)
+    summary["ensemble"][split] = metrics(np.mean(each, axis=0), labels)
+  return summary
+
+
+def main(argv):
+  cli.no_arguments(argv)
+  cli.quiet_libraries()
+  from training.checkpoints import CheckpointError
+  from training.inference import load_run
+
+  with cli.one_line_errors(DataError, CheckpointError):
+    if _BATCH_SIZE.value < 1:
+      raise DataError(f"--batch_size={_BATCH_SIZE.value}: must be positive")
+    if len(_WORKDIRS.value) < 2:
+      raise DataError(f"--workdirs={','.join(_WORKDIRS.value)}: name two runs or more")
+    summary = score([load_run(workdir) for workdir in _WORKDIRS.value], _BATCH_SIZE.value)
+  text = json.dumps(summary, indent=2)
+  print(text)
+  if _OUTPUT.value:
+    paths.write_text(_OUTPUT.value, text + "\n")
+  for split in summary["ensemble"]:
+    members = ", ".join(f"{m[split]['accuracy']:.4f}" for m in summary["members"])
+    mean = math.fsum(m[split]["accuracy"] for m in summary["members"]) / len(summary["members"])
+    print(f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
+          f" members {members} (mean {mean:.4f})")
+
+
+def run_main():
+  """Console entry point (`rnn-ensemble`)."""
+  cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run_main()
