@@ -126,6 +126,13 @@ def _view_split(view, config: Config) -> _Split:
 DATA_DIR = "data"
 
 
+def source_read_options(config: Config) -> dict:
+  """How the run reads its source files (`sources.read_examples`' keyword arguments)."""
+  return dict(text_field=config.text_field, label_field=config.label_field,
+              tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
+              encoding=config.encoding)
+
+
 def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: str = "") -> str:
   """`spec` itself if it names a prepared dataset (or nothing); else `prepared:DIR` of its copy,
   prepared into `WORKDIR/data/` on first use, by process 0 while the others wait.
@@ -138,9 +145,7 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   if not spec or is_prepared(spec) or spec.startswith(sources.HOLDOUT):
     return spec
   with_labels = config.task == "classify"
-  read_options = dict(text_field=config.text_field, label_field=config.label_field,
-                      tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
-                      encoding=config.encoding)
+  read_options = source_read_options(config)
   key = json.dumps([spec, _file_stamps(spec, flag), read_options, with_labels, config.tokenizer, config.vocab_size,
                     config.num_classes, holdout])
   directory = os.path.join(workdir, DATA_DIR, f"{flag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")

@@ -40,9 +40,9 @@ def split_examples(config, flag: str) -> list[dict] | None:
   spec = getattr(config, flag)
   if not spec:
     return None
-  options = dict(with_labels=True, text_field=config.text_field, label_field=config.label_field,
-                 tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
-                 encoding=config.encoding)
+  from training.data import source_read_options
+
+  options = dict(with_labels=True, **source_read_options(config))
   if spec.startswith(f"{sources.PREPARED}:") or config.train_data.startswith(f"{sources.PREPARED}:"):
     raise DataError(f"--{flag}={spec}: the run read a prepared dataset (token ids); an ensemble reads"
                     " each member's text with its own vocabulary: train the members on the source files")
