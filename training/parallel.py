@@ -73,6 +73,15 @@ def stacked_train_batches(local_batches: list[dict[str, np.ndarray]], mesh) -> d
   return train_step_batch(stacked, mesh, stacked_batch_sharding(mesh))
 
 
+def abstract_train_step_batch(local_batch: dict, mesh) -> dict:
+  """Shapes, dtypes and shardings of what `train_step_batch` makes of `local_batch` (host arrays
+  on one process; global arrays, sharded by rows, on several)."""
+  if jax.process_count() == 1:
+    return {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in local_batch.items()}
+  return {name: jax.ShapeDtypeStruct(global_shape(array.shape), array.dtype, sharding=batch_sharding(mesh))
+          for name, array in local_batch.items()}
+
+
 def state_specs(abstract_state):
   """PartitionSpecs of a train state: everything replicated but the carried state's rows."""
   specs = jax.tree.map(lambda _: P(), abstract_state)
@@ -90,8 +99,8 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
   """The train step, jitted once with explicit shardings, adding its metric sums to a window's:
   `(state, batch, window sums) -> (state, window sums with this step's)`; the same for several
   consecutive steps in one call, `(state, batches stacked [steps, ...], window sums) -> (state,
-  window sums with theirs)`; and `(batch) -> the shapes of one step's sums` (the same for any
-  batch shape).
+  window sums with theirs)`; and `(local batch) -> the shapes of one step's sums` (the same for
+  any batch shape).
 
   `jit`: `step_fn` sees global arrays and XLA partitions it. `shard_map`: `step_fn` (bound with
   `axis_name=DATA_AXIS`) runs per device on its rows and reduces explicitly. The sums are added
@@ -106,13 +115,22 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
     # and the explicit psum would then count each device's gradient once per device.
     step_fn = jax.shard_map(step_fn, mesh=mesh, in_specs=(specs, P(DATA_AXIS)), out_specs=(specs, P()),
                             check_vma=False)
+  # Jitted on its own as well, so that it is traced once: `sums_shapes` (on the argument types
+  # the compiled step gets) and the compiled step reuse that trace (JAX caches a jitted function's
+  # trace per argument types, shardings included; XLA inlines the inner call). Tracing the step
+  # is a second or more of every run's start.
+  step_fn = jax.jit(step_fn)
 
   def accumulating_step(state, batch, window_sums):
     state, sums = step_fn(state, batch)
     return state, combine_sums(window_sums, sums)
 
-  def sums_shapes(batch):
-    return jax.eval_shape(step_fn, abstract_state, batch)[1]
+  abstract_sharded_state = jax.tree.map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract_state, state_shardings)
+
+  def sums_shapes(local_batch):
+    return jax.eval_shape(step_fn, abstract_sharded_state, abstract_train_step_batch(local_batch, mesh))[1]
 
   def accumulating_steps(state, stacked_batches, window_sums):
     # The same step, once per batch, inside one executable: one dispatch (and one wait for the

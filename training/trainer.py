@@ -118,7 +118,8 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
       lm_loss_weight=config.lm_loss_weight, target_lm_steps=config.target_lm_steps,
       # The reference (autodiff) layer has one time loop only.
       fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None)
-  init_state = initial_state_fn(config, model, optimizer)
+  # Jitted so that it is traced once, for its shapes here and for the sharded call below.
+  init_state = jax.jit(initial_state_fn(config, model, optimizer))
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
@@ -136,8 +137,7 @@ def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
 
   def no_sums_for(local_batch):
     if not made:
-      shapes = sums_shapes({name: jax.ShapeDtypeStruct(parallel.global_shape(array.shape), array.dtype)
-                            for name, array in local_batch.items()})
+      shapes = sums_shapes(local_batch)
       made.append(jax.jit(lambda: no_sums(shapes), out_shardings=parallel.replicated(mesh)))
     return made[0]()
 
