@@ -1,11 +1,15 @@
-"""The optimiser's fine-tuning options: the encoder's steps scaled, and frozen at first."""
+"""The optimiser's fine-tuning options: the encoder's steps scaled, and frozen at first; the
+learning-rate schedules."""
+
+import logging
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from training.train_state import make_optimizer
+from training.train_state import make_optimizer, make_schedule
 
 PARAMS = {"encoder": {"embed": {"embedding": jnp.ones((4, 3))}, "layer_0": {"W_h": jnp.ones((3, 12))}},
           "head": {"kernel": jnp.ones((3, 2))}}
@@ -88,3 +92,17 @@ def test_the_optimiser_keeps_the_average_of_the_parameters_it_produced():
                          grad_clip=1.0)
   state = TrainState(step=jnp.int32(0), params=PARAMS, opt_state=plain.init(PARAMS), rng=None, carry=None)
   assert eval_params(state) is PARAMS and with_params(state, start).opt_state == state.opt_state
+
+
+def test_cosine_decay_with_and_without_warm_up_follows_its_formula_and_logs_nothing(caplog):
+  with caplog.at_level(logging.INFO):
+    plain = make_schedule(learning_rate=0.1, num_steps=100, warmup_steps=0, lr_decay="cosine")
+    warmed = make_schedule(learning_rate=0.1, num_steps=100, warmup_steps=10, lr_decay="cosine")
+    values = {step: (float(plain(step)), float(warmed(step))) for step in (0, 5, 10, 55, 100)}
+  # optax logs a line about a zero-step linear schedule in every run without a warm-up, which
+  # has none to speak of.
+  assert not [record.getMessage() for record in caplog.records]
+  for step, (no_warm_up, warm_up) in values.items():
+    np.testing.assert_allclose(no_warm_up, 0.05 * (1 + math.cos(math.pi * step / 100)), atol=1e-7)
+    expected = 0.1 * step / 10 if step <= 10 else 0.05 * (1 + math.cos(math.pi * (step - 10) / 90))
+    np.testing.assert_allclose(warm_up, expected, atol=1e-7)

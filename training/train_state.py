@@ -68,6 +68,10 @@ def updated_average(average, params, decay: float, step):
 def make_schedule(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str):
   """The learning rate: optional linear warm-up, then constant or cosine decay (a plain float
   when constant, which keeps the optimiser state, and so checkpoints, as they always were)."""
+  if lr_decay == "cosine" and warmup_steps == 0:
+    # The same values as the warm-up version below with no warm-up, without its zero-step linear
+    # schedule, which made optax log a line about it in every such run.
+    return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
   if lr_decay == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1))
   if warmup_steps > 0:
