@@ -10,7 +10,8 @@ import pytest
 
 from training.kernels import onednn
 from training.models import LanguageModel, SequenceClassifier
-from training.objectives import FAST_PATHS, OBJECTIVES
+from training import parallel
+from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, no_sums
 from training.train_state import create_train_state, train_step
 
 V, E, H, L, B, T = 13, 6, 8, 2, 3, 7
@@ -116,3 +117,29 @@ def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train(
   assert all(moved(per_token.params, after.params).values())
   for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(joint.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_runs_train_step_is_traced_once_for_its_sums_shapes_and_its_compiled_call():
+  """A run asks for the shapes of the step's metric sums before its first step; the compiled
+  step must reuse that trace (a second trace was a second of every run's start)."""
+  model = LanguageModel(V, E, H, L, "lstm")
+  optimizer = optax.adam(1e-2)
+  batch = jax.tree.map(np.asarray, lm_batch(padded=False))  # host arrays, as the trainer feeds
+  carry = jnp.zeros((L, 2, B, H))
+  init = jax.jit(lambda rng: create_train_state(rng, model, optimizer, (batch["inputs"], batch["mask"], carry), carry))
+  traces = []
+
+  def counted_step(state, batch):
+    traces.append(batch["inputs"].shape)
+    return train_step(state, batch, model=model, optimizer=optimizer, objective=OBJECTIVES["lm"])
+
+  mesh = parallel.make_mesh()
+  abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  compiled, _, sums_shapes = parallel.compile_train_step(counted_step, abstract_state, mesh, "jit", combine_sums)
+  window_sums = jax.jit(lambda: no_sums(sums_shapes(batch)), out_shardings=parallel.replicated(mesh))()
+  shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+  state, window_sums = compiled(state, parallel.train_step_batch(batch, mesh), window_sums)
+  state, window_sums = compiled(state, parallel.train_step_batch(batch, mesh), window_sums)
+  assert traces == [(B, T)]
+  assert float(window_sums["weight"]) == 2 * B * T  # both steps ran, and added their sums
