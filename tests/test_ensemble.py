@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import synthetic
+from pipeline.prepared_writer import prepare_corpus
 from training.config import Config
 from training.trainer import train_and_evaluate
 
@@ -31,16 +32,22 @@ def write_lines(path, examples):
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
   """Two classifiers that differ in their seed and cell, with a held-out dev split (10% of the
-  training file) and a test file, and a third with another dev split."""
+  training file) and a test file; a third with another dev split; two trained on a prepared
+  dataset, one with a dev file, one with a held-out dev split."""
   data = tmp_path_factory.mktemp("data")
   examples = synthetic.TASKS["recall"]()
   write_lines(data / "train.txt", examples[:600])
   write_lines(data / "test.txt", examples[-150:])
   config = dataclasses.replace(TINY, train_data=f"lines:{data}/train.txt", eval_data="holdout:10%",
                                test_data=f"lines:{data}/test.txt")
+  # A training set prepared beforehand (token ids), with a dev and a test file of their own.
+  prepared = data / "prepared_train"
+  prepare_corpus(f"lines:{data}/train.txt", str(prepared), with_labels=True)
   runs = {}
   for name, changes in [("lstm_seed0", {}), ("gru_seed1", {"model": "gru", "seed": 1}),
-                        ("other_dev", {"eval_data": f"lines:{data}/test.txt[:50%]", "test_data": ""})]:
+                        ("other_dev", {"eval_data": f"lines:{data}/test.txt[:50%]", "test_data": ""}),
+                        ("prepared_train", {"train_data": f"prepared:{prepared}", "eval_data": f"lines:{data}/test.txt[:50%]"}),
+                        ("prepared_holdout", {"train_data": f"prepared:{prepared}", "test_data": ""})]:
     workdir = str(data / name)
     runs[name] = (workdir, train_and_evaluate(dataclasses.replace(config, **changes), workdir))
   return runs
@@ -80,11 +87,15 @@ def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members,
   assert summary["ensemble"]["test"]["loss"] == pytest.approx(expected_loss, rel=1e-4)
 
 
-def test_a_run_ensembled_with_itself_scores_as_itself(members):
-  workdir, _ = members["lstm_seed0"]
+@pytest.mark.parametrize("member", ["lstm_seed0", "prepared_train"])
+def test_a_run_ensembled_with_itself_scores_as_itself(members, member):
+  workdir, own = members[member]
   result = ensemble(f"--workdirs={workdir},{workdir}")
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+  # The dev and test files read as the trainer read them (also beside a prepared training set).
+  assert summary["members"][0]["eval"]["accuracy"] == pytest.approx(own["best"]["eval"]["accuracy"], abs=1e-9)
+  assert summary["members"][0]["test"]["accuracy"] == pytest.approx(own["test"]["accuracy"], abs=1e-9)
   for split in ("eval", "test"):
     assert summary["ensemble"][split]["accuracy"] == summary["members"][0][split]["accuracy"]
     assert summary["ensemble"][split]["loss"] == pytest.approx(summary["members"][0][split]["loss"], rel=1e-6)
@@ -98,6 +109,12 @@ def test_members_with_other_splits_one_member_or_a_missing_run_are_refused_in_on
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"error: --workdirs: {other} was trained with --eval_data ")
   assert "the members must share their dev and test splits and classes" in result.stderr
+  # A dev split held out of a prepared training set exists only as token ids.
+  holdout, _ = members["prepared_holdout"]
+  refused = ensemble(f"--workdirs={holdout},{holdout}")
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      "error: --eval_data=holdout:10%: the run read this split from a prepared dataset")
   lone = ensemble(f"--workdirs={workdir}")
   assert lone.returncode == 2 and "name two runs or more" in lone.stderr
   missing = ensemble(f"--workdirs={workdir},{tmp_path}/nothing")

@@ -43,9 +43,13 @@ def split_examples(config, flag: str) -> list[dict] | None:
   from training.data import source_read_options
 
   options = dict(with_labels=True, **source_read_options(config))
-  if spec.startswith(f"{sources.PREPARED}:") or config.train_data.startswith(f"{sources.PREPARED}:"):
-    raise DataError(f"--{flag}={spec}: the run read a prepared dataset (token ids); an ensemble reads"
-                    " each member's text with its own vocabulary: train the members on the source files")
+  # An ensemble reads each split's text and encodes it with each member's vocabulary; a prepared
+  # dataset holds token ids. A prepared training set is fine where the split is a file of its own.
+  prepared = f"{sources.PREPARED}:"
+  if spec.startswith(prepared) or (spec.startswith(sources.HOLDOUT) and config.train_data.startswith(prepared)):
+    raise DataError(f"--{flag}={spec}: the run read this split from a prepared dataset (token ids); an ensemble"
+                    " reads each member's text with its own vocabulary: give the members the split's source"
+                    " files (--eval_data=KIND:PATH)")
   if spec.startswith(sources.HOLDOUT):
     training_examples = sources.read_joined(config.train_data, "train_data", **options)
     return sources.holdout_split(training_examples, spec, flag)[1]
