@@ -31,6 +31,7 @@ import dataclasses
 import gzip
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 
@@ -40,7 +41,7 @@ from etils import epath
 
 from pipeline import synthetic
 from pipeline.errors import DataError
-from pipeline.paths import absolute
+from pipeline.paths import absolute, is_local
 from pipeline.slicing import slice_range
 
 KINDS = ("text", "lines", "jsonl", "csv", "tsv", "parquet", "tfds", "synthetic", "prepared")
@@ -76,20 +77,24 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
   return SourceSpec(kind, path, slice_text, flag)
 
 
-def with_absolute_path(spec: str) -> str:
+def with_absolute_path(spec: str, resolve_links: bool = False) -> str:
   """`spec` with its file path made absolute (`lines:data/x.txt[:10]` -> `lines:/cwd/data/x.txt[:10]`),
-  each of them for comma-joined specs.
+  each of them for comma-joined specs; with `resolve_links`, local paths also through symbolic
+  links (`os.path.realpath`), so that two spellings of the same files compare equal.
 
   Specs that name no file, or that do not parse (reported later, with the flag), are returned
   unchanged.
   """
   if "," in spec:
-    return ",".join(map(with_absolute_path, spec.split(",")))
+    return ",".join(with_absolute_path(part, resolve_links) for part in spec.split(","))
   kind, sep, rest = spec.partition(":")
   path, slice_text = _PATH_AND_SLICE.match(rest).groups()
   if not sep or kind not in FILE_KINDS or not path:
     return spec
-  return f"{kind}:{absolute(path)}{slice_text or ''}"
+  path = absolute(path)
+  if resolve_links and is_local(path):
+    path = os.path.realpath(path)
+  return f"{kind}:{path}{slice_text or ''}"
 
 
 HOLDOUT = "holdout:"

@@ -33,7 +33,8 @@ def write_lines(path, examples):
 def members(tmp_path_factory):
   """Two classifiers that differ in their seed and cell, with a held-out dev split (10% of the
   training file) and a test file; a third with another dev split; two trained on a prepared
-  dataset, one with a dev file, one with a held-out dev split."""
+  dataset, one with a dev file, one with a held-out dev split; one holding its dev split out of
+  other training data; one that names the first two's files through a linked directory."""
   data = tmp_path_factory.mktemp("data")
   examples = synthetic.TASKS["recall"]()
   write_lines(data / "train.txt", examples[:600])
@@ -43,11 +44,17 @@ def members(tmp_path_factory):
   # A training set prepared beforehand (token ids), with a dev and a test file of their own.
   prepared = data / "prepared_train"
   prepare_corpus(f"lines:{data}/train.txt", str(prepared), with_labels=True)
+  linked = tmp_path_factory.mktemp("elsewhere") / "data"
+  linked.symlink_to(data)
   runs = {}
   for name, changes in [("lstm_seed0", {}), ("gru_seed1", {"model": "gru", "seed": 1}),
                         ("other_dev", {"eval_data": f"lines:{data}/test.txt[:50%]", "test_data": ""}),
                         ("prepared_train", {"train_data": f"prepared:{prepared}", "eval_data": f"lines:{data}/test.txt[:50%]"}),
-                        ("prepared_holdout", {"train_data": f"prepared:{prepared}", "test_data": ""})]:
+                        ("prepared_holdout", {"train_data": f"prepared:{prepared}", "test_data": ""}),
+                        ("other_training_data", {"train_data": f"lines:{data}/train.txt[:80%]"}),
+                        # The same files by other paths, as a run from another checkout names them.
+                        ("through_a_link", {"seed": 2, "train_data": f"lines:{linked}/train.txt",
+                                            "test_data": f"lines:{linked}/test.txt"})]:
     workdir = str(data / name)
     runs[name] = (workdir, train_and_evaluate(dataclasses.replace(config, **changes), workdir))
   return runs
@@ -87,6 +94,14 @@ def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members,
   assert summary["ensemble"]["test"]["loss"] == pytest.approx(expected_loss, rel=1e-4)
 
 
+def test_members_that_name_the_same_files_by_other_paths_are_scored_together(members):
+  (first, _), (linked, linked_summary) = members["lstm_seed0"], members["through_a_link"]
+  result = ensemble(f"--workdirs={first},{linked}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+  assert summary["members"][1]["test"]["accuracy"] == pytest.approx(linked_summary["test"]["accuracy"], abs=1e-9)
+
+
 @pytest.mark.parametrize("member", ["lstm_seed0", "prepared_train"])
 def test_a_run_ensembled_with_itself_scores_as_itself(members, member):
   workdir, own = members[member]
@@ -109,6 +124,12 @@ def test_members_with_other_splits_one_member_or_a_missing_run_are_refused_in_on
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"error: --workdirs: {other} was trained with --eval_data ")
   assert "the members must share their dev and test splits and classes" in result.stderr
+  # The same `holdout:10%` of other training data is another dev split.
+  other_data, _ = members["other_training_data"]
+  refused = ensemble(f"--workdirs={workdir},{other_data}")
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdirs: {other_data} holds out its dev split (holdout:10%) from --train_data")
   # A dev split held out of a prepared training set exists only as token ids.
   holdout, _ = members["prepared_holdout"]
   refused = ensemble(f"--workdirs={holdout},{holdout}")

@@ -73,11 +73,24 @@ def _check_members(runs) -> None:
                                   ("--test_data", run.config.test_data, first.config.test_data),
                                   ("classes", (run.labels.names, run.labels.num_classes),
                                    (first.labels.names, first.labels.num_classes))]:
-      if value != expected:
+      if _same_files(value) != _same_files(expected):
         raise DataError(f"--workdirs: {run.workdir} was trained with {what} {value!r}, {first.workdir} with"
                         f" {expected!r}; the members must share their dev and test splits and classes")
+    # A held-out dev split is a slice of the training data: the same only on the same data (else
+    # one member's dev examples could be another's training examples).
+    if first.config.eval_data.startswith(sources.HOLDOUT) and (
+        _same_files(run.config.train_data) != _same_files(first.config.train_data)):
+      raise DataError(f"--workdirs: {run.workdir} holds out its dev split ({first.config.eval_data}) from"
+                      f" --train_data {run.config.train_data!r}, {first.workdir} from {first.config.train_data!r};"
+                      " members with a held-out dev split must share their training data")
   if first.config.eval_data == "":
     raise DataError(f"--workdirs: {first.workdir} had no --eval_data; an ensemble is scored on the runs' dev split")
+
+
+def _same_files(value):
+  """A split's spec as the files it names (runs trained from two checkouts, or through a linked
+  directory, name the same files by other paths); anything else as it is."""
+  return sources.with_absolute_path(value, resolve_links=True) if isinstance(value, str) else value
 
 
 def score(runs, batch_size: int = 64) -> dict:
