@@ -51,6 +51,22 @@ def test_the_freeze_waits_for_the_per_token_steps():
     assert all(moved) == (step not in (2, 3)) and any(moved) == (step not in (2, 3)), step
 
 
+def test_frozen_embeddings_never_move_and_the_rest_trains():
+  params = {"encoder": {"embed": {"embedding": jnp.ones((4, 3))}, "backward_embed": {"embedding": jnp.ones((4, 3))},
+                        "layer_0": {"W_h": jnp.ones((3, 12))}},
+            "head": {"kernel": jnp.ones((3, 2))}}
+  grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
+  optimizer = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.1,
+                             grad_clip=1.0, freeze_embeddings=True)
+  state = optimizer.init(params)
+  for _ in range(3):
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for embedding in ("embed", "backward_embed"):  # weight decay included
+    np.testing.assert_array_equal(params["encoder"][embedding]["embedding"], jnp.ones((4, 3)))
+  assert bool(jnp.all(params["encoder"]["layer_0"]["W_h"] != 1.0)) and bool(jnp.all(params["head"]["kernel"] != 1.0))
+
+
 def test_default_options_keep_the_optimiser_state_as_it_was():
   default = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
                            grad_clip=1.0)

@@ -151,6 +151,15 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(langu
   assert "lm_loss" in summary["eval"]
 
 
+def test_frozen_embeddings_stay_the_language_models_while_the_encoder_trains(language_model, tmp_path):
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, freeze_embeddings=True, num_steps=20)
+  train_and_evaluate(config, str(tmp_path))
+  lm, classifier = load_run(language_model), load_run(str(tmp_path), step=20)
+  np.testing.assert_array_equal(classifier.params["encoder"]["embed"]["embedding"],
+                                lm.params["encoder"]["embed"]["embedding"])
+  assert not np.array_equal(classifier.params["encoder"]["layer_0"]["W_h"], lm.params["encoder"]["layer_0"]["W_h"])
+
+
 @pytest.fixture(scope="module")
 def backward_language_model(tmp_path_factory):
   """The `language_model` fixture's twin that reads the same text backwards (`--read_backward`)."""

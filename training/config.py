@@ -122,6 +122,10 @@ class Config:
   # ... and it is not updated at all for the first N steps of per-sequence training (after
   # --target_lm_steps), while the new head settles.
   freeze_encoder_steps: int = 0
+  # The token embeddings (a pretrained LM's, under --init_from) stay as they start for the whole
+  # run: words of the dev and test text that training never shows keep their places beside the
+  # words it moved.
+  freeze_embeddings: bool = False
   # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
   # tested and served in their place; 0: none.
   ema_decay: float = 0.0

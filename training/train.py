@@ -112,6 +112,8 @@ flags.DEFINE_float("encoder_lr_scale", _D.encoder_lr_scale, "The encoder's (embe
                    " (discriminative learning rates, ULMFiT).")
 flags.DEFINE_integer("freeze_encoder_steps", _D.freeze_encoder_steps, "Leave the encoder unchanged for this"
                      " many first per-sequence steps while the new head learns (the simplest gradual unfreezing).")
+flags.DEFINE_boolean("freeze_embeddings", _D.freeze_embeddings, "Leave the token embeddings as they start"
+                     " (a pretrained language model's under --init_from) for the whole run; the rest trains.")
 flags.DEFINE_float("ema_decay", _D.ema_decay, "Keep an exponential moving average of the parameters with"
                    " this decay (e.g. 0.999) and evaluate, select, test and serve it instead of the last"
                    " parameters; 0: off.")

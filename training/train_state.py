@@ -86,7 +86,7 @@ def learning_rate_at(schedule, step: int) -> float:
 def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
                    weight_decay: float, grad_clip: float, encoder_lr_scale: float = 1.0,
                    freeze_encoder_steps: int = 0, freeze_encoder_from: int = 0,
-                   ema_decay: float = 0.0) -> optax.GradientTransformation:
+                   freeze_embeddings: bool = False, ema_decay: float = 0.0) -> optax.GradientTransformation:
   """AdamW with optional linear warm-up and cosine decay, after global-norm clipping.
 
   `encoder_lr_scale`, `freeze_encoder_steps`: the parameters under `encoder` take steps this
@@ -94,6 +94,7 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
   `freeze_encoder_from` (fine-tuning a pretrained encoder; those first steps are the
   per-token ones of `--target_lm_steps`, where the encoder must learn). Only when asked for:
   the optimiser state, and so checkpoints, are otherwise as they always were.
+  `freeze_embeddings`: the token embeddings take no step at all (weight decay included).
   `ema_decay`: the state also keeps a moving average of the parameters (`average_params`).
   """
   schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
@@ -104,9 +105,22 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
     frozen = lambda update: (update >= freeze_encoder_from) & (update < freeze_encoder_from + freeze_encoder_steps)
     encoder_scale = lambda update: jnp.where(frozen(update), 0.0, encoder_lr_scale)
     transforms.append(optax.masked(optax.scale_by_schedule(encoder_scale), _encoder_mask))
+  if freeze_embeddings:
+    transforms.append(optax.masked(optax.set_to_zero(), _embedding_mask))
   if ema_decay > 0:
     transforms.append(average_params(ema_decay))
   return optax.chain(*transforms)
+
+
+EMBEDDINGS = ("embed", "backward_embed")  # the encoder's token embeddings (models.Encoder)
+
+
+def _embedding_mask(params):
+  """True for the encoder's token embeddings, False elsewhere."""
+  return {name: (jax.tree.map(lambda _: False, subtree) if name != "encoder" else
+                 {part: jax.tree.map(lambda _, embedding=part in EMBEDDINGS: embedding, leaves)
+                  for part, leaves in subtree.items()})
+          for name, subtree in params.items()}
 
 
 def _encoder_mask(params):

@@ -149,6 +149,7 @@ def make_optimizer_for(config: Config):
                         warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                         encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
+                        freeze_embeddings=config.freeze_embeddings,
                         freeze_encoder_from=config.target_lm_steps,
                         ema_decay=config.ema_decay)
 
