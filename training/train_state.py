@@ -115,18 +115,20 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
 EMBEDDINGS = ("embed", "backward_embed")  # the encoder's token embeddings (models.Encoder)
 
 
+def _path_mask(params, selects):
+  """A mask of `params` for `optax.masked`: True where `selects` holds for a leaf's key names
+  (outermost first: `("encoder", "embed", "embedding")`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: selects(tuple(key.key for key in path)), params)
+
+
 def _embedding_mask(params):
   """True for the encoder's token embeddings, False elsewhere."""
-  return {name: (jax.tree.map(lambda _: False, subtree) if name != "encoder" else
-                 {part: jax.tree.map(lambda _, embedding=part in EMBEDDINGS: embedding, leaves)
-                  for part, leaves in subtree.items()})
-          for name, subtree in params.items()}
+  return _path_mask(params, lambda names: names[0] == "encoder" and names[1] in EMBEDDINGS)
 
 
 def _encoder_mask(params):
   """True for every parameter of the encoder (embedding and recurrent stack), False elsewhere."""
-  return {name: jax.tree.map(lambda _, encoder=name == "encoder": encoder, subtree)
-          for name, subtree in params.items()}
+  return _path_mask(params, lambda names: names[0] == "encoder")
 
 
 def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainState:
