@@ -67,6 +67,35 @@ def test_frozen_embeddings_never_move_and_the_rest_trains():
   assert bool(jnp.all(params["encoder"]["layer_0"]["W_h"] != 1.0)) and bool(jnp.all(params["head"]["kernel"] != 1.0))
 
 
+def test_frozen_embeddings_count_neither_in_the_clipping_norm_nor_in_adams_moments():
+  """A large gradient on the frozen table must not shrink the other parameters' clipped steps:
+  they move exactly as they do when the embedding's gradient is zero; and the optimiser keeps
+  no moments of the table's shape."""
+  params = {"encoder": {"embed": {"embedding": jnp.ones((40, 3))}, "layer_0": {"W_h": jnp.ones((3, 12))}},
+            "head": {"kernel": jnp.ones((3, 2))}}
+  grads = jax.tree.map(lambda p: jnp.linspace(-1.0, 2.0, p.size).reshape(p.shape), params)
+  grads["encoder"]["embed"]["embedding"] = jnp.full((40, 3), 100.0)  # dominates the global norm
+  without_table = jax.tree.map(jnp.copy, grads)
+  without_table["encoder"]["embed"]["embedding"] = jnp.zeros((40, 3))
+  options = dict(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
+                 grad_clip=1.0, ema_decay=0.9)
+  frozen = make_optimizer(**options, freeze_embeddings=True)
+  plain = make_optimizer(**options)
+  frozen_state, plain_state = frozen.init(params), plain.init(params)
+  for _ in range(3):
+    frozen_updates, frozen_state = frozen.update(grads, frozen_state, params)
+    plain_updates, plain_state = plain.update(without_table, plain_state, params)
+    np.testing.assert_array_equal(frozen_updates["encoder"]["embed"]["embedding"], 0.0)
+    for part in (("encoder", "layer_0", "W_h"), ("head", "kernel")):
+      a, b = frozen_updates, plain_updates
+      for key in part:
+        a, b = a[key], b[key]
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  table_shaped = [leaf for leaf in jax.tree.leaves(frozen_state) if getattr(leaf, "shape", None) == (40, 3)]
+  assert len(table_shaped) == 1  # the parameters' moving average only; no Adam moments
+  assert len(jax.tree.leaves(plain_state)) > len(jax.tree.leaves(frozen_state))
+
+
 def test_default_options_keep_the_optimiser_state_as_it_was():
   default = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
                            grad_clip=1.0)

@@ -152,12 +152,19 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(langu
 
 
 def test_frozen_embeddings_stay_the_language_models_while_the_encoder_trains(language_model, tmp_path):
-  config = dataclasses.replace(CLASSIFY, init_from=language_model, freeze_embeddings=True, num_steps=20)
-  train_and_evaluate(config, str(tmp_path))
-  lm, classifier = load_run(language_model), load_run(str(tmp_path), step=20)
+  """Also across a resume: the optimiser's state without the frozen table's moments goes
+  through an Orbax checkpoint and back, and the resumed run ends where an uninterrupted one does."""
+  config = dataclasses.replace(CLASSIFY, init_from=language_model, freeze_embeddings=True, num_steps=20,
+                               checkpoint_every=10)
+  train_and_evaluate(config, str(tmp_path / "whole"))
+  train_and_evaluate(dataclasses.replace(config, num_steps=10), str(tmp_path / "resumed"))
+  train_and_evaluate(config, str(tmp_path / "resumed"))
+  lm, classifier = load_run(language_model), load_run(str(tmp_path / "whole"), step=20)
   np.testing.assert_array_equal(classifier.params["encoder"]["embed"]["embedding"],
                                 lm.params["encoder"]["embed"]["embedding"])
   assert not np.array_equal(classifier.params["encoder"]["layer_0"]["W_h"], lm.params["encoder"]["layer_0"]["W_h"])
+  resumed = load_run(str(tmp_path / "resumed"), step=20)
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, classifier.params)
 
 
 @pytest.fixture(scope="module")
