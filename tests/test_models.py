@@ -30,12 +30,15 @@ def test_classifier_padded_batch_equals_each_sequence_alone():
     np.testing.assert_allclose(padded[row], alone[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+# Which way a classifier reads: forward, both ways (--bidirectional), or backward (--read_backward).
+READING = {"forward": {}, "bidirectional": {"bidirectional": True}, "backward": {"read_backward": True}}
+
+
+@pytest.mark.parametrize("reading", READING)
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, bidirectional):
-  model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling,
-                             bidirectional=bidirectional)
+def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, reading):
+  model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling, **READING[reading])
   lengths = [4, 2, 3, 5, 1]
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   # Unpacked: one sequence per row, padded to 5.
@@ -57,10 +60,10 @@ def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, bidirectio
   np.testing.assert_allclose(jnp.concatenate([packed[0, :3], packed[1, :2]]), unpacked, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("reading", READING)
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
-def test_classifier_features_ignore_what_follows_the_sequence(pooling, bidirectional):
-  model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, bidirectional=bidirectional)
+def test_classifier_features_ignore_what_follows_the_sequence(pooling, reading):
+  model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, **READING[reading])
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 3, V)
   mask = jnp.array([[1, 1, 1, 0, 0, 0]] * 2, bool)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
@@ -162,6 +165,26 @@ def test_backward_stack_reads_each_sequence_from_its_end():
                                                jnp.ones((1, 5), bool), carry, train=False)
   np.testing.assert_allclose(outputs[0, :5, H:], alone[0, ::-1], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(outputs[0, 5:], 0.0)  # padding outputs stay zero
+
+
+@pytest.mark.parametrize("pooling", ["last", "max", "concat"])
+def test_a_backward_reading_classifier_is_a_forward_one_on_each_sequence_reversed(pooling):
+  """`read_backward`: the same parameters, fed each sequence with its real tokens in reverse
+  order, give a forward classifier the same logits (padded rows of different lengths)."""
+  backward = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling,
+                                read_backward=True)
+  forward = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling)
+  lengths = jnp.array([7, 4, 1])
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 7), 3, V)
+  mask = jnp.arange(7)[None, :] < lengths[:, None]
+  tokens = jnp.where(mask, tokens, 0)
+  params = backward.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
+  reversed_tokens = jnp.stack([jnp.concatenate([row[:n][::-1], row[n:]]) for row, n in zip(tokens, lengths.tolist())])
+  read_backward = backward.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)
+  read_forward = forward.apply({"params": params}, reversed_tokens, mask, *one_segment(mask), train=False)
+  np.testing.assert_allclose(read_backward, read_forward, rtol=1e-5, atol=1e-6)
+  plain = forward.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)
+  assert not np.allclose(read_backward[:2], plain[:2])  # (a sequence of one token reads alike both ways)
 
 
 def test_max_pooling_is_the_elementwise_maximum_over_each_sequence():

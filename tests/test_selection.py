@@ -210,18 +210,40 @@ def test_a_backward_language_model_starts_the_backward_stack_with_its_own_embedd
   assert served.config.backward_embedding and "backward_embed" in served.params["encoder"]
 
 
+def test_a_classifier_reading_backwards_starts_from_a_backward_language_model(backward_language_model, tmp_path):
+  """ULMFiT's backward classifier (`--read_backward --init_from=BACKWARD_LM`): its encoder is the
+  backward LM's, it trains, and the trained run serves predictions that read backwards too."""
+  config = dataclasses.replace(CLASSIFY, init_from=backward_language_model, read_backward=True, num_steps=20,
+                               checkpoint_every=10)
+  adopted = pretrained.adopt_architecture(config)
+  lm = load_run(backward_language_model)
+  model = build_model(adopted, len(lm.vocab), 3)
+  fresh = jax.jit(initial_state_fn(adopted, model, make_optimizer_for(adopted)))(jax.random.PRNGKey(0)).params
+  params = pretrained.initial_params(backward_language_model, fresh)
+  jax.tree.map(np.testing.assert_array_equal, params["encoder"], lm.params["encoder"])
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(summary["eval"]["loss"])
+  served = load_run(str(tmp_path))
+  assert served.config.read_backward and served.model.read_backward
+
+
 def test_backward_language_models_are_checked(language_model, backward_language_model, tmp_path):
   both = dataclasses.replace(CLASSIFY, init_from=language_model, init_backward_from=backward_language_model,
                              bidirectional=True)
   with pytest.raises(ConfigError, match="--init_backward_from: starts the backward stack of a classifier that also"
                                         " has --bidirectional"):
     validate(dataclasses.replace(both, bidirectional=False))
-  with pytest.raises(ConfigError, match="--read_backward: applies to --task=lm"):
-    validate(dataclasses.replace(CLASSIFY, read_backward=True))
+  with pytest.raises(ConfigError, match="--read_backward: and --bidirectional: a bidirectional classifier reads"):
+    validate(dataclasses.replace(CLASSIFY, read_backward=True, bidirectional=True))
+  with pytest.raises(ConfigError, match="--read_backward: a classifier that reads backwards has no next-token"):
+    validate(dataclasses.replace(CLASSIFY, read_backward=True, lm_loss_weight=0.5))
   with pytest.raises(ConfigError, match="reads its text forwards; --init_backward_from takes one trained with"):
     pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=language_model))
-  with pytest.raises(ConfigError, match="reads its text backwards .--read_backward.; give it as --init_backward_from"):
+  with pytest.raises(ConfigError, match="reads its text backwards .--read_backward.; a classifier starts from it"
+                                        " with --read_backward too, or, --bidirectional, as --init_backward_from"):
     pretrained.adopt_architecture(dataclasses.replace(both, init_from=backward_language_model))
+  with pytest.raises(ConfigError, match="reads its text forwards; a classifier with --read_backward starts from one"):
+    pretrained.adopt_architecture(dataclasses.replace(CLASSIFY, init_from=language_model, read_backward=True))
   other = str(tmp_path / "other")
   train_and_evaluate(Config(task="lm", hidden_size=8, embed_size=8, num_layers=2, batch_size=8, seq_len=16,
                             num_steps=2, eval_every=0, train_data="synthetic:copy[:90%]", read_backward=True), other)

@@ -68,7 +68,8 @@ class Config:
   # classifier's rare words) at the cost of a small softmax; 0: the whole vocabulary.
   softmax_vocab_size: int = 0
   # lm: read the text from its end to its start, predicting each token from what follows it (a
-  # backward language model, for a bidirectional classifier's backward stack).
+  # backward language model, for a bidirectional classifier's backward stack). classify: read
+  # each sequence from its last token to its first (started from such a model by --init_from).
   read_backward: bool = False
   # classify, bidirectional: the backward stack reads an embedding of its own (set by
   # --init_backward_from: each language model learnt its own).
@@ -234,7 +235,12 @@ def validate(config: Config, device_count: int = 1) -> None:
   for flag in ("bidirectional", "lm_loss_weight", "init_from", "init_backward_from", "target_lm_steps",
                "backward_embedding"):
     _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
-  _require(not config.read_backward or config.task == "lm", "read_backward", "applies to --task=lm")
+  _require(not (config.read_backward and config.bidirectional), "read_backward",
+           "and --bidirectional: a bidirectional classifier reads both ways already; give a backward"
+           " language model as --init_backward_from")
+  _require(not config.read_backward or config.task == "lm" or not (config.lm_loss_weight or config.target_lm_steps),
+           "read_backward", "a classifier that reads backwards has no next-token objective (--lm_loss_weight,"
+           " --target_lm_steps): its next token is the one before")
   _require(not config.init_backward_from or (config.bidirectional and config.init_from), "init_backward_from",
            "starts the backward stack of a classifier that also has --bidirectional and --init_from (the"
            " forward language model)")

@@ -295,6 +295,11 @@ class SequenceClassifier(nn.Module):
   `next_token_head`: the model also has a language model's `lm_head` on its forward stack, and
   `__call__(..., token_logits=True)` returns (class logits, next-token logits [B, T, V]) for the
   joint per-sequence and per-token objective (`--lm_loss_weight`).
+
+  `read_backward`: the (unidirectional) encoder reads each sequence from its last real token to
+  its first, as a backward language model (`--read_backward`) read its text, so that one starts
+  it whole (`--init_from`); ULMFiT averages such a classifier with a forward one. Each sequence
+  is reversed in place (`reversal_index`), and the last state is the one at its first token.
   """
   vocab_size: int
   embed_size: int
@@ -317,22 +322,31 @@ class SequenceClassifier(nn.Module):
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)
   softmax_vocab_size: int = 0  # of the next-token head (see LanguageModel)
+  read_backward: bool = False
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
     """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
     resets = segment_resets(segment_ids, mask)
-    # Where each sequence starts: only the backward stack needs it (computed per batch, so not
-    # for a unidirectional model).
-    segment_starts = starts_of(segment_ids, segment_ends) if self.bidirectional else None
+    # Where each sequence starts: only a backward reader needs it (computed per batch, so not
+    # for a forward-only model).
+    reads_backward = self.bidirectional or self.read_backward
+    segment_starts = starts_of(segment_ids, segment_ends) if reads_backward else None
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
                       backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False,
                       path=self.path, word_dropout_rate=self.word_dropout_rate,
                       variational_dropout=self.variational_dropout, name="encoder")
-    reversal = reversal_index(segment_ids, segment_starts, segment_ends) if self.bidirectional else None
-    outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
+    reversal = reversal_index(segment_ids, segment_starts, segment_ends) if reads_backward else None
+    if self.read_backward:
+      # Reversed in place, a sequence keeps its positions: mask, resets and pooling still hold,
+      # and the outputs are turned back so that position t is token t's state.
+      tokens = jnp.take_along_axis(tokens, reversal, axis=1)
+      outputs, _ = encoder(tokens, mask, carry, resets, train=train)
+      outputs = jnp.take_along_axis(outputs, reversal[..., None], axis=1)
+    else:
+      outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.
     poolings = ("last", "max", "mean") if self.pooling == "concat" else (self.pooling,)
     features = jnp.concatenate([self._pool(outputs, segment_ids, segment_starts, segment_ends, pooling)
@@ -351,6 +365,8 @@ class SequenceClassifier(nn.Module):
 
 
   def _pool(self, outputs, segment_ids, segment_starts, segment_ends, pooling: str):
+    if self.read_backward and pooling == "last":
+      return pool(outputs, segment_ids, segment_starts, "last")  # it has read the whole sequence there
     if self.bidirectional and pooling == "last":
       # The backward stack has read a whole sequence when it reaches the sequence's first token.
       forward, backward = jnp.split(outputs, 2, axis=-1)

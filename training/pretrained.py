@@ -43,7 +43,7 @@ BACKWARD_NAMES = (("['encoder']['embed']", "['encoder']['backward_embed']"),
 def adopt_architecture(config: Config) -> Config:
   """`config` with the language model's architecture (the flags for it are overridden), and
   with `backward_embedding` when a backward language model starts the backward stack."""
-  lm = _language_model(config.init_from, "init_from", read_backward=False)
+  lm = _language_model(config.init_from, "init_from", read_backward=config.read_backward)
   adopted = {name: getattr(lm, name) for name in ADOPTED_FIELDS}
   if config.init_backward_from:
     backward = _language_model(config.init_backward_from, "init_backward_from", read_backward=True)
@@ -74,9 +74,13 @@ def _language_model(workdir: str, flag: str, read_backward: bool) -> Config:
     raise ConfigError(f"--{flag}={workdir}: that run trained --task={lm.task}; a classifier starts from a"
                       " language model's run (--task=lm)")
   if lm.read_backward != read_backward:
-    raise ConfigError(f"--{flag}={workdir}: that language model reads its text "
-                      + ("backwards (--read_backward); give it as --init_backward_from" if lm.read_backward else
-                         "forwards; --init_backward_from takes one trained with --read_backward"))
+    if flag == "init_from":
+      raise ConfigError(f"--init_from={workdir}: that language model reads its text "
+                        + ("backwards (--read_backward); a classifier starts from it with --read_backward too,"
+                           " or, --bidirectional, as --init_backward_from" if lm.read_backward else
+                           "forwards; a classifier with --read_backward starts from one trained with --read_backward"))
+    raise ConfigError(f"--{flag}={workdir}: that language model reads its text forwards; --init_backward_from"
+                      " takes one trained with --read_backward")
   return lm
 
 

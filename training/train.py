@@ -41,7 +41,8 @@ flags.DEFINE_bool("bidirectional", _D.bidirectional, "classify: a second recurre
 flags.DEFINE_bool("backward_embedding", _D.backward_embedding, "classify, --bidirectional: the backward stack"
                   " reads an embedding of its own (--init_backward_from sets it: each language model learnt its own).")
 flags.DEFINE_bool("read_backward", _D.read_backward, "lm: read the text from its end to its start, predicting"
-                  " each token from the text after it (a backward language model, for --init_backward_from).")
+                  " each token from the text after it (a backward language model, for --init_backward_from);"
+                  " classify: read each sequence from its last token to its first (from such a model, --init_from).")
 flags.DEFINE_bool("tie_embeddings", _D.tie_embeddings, "lm: the output layer reuses the embedding matrix"
                   " (through a projection to --embed_size when --hidden_size differs).")
 flags.DEFINE_integer("softmax_vocab_size", _D.softmax_vocab_size, "Next-token softmax over only the N most"

@@ -56,6 +56,8 @@ def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = 
     kwargs["bidirectional"] = True
   if config.backward_embedding:
     kwargs["backward_embedding"] = True
+  if config.read_backward:
+    kwargs["read_backward"] = True
   if config.lm_loss_weight > 0 or config.target_lm_steps > 0:
     kwargs["next_token_head"] = True  # per token and per sequence, at once or in turn
   return "SequenceClassifier", kwargs
