@@ -238,8 +238,9 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(not (config.read_backward and config.bidirectional), "read_backward",
            "and --bidirectional: a bidirectional classifier reads both ways already; give a backward"
            " language model as --init_backward_from")
-  _require(not config.read_backward or config.task == "lm" or not (config.lm_loss_weight or config.target_lm_steps),
-           "read_backward", "a classifier that reads backwards has no next-token objective (--lm_loss_weight,"
+  # (--lm_loss_weight and --target_lm_steps are classify's alone, checked above.)
+  _require(not (config.read_backward and (config.lm_loss_weight or config.target_lm_steps)), "read_backward",
+           "a classifier that reads backwards has no next-token objective (--lm_loss_weight,"
            " --target_lm_steps): its next token is the one before")
   _require(not config.init_backward_from or (config.bidirectional and config.init_from), "init_backward_from",
            "starts the backward stack of a classifier that also has --bidirectional and --init_from (the"
