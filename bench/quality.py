@@ -7,13 +7,15 @@ Each config `configs/NAME.flags` is expected in `WORKDIR/NAME` (the README's com
 the missing runs are trained first, in order (the language model before the configs that start
 from it). Writes docs/quality.md; a config without a finished run is listed as not run.
 
-An ensemble row averages the class probabilities of a config's runs with other seeds
-(`training.ensemble`): the config's own run (seed 0) and `WORKDIR/NAME_seedN`, trained with
-`--seed=N` (`--train` trains them too). Its time is the members' times added up (one after
-another on the same machine; side by side on several, the longest).
+An ensemble row averages the class probabilities of its members' runs (`training.ensemble`):
+`sst2_pretrained` with the same config at other seeds (`WORKDIR/NAME_seedN`, trained with
+`--seed=N`), and ULMFiT's pair, the forward config with its backward reading
+(`sst2_pretrained_backward`). `--train` trains the members too. Its time is the members' times
+added up (one after another on the same machine; side by side on several, the longest).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,19 +23,40 @@ import sys
 
 from bench import runs
 
-# (config, what is reported, target, anchors)
+SST2_TARGET = ">= 84.0% in 20 min of fine-tuning"
+# (config, what is reported, target, anchors), in training order: a language model before the
+# configs that start from it.
 CONFIGS = [
     ("tiny_shakespeare", "loss", "validation <= 1.55 nats/char in 40 min", "nanoGPT CPU baby GPT 1.88; nanoGPT GPU 1.4697"),
     ("sst2", "accuracy", ">= 81.0% in 20 min", "PyTorch BiLSTM here 77-79%; Kim 2014 CNN-rand 82.7"),
     ("imdb_lm", "loss", "<= 60 min; validation perplexity", ""),
-    ("sst2_pretrained", "accuracy", ">= 84.0% in 20 min of fine-tuning", "Tai et al. 2015 LSTM 84.9"),
+    ("imdb_lm_backward", "loss", "<= 60 min; validation perplexity", "ULMFiT's backward language model"),
+    ("sst2_pretrained", "accuracy", SST2_TARGET, "Tai et al. 2015 LSTM 84.9"),
+    ("sst2_pretrained_backward", "accuracy", "- (a member of the forward + backward ensemble)",
+     "ULMFiT's backward classifier"),
     ("imdb", "accuracy", ">= 88.5% in 40 min", "PyTorch BiLSTM here 87.4% in 46 min; Maas et al. 2011 88.89"),
     ("imdb_pretrained", "accuracy", ">= 90.0% in 40 min of fine-tuning", "Dai & Le 2015 SA-LSTM 92.76"),
 ]
-# (config, the other members' seeds, target, anchors): three runs of 4-6 min fit the config's budget.
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+  label: str
+  output: str  # the summary `training.ensemble` writes, in the workdir
+  members: tuple[tuple[str, str, int], ...]  # (run in the workdir, config, --seed)
+  target: str
+  anchors: str
+
+
+# Each fits the config's budget: its members train in 4-6 min each.
 ENSEMBLES = [
-    ("sst2_pretrained", (1, 2), ">= 84.0% in 20 min of fine-tuning",
-     "Tai et al. 2015 LSTM 84.9; ULMFiT averages two classifiers the same way"),
+    Ensemble("`sst2_pretrained`, seeds 0, 1, 2: ensemble", "sst2_pretrained_ensemble.json",
+             (("sst2_pretrained", "sst2_pretrained", 0), ("sst2_pretrained_seed1", "sst2_pretrained", 1),
+              ("sst2_pretrained_seed2", "sst2_pretrained", 2)),
+             SST2_TARGET, "Tai et al. 2015 LSTM 84.9; ULMFiT averages two classifiers the same way"),
+    Ensemble("`sst2_pretrained` + `sst2_pretrained_backward`: ensemble", "sst2_pretrained_forward_backward.json",
+             (("sst2_pretrained", "sst2_pretrained", 0), ("sst2_pretrained_backward", "sst2_pretrained_backward", 0)),
+             SST2_TARGET, "Tai et al. 2015 LSTM 84.9; ULMFiT's forward + backward ensemble"),
 ]
 
 
@@ -55,15 +78,14 @@ def best_from_rows(workdir: str, metric: str) -> dict:
   return {"step": row["step"], "eval": row}
 
 
-def ensemble_row(workdir: str, name: str, seeds: tuple[int, ...], target: str, anchors: str, train: bool) -> list[str]:
-  members = [os.path.join(workdir, name)] + [os.path.join(workdir, f"{name}_seed{seed}") for seed in seeds]
+def ensemble_row(workdir: str, ensemble: Ensemble, train: bool) -> list[str]:
+  members = [os.path.join(workdir, run) for run, _, _ in ensemble.members]
   if train:
-    for member, seed in zip(members[1:], seeds):
-      runs.train(os.path.abspath(member), f"--flagfile=configs/{name}.flags", f"--seed={seed}")
-  label = f"`{name}`, seeds 0, {', '.join(map(str, seeds))}: ensemble"
+    for member, (_, config, seed) in zip(members, ensemble.members):
+      runs.train(os.path.abspath(member), f"--flagfile=configs/{config}.flags", f"--seed={seed}")
   if not all(runs.finished(member) for member in members):
-    return [label, "not run", "", "", "", target, anchors]
-  output = os.path.join(workdir, f"{name}_ensemble.json")
+    return [ensemble.label, "not run", "", "", "", ensemble.target, ensemble.anchors]
+  output = os.path.join(workdir, ensemble.output)
   command = [sys.executable, "-m", "training.ensemble", f"--workdirs={','.join(members)}", f"--output={output}"]
   subprocess.run(command, cwd=runs.ROOT, check=True, stdout=subprocess.DEVNULL)
   with open(output, encoding="utf-8") as f:
@@ -72,8 +94,9 @@ def ensemble_row(workdir: str, name: str, seeds: tuple[int, ...], target: str, a
   time = f"{sum(seconds) / 60:.1f} min ({' + '.join(f'{s / 60:.1f}' for s in seconds)})" if all(seconds) else "?"
   steps = ", ".join(str(runs.read_summary(member)["step"]) for member in members)
   member_tests = ", ".join(describe("accuracy", member["test"]) for member in scored["members"])
-  return [label, time, describe("accuracy", scored["ensemble"]["eval"]),
-          f"{describe('accuracy', scored['ensemble']['test'])} (members {member_tests})", steps, target, anchors]
+  return [ensemble.label, time, describe("accuracy", scored["ensemble"]["eval"]),
+          f"{describe('accuracy', scored['ensemble']['test'])} (members {member_tests})", steps, ensemble.target,
+          ensemble.anchors]
 
 
 def main() -> None:
@@ -96,8 +119,8 @@ def main() -> None:
     table.append([f"`{name}`", f"{seconds / 60:.1f} min" if seconds else "? (not logged)",
                   f"{describe(metric, best.get('eval'))} (step {best.get('step', '?')})",
                   describe(metric, summary.get("test")), f"{summary['step']}", target, anchors])
-  for name, seeds, target, anchors in ENSEMBLES:
-    table.append(ensemble_row(args.workdir, name, seeds, target, anchors, args.train))
+  for ensemble in ENSEMBLES:
+    table.append(ensemble_row(args.workdir, ensemble, args.train))
   runs.write_table(
       args.out, "Quality on real corpora",
       f"`python -m bench.quality` on {runs.machine()}, from each run's `summary.json`. Dev = the split"

@@ -140,3 +140,33 @@ def test_members_with_other_splits_one_member_or_a_missing_run_are_refused_in_on
   assert lone.returncode == 2 and "name two runs or more" in lone.stderr
   missing = ensemble(f"--workdirs={workdir},{tmp_path}/nothing")
   assert missing.returncode == 2 and "no trained run there" in missing.stderr
+
+
+def test_the_quality_table_reports_each_run_and_ensemble_from_what_the_runs_wrote(members, tmp_path):
+  """`python -m bench.quality` (without --train) on a workdir holding two of its runs under the
+  configs' names: their rows carry their summaries' figures, the forward + backward ensemble row
+  the figures `training.ensemble` writes, and what is missing says so."""
+  (first, first_summary), (second, second_summary) = members["lstm_seed0"], members["gru_seed1"]
+  runs_dir = tmp_path / "runs"
+  runs_dir.mkdir()
+  (runs_dir / "sst2_pretrained").symlink_to(first)
+  (runs_dir / "sst2_pretrained_backward").symlink_to(second)
+  out = tmp_path / "quality.md"
+  result = subprocess.run([sys.executable, "-m", "bench.quality", f"--workdir={runs_dir}", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = {cells[0]: cells[1:] for cells in (line.strip("| ").split(" | ") for line in out.read_text().splitlines()
+                                            if line.startswith("| `"))}
+  for name, summary in (("sst2_pretrained", first_summary), ("sst2_pretrained_backward", second_summary)):
+    time, dev, test, steps = rows[f"`{name}`"][:4]
+    assert time.endswith(" min")
+    assert dev == f"{100 * summary['best']['eval']['accuracy']:.1f}% (step {summary['best']['step']})"
+    assert test == f"{100 * summary['test']['accuracy']:.1f}%" and steps == str(summary["step"])
+  scored = json.loads((runs_dir / "sst2_pretrained_forward_backward.json").read_text())
+  pair = rows["`sst2_pretrained` + `sst2_pretrained_backward`: ensemble"]
+  assert pair[1] == f"{100 * scored['ensemble']['eval']['accuracy']:.1f}%"
+  assert pair[2].startswith(f"{100 * scored['ensemble']['test']['accuracy']:.1f}% (members "
+                            f"{100 * first_summary['test']['accuracy']:.1f}%, ")
+  assert pair[3] == f"{first_summary['step']}, {second_summary['step']}"
+  # Runs the workdir lacks (seeds 1 and 2 of the seeds ensemble among them) are listed as not run.
+  assert rows["`imdb`"][0] == "not run" and rows["`sst2_pretrained`, seeds 0, 1, 2: ensemble"][0] == "not run"
