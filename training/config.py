@@ -127,6 +127,9 @@ class Config:
   # run: words of the dev and test text that training never shows keep their places beside the
   # words it moved.
   freeze_embeddings: bool = False
+  # Each step also trains on the batch with every sequence's embeddings moved against the model,
+  # by this fraction of their norm (adversarial training, training/adversarial.py); 0: off.
+  adversarial_epsilon: float = 0.0
   # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
   # tested and served in their place; 0: none.
   ema_decay: float = 0.0
@@ -226,6 +229,8 @@ def validate(config: Config, device_count: int = 1) -> None:
            "early stopping counts evaluations: it needs --eval_every > 0")
   _require(config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}")
   _require(config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}")
+  _require(config.adversarial_epsilon >= 0, "adversarial_epsilon",
+           f"must be >= 0, got {config.adversarial_epsilon}")
   _require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
   _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
            f"must be >= 0, got {config.freeze_encoder_steps}")

@@ -22,6 +22,12 @@ from training.cells import CELLS
 from training.recurrence import scan_layer
 
 
+# Each embedding table of `Encoder` and the name under which `Module.perturb` exposes its output
+# (the "perturbations" collection: the gradient with respect to each input step, and
+# adversarial training, training/adversarial.py).
+EMBEDDING_PERTURBATIONS = {"embed": "embedded", "backward_embed": "backward_embedded"}
+
+
 def zero_carry(cell: str, num_layers: int, batch_size: int, hidden_size: int) -> jax.Array:
   """The initial state: zeros [L, S, B, H]."""
   return jnp.zeros((num_layers, CELLS[cell].num_states, batch_size, hidden_size), jnp.float32)
@@ -192,19 +198,19 @@ class Encoder(nn.Module):
     if self.bidirectional:
       # A sequence reversed in place occupies the same positions, so mask and resets still hold.
       reverse = lambda a: jnp.take_along_axis(a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0)
-      backward_x = self._embed("backward_embed", tokens, train, perturb=False) if self.backward_embedding else x
+      backward_x = self._embed("backward_embed", tokens, train) if self.backward_embedding else x
       backward_outputs, _ = self._stack("backward_layer", reverse(backward_x), mask, jnp.zeros_like(carry), resets,
                                         train)
       outputs = jnp.concatenate([outputs, reverse(backward_outputs)], axis=-1)
     return jnp.swapaxes(outputs, 0, 1), final
 
-  def _embed(self, name: str, tokens, train: bool, perturb: bool = True):
+  def _embed(self, name: str, tokens, train: bool):
     """tokens [T, B] -> embeddings [T, B, E], with word and unit dropout."""
     x = nn.Embed(self.vocab_size, self.embed_size, name=name)(tokens)
-    if perturb:
-      # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
-      # it is the gradient with respect to each input step (bench/dependency_distance.py).
-      x = self.perturb("embedded", x)
+    # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
+    # it is the gradient with respect to each input step (bench/dependency_distance.py), and a
+    # value in it moves the embeddings (training/adversarial.py).
+    x = self.perturb(EMBEDDING_PERTURBATIONS[name], x)
     if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
       x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train,
                      name=name.replace("embed", "word_dropout"))(x)

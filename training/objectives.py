@@ -39,16 +39,22 @@ def sequence_cross_entropy(logits, labels, example_mask) -> dict:
           "correct_sum": (correct * weights).sum()}
 
 
-def lm_loss(model, params, batch, carry, rngs, train: bool):
+def model_variables(params, perturbations=None) -> dict:
+  """What `model.apply` reads: the parameters, and perturbations of the embeddings' outputs
+  where given (`models.EMBEDDING_PERTURBATIONS`; adversarial training)."""
+  return {"params": params} if perturbations is None else {"params": params, "perturbations": perturbations}
+
+
+def lm_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
   """Per-token objective. Returns (sums, carry after the window)."""
   # Rows that start a new stream (first window of an epoch, or no carrying) start from zeros.
   carry = jnp.where(batch["resets"][None, None, :, None], 0.0, carry)
-  logits, carry = model.apply({"params": params}, batch["inputs"], batch["mask"], carry,
+  logits, carry = model.apply(model_variables(params, perturbations), batch["inputs"], batch["mask"], carry,
                               train=train, rngs=rngs)
   return token_cross_entropy(logits, batch["targets"], batch["mask"]), carry
 
 
-def classify_loss(model, params, batch, carry, rngs, train: bool):
+def classify_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
   """Per-sequence objective. Returns (sums, None): nothing is carried between batches.
 
   A classifier with a next-token head (`--lm_loss_weight`) also returns the per-token sums of
@@ -57,9 +63,10 @@ def classify_loss(model, params, batch, carry, rngs, train: bool):
   del carry
   args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
   if not getattr(model, "next_token_head", False):
-    logits = model.apply({"params": params}, *args, train=train, rngs=rngs)
+    logits = model.apply(model_variables(params, perturbations), *args, train=train, rngs=rngs)
     return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
-  logits, token_logits = model.apply({"params": params}, *args, train=train, rngs=rngs, token_logits=True)
+  logits, token_logits = model.apply(model_variables(params, perturbations), *args, train=train, rngs=rngs,
+                                     token_logits=True)
   sums = sequence_cross_entropy(logits, batch["labels"], batch["example_mask"])
   targets, has_target = next_tokens_within_segments(batch["inputs"], batch["segment_ids"])
   tokens = token_cross_entropy(token_logits, targets, has_target)
@@ -116,6 +123,8 @@ def finalize_metrics(sums: dict) -> dict:
   metrics = {"loss": float(sums["loss_sum"]) / weight}
   if "correct_sum" in sums:
     metrics["accuracy"] = float(sums["correct_sum"]) / weight
+  if "adversarial_loss_sum" in sums:  # the loss with the embeddings perturbed (--adversarial_epsilon)
+    metrics["adversarial_loss"] = float(sums["adversarial_loss_sum"]) / weight
   if "lm_loss_sum" in sums:
     metrics["lm_loss"] = float(sums["lm_loss_sum"]) / max(float(sums["lm_weight"]), 1.0)
   return metrics

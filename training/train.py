@@ -115,6 +115,10 @@ flags.DEFINE_integer("freeze_encoder_steps", _D.freeze_encoder_steps, "Leave the
                      " many first per-sequence steps while the new head learns (the simplest gradual unfreezing).")
 flags.DEFINE_boolean("freeze_embeddings", _D.freeze_embeddings, "Leave the token embeddings as they start"
                      " (a pretrained language model's under --init_from) for the whole run; the rest trains.")
+flags.DEFINE_float("adversarial_epsilon", _D.adversarial_epsilon, "Also train each step on the batch with"
+                   " every sequence's embeddings perturbed against the model by this fraction of their"
+                   " norm (adversarial training, Miyato et al. 2017; a second forward and backward pass),"
+                   " e.g. 0.05; 0: off.")
 flags.DEFINE_float("ema_decay", _D.ema_decay, "Keep an exponential moving average of the parameters with"
                    " this decay (e.g. 0.999) and evaluate, select, test and serve it instead of the last"
                    " parameters; 0: off.")

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from training import adversarial
+
 
 @struct.dataclass
 class TrainState:
@@ -154,7 +156,7 @@ def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainS
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
                axis_name: str | None = None, lm_loss_weight: float = 0.0, target_lm_steps: int = 0,
-               fast_path=None):
+               fast_path=None, adversarial_epsilon: float = 0.0):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -182,8 +184,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))  # own mask per device
   step_number = state.step + 1  # 1-based, as logged
 
-  def loss_fn(params, model):
-    sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True)
+  def loss_fn(params, model, perturbations=None):
+    sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True, perturbations)
     loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
     if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text
       token_loss = sums["lm_loss_sum"] / jnp.maximum(total(sums["lm_weight"]), 1.0)
@@ -193,7 +195,11 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
 
-  gradients = lambda model: jax.value_and_grad(loss_fn, has_aux=True)(state.params, model)
+  def gradients(model):
+    if adversarial_epsilon > 0:
+      return adversarial.value_and_grad(loss_fn, state.params, model, batch, adversarial_epsilon)
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params, model)
+
   if fast_path is None:
     (loss, (sums, carry)), grads = gradients(model)
   else:
@@ -227,10 +233,11 @@ def eval_step(params, batch: dict, carry, *, model, objective):
 
 
 def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0, target_lm_steps: int = 0, fast_path=None):
+               lm_loss_weight: float = 0.0, target_lm_steps: int = 0, fast_path=None,
+               adversarial_epsilon: float = 0.0):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
   return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
                             inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
                             lm_loss_weight=lm_loss_weight, target_lm_steps=target_lm_steps,
-                            fast_path=fast_path),
+                            fast_path=fast_path, adversarial_epsilon=adversarial_epsilon),
           functools.partial(eval_step, model=model, objective=objective))

@@ -119,7 +119,8 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
       axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
       lm_loss_weight=config.lm_loss_weight, target_lm_steps=config.target_lm_steps,
       # The reference (autodiff) layer has one time loop only.
-      fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None)
+      fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None,
+      adversarial_epsilon=config.adversarial_epsilon)
   # Jitted so that it is traced once, for its shapes here and for the sharded call below.
   init_state = jax.jit(initial_state_fn(config, model, optimizer))
   rng = jax.random.PRNGKey(config.seed)
