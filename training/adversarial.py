@@ -26,12 +26,17 @@ import jax.numpy as jnp
 from training.models import EMBEDDING_PERTURBATIONS
 
 
+def perturbed_tables(params) -> dict:
+  """{name `Module.perturb` gives an embedding's output: its table} for each embedding table the
+  model's encoder has."""
+  return {name: table for table, name in EMBEDDING_PERTURBATIONS.items() if table in params["encoder"]}
+
+
 def zero_perturbations(model, params, inputs) -> dict:
-  """A zero perturbation [T, B, E] (time-major, as the encoder embeds) for each embedding table
-  the model's encoder reads, under the names `Module.perturb` gives them."""
+  """A zero perturbation [T, B, E] (time-major, as the encoder embeds) for each embedding the
+  model's encoder reads, under the names `Module.perturb` gives them."""
   shape = (inputs.shape[1], inputs.shape[0], model.embed_size)
-  return {"encoder": {name: jnp.zeros(shape, jnp.float32)
-                      for table, name in EMBEDDING_PERTURBATIONS.items() if table in params["encoder"]}}
+  return {"encoder": {name: jnp.zeros(shape, jnp.float32) for name in perturbed_tables(params)}}
 
 
 def sequence_norms(x, groups):
@@ -72,12 +77,13 @@ def value_and_grad(loss_fn, params, model, batch, epsilon: float):
   (loss, (sums, carry)), (grads, embedding_grads) = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)(
       params, model, zeros)
   groups = sequence_groups(batch)
-  worst = {"encoder": {
-      name: perturbation(jax.lax.stop_gradient(embedding_grads["encoder"][name]),
-                         _embedded(params, table, batch["inputs"]), groups, epsilon)
-      for table, name in EMBEDDING_PERTURBATIONS.items() if name in zeros["encoder"]}}
+  worst = {"encoder": {name: perturbation(embedding_grads["encoder"][name], _embedded(params, table, batch["inputs"]),
+                                          groups, epsilon)
+                       for name, table in perturbed_tables(params).items()}}
+  # The perturbation is a constant of the second pass: it is an argument that pass does not
+  # differentiate, so no gradient reaches the parameters through it.
   (adversarial_loss, (adversarial_sums, _)), adversarial_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, model, jax.lax.stop_gradient(worst))
+      params, model, worst)
   sums = dict(sums, adversarial_loss_sum=adversarial_sums["loss_sum"])
   return (loss + adversarial_loss, (sums, carry)), jax.tree.map(jnp.add, grads, adversarial_grads)
 
@@ -86,4 +92,4 @@ def _embedded(params, table: str, inputs):
   """The embedding table's output for `inputs` [B, T], time-major [T, B, E] (before dropout, where
   the perturbation is added). Only its per-sequence norms are used, which reading a sequence
   backwards in place (`--read_backward`) leaves as they are."""
-  return jax.lax.stop_gradient(jnp.take(params["encoder"][table]["embedding"], inputs.T, axis=0))
+  return jnp.take(params["encoder"][table]["embedding"], inputs.T, axis=0)
