@@ -42,3 +42,19 @@ def test_each_round_is_printed_as_it_ends_with_its_ratio(capsys):
                    ' "trainer_tokens_per_sec": 900, "trainer_fed_tokens_per_sec": 950, "torch_tokens_per_sec": 1000,'
                    ' "ratio": 0.95}')
   assert second.endswith('"torch_tokens_per_sec": null}')
+
+
+def test_the_smallest_model_gets_more_rounds_than_asked_and_no_config_fewer():
+  assert throughput.repeats_for("char_1x128", 2) == throughput.MIN_REPEATS["char_1x128"] == 6
+  assert throughput.repeats_for("char_1x128", 9) == 9
+  assert throughput.repeats_for("char_2x512", 2) == 2
+
+
+def test_the_table_says_which_configs_ran_more_rounds(capsys):
+  result = {"description": "char LM, 1 x 128", "time_loop": "oneDNN", "flops_per_token": 8e5,
+            "trainer_tokens_per_sec": 1.0, "bare_step_tokens_per_sec": 1.0, "loop_overhead": 0.0,
+            "loop_overhead_range": [0.0, 0.0], "project_peak_fraction": 0.5}
+  throughput.print_table([result], [2e11], 30, 2)
+  assert "medians of 2 rounds (char_1x128: 6; in parentheses: the range over rounds)" in capsys.readouterr().out
+  throughput.print_table([result], [2e11], 30, 6)
+  assert "medians of 6 rounds (in parentheses: the range over rounds)" in capsys.readouterr().out
