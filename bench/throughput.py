@@ -8,10 +8,11 @@ For each config it measures, back to back on the same machine:
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
   `../shared/data` is there, generated text otherwise), median tokens/s of its steady log
   windows: those that meet no batch shape for the first time (a first meeting compiles, or loads
-  from the compilation cache), over at least 120 steps for the bucketed classifier and 300 for
+  from the compilation cache), over at least 240 steps for the bucketed classifier and 300 for
   the smallest model (`MIN_STEPS`), and in at least 6 rounds for the smallest model
   (`MIN_REPEATS`), whose rounds differ most;
-- `bare step`: the same compiled train step alone on the same batches, one call per step, so
+- `bare step`: the same compiled train step alone on the same batches in the same order, one call
+  per step, timed per log window and summarised over the same steady windows, so
   `trainer / bare step` is what the loop itself costs (target: within 5%); with
   `--steps_per_call=K` the trainer runs K steps per call and may pass the bare step;
 - `torch`: in a process of its own (in this one, JAX's thread pools slow PyTorch's OpenMP team),
@@ -45,7 +46,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
 
 from bench.torch_peer import measure_in_own_process
 from training import huge_pages, parallel
@@ -77,11 +78,14 @@ CONFIGS = {
 
 
 # Steps at least, whatever --steps says: the bucketed classifier meets a new batch shape in most
-# of its first 30 steps, and only windows that meet none are timed (`steady_windows`); the
+# of its first 30 steps, and only windows that meet none are timed (`steady_windows`); its
+# trainer then runs 10-20% below its later pace for some 60 steps more (one 240-step run logging
+# every 20 steps: 32,000-36,000 real tokens/s in steps 41-100, 37,000-42,000 from step 101 on),
+# which 120 steps put in the trainer's figure and not in the bare step's; the
 # smallest model's step takes 8-15 ms, so 30 steps (a quarter of a second, 40-75 ms a log window)
 # are shorter than this VM's swings of speed: over 30 steps its ratio to PyTorch moved between
 # 0.71x and 0.99x from round to round, over 300 between 1.01x and 1.22x.
-MIN_STEPS = {"classify_1x256": 120, "char_1x128": 300}
+MIN_STEPS = {"classify_1x256": 240, "char_1x128": 300}
 
 # Rounds at least, whatever --repeats says: even over 300 steps the smallest model's ratio to
 # PyTorch moved between 0.97x and 1.27x from round to round (six rounds in one run, idle machine),
@@ -165,27 +169,38 @@ def steady_windows(rows: list[dict]) -> list[dict]:
 
 
 def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
-  """The compiled train step alone, on batches fetched beforehand: no loop, no logging (the step
-  adds its metric sums to the window's, as in the trainer, where only their fetch is extra)."""
+  """The compiled train step alone, on the batches the trainer takes, in its order, fetched
+  beforehand: no loop, no logging (the step adds its metric sums to the window's, as in the
+  trainer, where only their fetch is extra). Timed per log window, with a wait at each window's
+  end (where the trainer fetches its sums), and summarised as the trainer is: the median over
+  the same steady windows (`steady_windows`). Bucketed batches differ in length and padding, so
+  only the same batches make `trainer / bare step` a measure of the loop alone."""
   os.makedirs(workdir, exist_ok=True)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
   built = build_steps(config, len(data.vocab), data.num_classes, mesh)
   state, train_fn = built.initial_state(), built.train_fn
   iterator = data.train_batches(0)
-  batches = [parallel.train_step_batch(next(iterator), mesh) for _ in range(min(steps, 32))]
+  host_batches = [next(iterator) for _ in range(steps)]
+  batches = [parallel.train_step_batch(batch, mesh) for batch in host_batches]
   sums = built.no_sums(batches[0])
-  for batch in batches:  # compile every shape first
+  first_of_each_shape = {batch["inputs"].shape: batch for batch in reversed(batches)}
+  for batch in first_of_each_shape.values():  # compile every shape first
     state, sums = train_fn(state, batch, sums)
   jax.block_until_ready(state)
-  real = 0
-  start = time.perf_counter()
-  for index in range(steps):
-    batch = batches[index % len(batches)]
-    state, sums = train_fn(state, batch, sums)
-    real += int(np.asarray(batch["mask"]).sum())
-  jax.block_until_ready(state)
-  return {"tokens_per_sec": real / (time.perf_counter() - start)}
+  rows = []
+  for first in range(0, steps, config.log_every):
+    window = range(first, min(first + config.log_every, steps))
+    start = time.perf_counter()
+    for index in window:
+      state, sums = train_fn(state, batches[index], sums)
+    jax.block_until_ready(state)
+    real = sum(int(host_batches[index]["mask"].sum()) for index in window)
+    rows.append({"step": window[-1] + 1, "tokens_per_sec": real / (time.perf_counter() - start),
+                 "batch_shapes": sorted({tuple(host_batches[index]["inputs"].shape) for index in window})})
+  steady = steady_windows(rows)
+  return {"tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady), "windows": len(steady),
+          "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})}
 
 
 def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,

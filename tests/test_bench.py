@@ -58,3 +58,15 @@ def test_the_table_says_which_configs_ran_more_rounds(capsys):
   assert "medians of 2 rounds (char_1x128: 6; in parentheses: the range over rounds)" in capsys.readouterr().out
   throughput.print_table([result], [2e11], 30, 6)
   assert "medians of 6 rounds (in parentheses: the range over rounds)" in capsys.readouterr().out
+
+
+def test_the_bare_step_is_timed_over_the_trainers_steady_windows_of_the_same_batches(tmp_path):
+  from training.config import Config
+  config = Config(task="classify", train_data="synthetic:recall", model="lstm", num_layers=1, hidden_size=16,
+                  embed_size=16, batch_size=8, seq_len=32, batching="bucket", num_steps=24, log_every=4,
+                  eval_every=0, checkpoint_every=240)
+  bare = throughput.measure_bare_step(config, str(tmp_path / "bare"), 24)
+  trainer = throughput.measure_trainer(config, str(tmp_path / "trainer"))
+  assert len(bare["batch_shapes"]) > 1  # bucketed: the windows differ in what they hold
+  assert bare["batch_shapes"] == trainer["batch_shapes"] and bare["windows"] == trainer["windows"]
+  assert bare["tokens_per_sec"] > 0
