@@ -47,7 +47,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-
 from bench.torch_peer import measure_in_own_process
 from training import huge_pages, parallel
 from training.config import Config, ConfigError
