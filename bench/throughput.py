@@ -141,13 +141,19 @@ def measure_trainer(config: Config, workdir: str) -> dict:
   train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  rows = [row for row in rows if row["split"] == "train"]
-  shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
-  rows = steady_windows(rows)
-  real = statistics.median(row["tokens_per_sec"] for row in rows)
-  fed_per_real = sum(row["fed_tokens"] for row in rows) / sum(row["real_tokens"] for row in rows)
-  return {"tokens_per_sec": real, "fed_tokens_per_sec": real * fed_per_real, "batch_shapes": shapes,
-          "windows": len(rows)}
+  steady, summary = summarise_windows([row for row in rows if row["split"] == "train"])
+  fed_per_real = sum(row["fed_tokens"] for row in steady) / sum(row["real_tokens"] for row in steady)
+  return dict(summary, fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real)
+
+
+def summarise_windows(rows: list[dict]) -> tuple[list[dict], dict]:
+  """(the steady windows of `rows`, log rows with `tokens_per_sec` and `batch_shapes`; and the
+  figures the trainer and the bare step are compared by: the median tokens/s over those windows,
+  how many there were, and every batch shape the rows met)."""
+  steady = steady_windows(rows)
+  return steady, {"tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady),
+                  "windows": len(steady),
+                  "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})}
 
 
 def steady_windows(rows: list[dict]) -> list[dict]:
@@ -182,6 +188,7 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
   iterator = data.train_batches(0)
   host_batches = [next(iterator) for _ in range(steps)]
   batches = [parallel.train_step_batch(batch, mesh) for batch in host_batches]
+  real_tokens = [int(batch["mask"].sum()) for batch in host_batches]  # counted outside the timing
   sums = built.no_sums(batches[0])
   first_of_each_shape = {batch["inputs"].shape: batch for batch in reversed(batches)}
   for batch in first_of_each_shape.values():  # compile every shape first
@@ -194,12 +201,10 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
     for index in window:
       state, sums = train_fn(state, batches[index], sums)
     jax.block_until_ready(state)
-    real = sum(int(host_batches[index]["mask"].sum()) for index in window)
-    rows.append({"step": window[-1] + 1, "tokens_per_sec": real / (time.perf_counter() - start),
+    elapsed = time.perf_counter() - start
+    rows.append({"step": window[-1] + 1, "tokens_per_sec": sum(real_tokens[index] for index in window) / elapsed,
                  "batch_shapes": sorted({tuple(host_batches[index]["inputs"].shape) for index in window})})
-  steady = steady_windows(rows)
-  return {"tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady), "windows": len(steady),
-          "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})}
+  return summarise_windows(rows)[1]
 
 
 def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
