@@ -4,7 +4,9 @@ r"""Training throughput against PyTorch's fused `nn.LSTM`, side by side in one r
   python -m bench.throughput [--configs=char_2x512,...] [--steps=30] [--repeats=3] [--recurrent_kernel=auto,scan]
                              [--steps_per_call=1] [--torch_huge_pages] [--json=FILE]
 
-For each config it measures, back to back on the same machine:
+For each config it measures, back to back on the same machine, each side in a fresh process of
+its own (a process's earlier work moved the next measurement as much as the loop did;
+`bench.project_side`):
 - `trainer`: the project's `training.train` loop (`train_and_evaluate`, real data when
   `../shared/data` is there, generated text otherwise), median tokens/s of its steady log
   windows: those that meet no batch shape for the first time (a first meeting compiles, or loads
@@ -15,10 +17,10 @@ For each config it measures, back to back on the same machine:
   per step, timed per log window and summarised over the same steady windows, so
   `trainer / bare step` is what the loop itself costs (target: within 5%); with
   `--steps_per_call=K` the trainer runs K steps per call and may pass the bare step;
-- `torch`: in a process of its own (in this one, JAX's thread pools slow PyTorch's OpenMP team),
-  the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at every
-  token and the state carried across windows; per-sequence configs: the last state through the
-  same MLP head), on the same batch shapes;
+- `torch`: the same model in PyTorch (`nn.Embedding`, `nn.LSTM`, `nn.Linear`, Adam, a loss at
+  every token and the state carried across windows; per-sequence configs: the last state through
+  the same MLP head), on the same batch shapes (in a process with JAX's thread pools, PyTorch's
+  OpenMP team ran slower);
 - with `--recurrent_kernel=auto,scan`, the project's two time loops (oneDNN's fused LSTM, where
   "auto" picks it, and the portable scan) one after the other;
 - the model's FLOPs per token (forward and backward, 3x the forward's multiply-adds x 2) and the
@@ -47,12 +49,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from bench.torch_peer import measure_in_own_process
-from training import huge_pages, parallel
+from bench.project_side import measure_in_own_process
+from bench.torch_peer import measure_in_own_process as measure_torch_in_own_process
+from training import huge_pages
 from training.config import Config, ConfigError
 from training.kernels import recurrent_kernel
-from training.data import prepare_data
-from training.trainer import build_steps, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -136,82 +137,11 @@ def matmul_flops_per_sec() -> float:
   return 2 * n ** 3 / best
 
 
-def measure_trainer(config: Config, workdir: str) -> dict:
-  """The trainer's median tokens/s over its steady log windows (`steady_windows`)."""
-  train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  steady, summary = summarise_windows([row for row in rows if row["split"] == "train"])
-  fed_per_real = sum(row["fed_tokens"] for row in steady) / sum(row["real_tokens"] for row in steady)
-  return dict(summary, fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real)
-
-
-def summarise_windows(rows: list[dict]) -> tuple[list[dict], dict]:
-  """(the steady windows of `rows`, log rows with `tokens_per_sec` and `batch_shapes`; and the
-  figures the trainer and the bare step are compared by: the median tokens/s over those windows,
-  how many there were, and every batch shape the rows met)."""
-  steady = steady_windows(rows)
-  return steady, {"tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady),
-                  "windows": len(steady),
-                  "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})}
-
-
-def steady_windows(rows: list[dict]) -> list[dict]:
-  """The train rows whose batch shapes all came in earlier windows. A window that meets a shape
-  for the first time also traces it and loads it from the compilation cache (about a second for
-  the classifier's step): a long run pays that once per bucket, and a 30-step bench run would
-  pay it in most of its windows. With one shape, every window but the first."""
-  seen, steady = set(), []
-  for row in rows:
-    shapes = {tuple(shape) for shape in row["batch_shapes"]}
-    if shapes <= seen:
-      steady.append(row)
-    seen |= shapes
-  if not steady:
-    raise SystemExit(f"no log window met only batch shapes of earlier windows ({len(seen)} shapes in"
-                     f" {len(rows)} windows); pass a larger --steps")
-  return steady
-
-
-def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
-  """The compiled train step alone, on the batches the trainer takes, in its order, fetched
-  beforehand: no loop, no logging (the step adds its metric sums to the window's, as in the
-  trainer, where only their fetch is extra). Timed per log window, with a wait at each window's
-  end (where the trainer fetches its sums), and summarised as the trainer is: the median over
-  the same steady windows (`steady_windows`). Bucketed batches differ in length and padding, so
-  only the same batches make `trainer / bare step` a measure of the loop alone."""
-  os.makedirs(workdir, exist_ok=True)
-  data = prepare_data(config, workdir)
-  mesh = parallel.make_mesh()
-  built = build_steps(config, len(data.vocab), data.num_classes, mesh)
-  state, train_fn = built.initial_state(), built.train_fn
-  iterator = data.train_batches(0)
-  host_batches = [next(iterator) for _ in range(steps)]
-  batches = [parallel.train_step_batch(batch, mesh) for batch in host_batches]
-  real_tokens = [int(batch["mask"].sum()) for batch in host_batches]  # counted outside the timing
-  sums = built.no_sums(batches[0])
-  first_of_each_shape = {batch["inputs"].shape: batch for batch in reversed(batches)}
-  for batch in first_of_each_shape.values():  # compile every shape first
-    state, sums = train_fn(state, batch, sums)
-  jax.block_until_ready(state)
-  rows = []
-  for first in range(0, steps, config.log_every):
-    window = range(first, min(first + config.log_every, steps))
-    start = time.perf_counter()
-    for index in window:
-      state, sums = train_fn(state, batches[index], sums)
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - start
-    rows.append({"step": window[-1] + 1, "tokens_per_sec": sum(real_tokens[index] for index in window) / elapsed,
-                 "batch_shapes": sorted({tuple(host_batches[index]["inputs"].shape) for index in window})})
-  return summarise_windows(rows)[1]
-
-
 def measure_torch(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
                   huge_pages: bool = False) -> dict | None:
   """The same model in PyTorch, on the same batch shapes (full rows: fed tokens per second), in
   a process of its own (`huge_pages`: with the glibc tunable the project's process runs with)."""
-  return measure_in_own_process(config, vocab_size, num_classes, shapes, steps, use_huge_pages=huge_pages)
+  return measure_torch_in_own_process(config, vocab_size, num_classes, shapes, steps, use_huge_pages=huge_pages)
 
 
 def time_loop(config: Config) -> str:
@@ -220,33 +150,34 @@ def time_loop(config: Config) -> str:
   return "oneDNN" if kernel == "onednn" else f"scan, {config.recurrent_backward}"
 
 
-def measure_round(config: Config, steps: int, tmp: str, reverse_of: dict | None = None,
+def measure_round(config: Config, tmp: str, compilation_cache: str, reverse_of: dict | None = None,
                   torch_huge_pages: bool = False) -> dict:
-  """One bare step, one trainer and one PyTorch measurement, back to back, in that order (the
-  bare step compiles every shape; PyTorch takes the trainer's shapes); with `reverse_of` (the
+  """One bare step, one trainer and one PyTorch measurement, back to back, in that order, each
+  in a process of its own (`bench.project_side`, `bench.torch_peer`): the bare step compiles
+  every shape into `compilation_cache`, PyTorch takes the trainer's shapes. With `reverse_of` (the
   first round, for its shapes), in reverse, so that a drift of the machine's speed within a round
   favours no side."""
+  def bare():
+    return measure_in_own_process("bare", config, os.path.join(tmp, "bare"), compilation_cache)
+
+  def trainer():
+    return measure_in_own_process("trainer", config, os.path.join(tmp, "trainer"), compilation_cache)
+
   if reverse_of is None:
-    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
-    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
-    vocab_size, num_classes = _vocabulary(config, tmp)
-    torch_figures = measure_torch(config, vocab_size, num_classes, trainer["batch_shapes"], steps, torch_huge_pages)
+    bare_figures, trainer_figures = bare(), trainer()
+    torch_figures = measure_torch(config, trainer_figures["vocab_size"], trainer_figures["num_classes"],
+                                  trainer_figures["batch_shapes"], config.num_steps, torch_huge_pages)
   else:
     torch_figures = measure_torch(config, reverse_of["vocab_size"], reverse_of["num_classes"], reverse_of["shapes"],
-                                  steps, torch_huge_pages)
-    trainer = measure_trainer(config, os.path.join(tmp, "trainer"))
-    bare = measure_bare_step(config, os.path.join(tmp, "bare"), steps)
-    vocab_size, num_classes = _vocabulary(config, tmp)
-  return {"bare": bare, "trainer": trainer, "torch": torch_figures, "vocab_size": vocab_size,
-          "num_classes": num_classes, "shapes": trainer["batch_shapes"]}
+                                  config.num_steps, torch_huge_pages)
+    trainer_figures = trainer()
+    bare_figures = bare()
+  return {"bare": bare_figures, "trainer": trainer_figures, "torch": torch_figures,
+          "vocab_size": trainer_figures["vocab_size"], "num_classes": trainer_figures["num_classes"],
+          "shapes": trainer_figures["batch_shapes"]}
 
 
-def _vocabulary(config: Config, tmp: str) -> tuple[int, int]:
-  data = prepare_data(config, os.path.join(tmp, "trainer"))  # the trainer's saved vocabulary
-  return len(data.vocab), data.num_classes
-
-
-def run_config(name: str, config: Config, loop: str, peaks: list[float], repeats: int,
+def run_config(name: str, config: Config, loop: str, peaks: list[float], repeats: int, compilation_cache: str,
                torch_huge_pages: bool = False) -> dict:
   """Medians over `repeats` rounds: this VM's speed drifts by 10% within minutes, and a round
   measures the three sides within a minute or two of each other. Each round first measures the
@@ -254,10 +185,10 @@ def run_config(name: str, config: Config, loop: str, peaks: list[float], repeats
   rounds = []
   for index in range(repeats):
     peaks.append(matmul_flops_per_sec())
-    # The first bare step compiles every batch shape into the persistent cache (main()), so that
-    # the trainer's windows measure the loop, not compilation, as in a long run.
+    # The first bare step compiles every batch shape into the persistent cache, so that the
+    # trainer's windows measure the loop, not compilation, as in a long run.
     with tempfile.TemporaryDirectory() as tmp:
-      rounds.append(measure_round(config, config.num_steps, tmp, reverse_of=rounds[0] if index % 2 else None,
+      rounds.append(measure_round(config, tmp, compilation_cache, reverse_of=rounds[0] if index % 2 else None,
                                   torch_huge_pages=torch_huge_pages))
     print_round(name, index, rounds[-1])
   median = statistics.median
@@ -351,10 +282,7 @@ def main() -> None:
   unknown = [name for name in names if name not in CONFIGS]
   if unknown:
     parser.error(f"unknown config(s) {', '.join(unknown)}; expected some of {', '.join(CONFIGS)}")
-  cache = tempfile.mkdtemp(prefix="jax-cache-")
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  cache = tempfile.TemporaryDirectory(prefix="jax-cache-")  # the project's sides share it (`bench.project_side`)
   peaks = [matmul_flops_per_sec()]
   results = []
   for name in names:
@@ -370,7 +298,8 @@ def main() -> None:
         if loop in measured:  # e.g. "auto" that resolves to a loop measured already
           continue
         measured.add(loop)
-        results.append(run_config(name, config, loop, peaks, repeats_for(name, args.repeats), args.torch_huge_pages))
+        results.append(run_config(name, config, loop, peaks, repeats_for(name, args.repeats), cache.name,
+                                  args.torch_huge_pages))
         print(json.dumps(results[-1], default=str), file=sys.stderr, flush=True)
   add_peak_fractions(results, max(peaks))
   print_table(results, peaks, args.steps, args.repeats)

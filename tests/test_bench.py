@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench import throughput
-from bench.throughput import steady_windows
+from bench import project_side, throughput
+from bench.project_side import steady_windows
 
 
 def row(step, *shapes):
@@ -65,8 +65,29 @@ def test_the_bare_step_is_timed_over_the_trainers_steady_windows_of_the_same_bat
   config = Config(task="classify", train_data="synthetic:recall", model="lstm", num_layers=1, hidden_size=16,
                   embed_size=16, batch_size=8, seq_len=32, batching="bucket", num_steps=24, log_every=4,
                   eval_every=0, checkpoint_every=240)
-  bare = throughput.measure_bare_step(config, str(tmp_path / "bare"), 24)
-  trainer = throughput.measure_trainer(config, str(tmp_path / "trainer"))
+  bare = project_side.measure_bare_step(config, str(tmp_path / "bare"), 24)
+  trainer = project_side.measure_trainer(config, str(tmp_path / "trainer"))
   assert len(bare["batch_shapes"]) > 1  # bucketed: the windows differ in what they hold
   assert bare["batch_shapes"] == trainer["batch_shapes"] and bare["windows"] == trainer["windows"]
   assert bare["tokens_per_sec"] > 0
+  from training.data import prepare_data
+  data = prepare_data(config, str(tmp_path / "bare"))  # what PyTorch's model is built with
+  assert (trainer["vocab_size"], trainer["num_classes"]) == (len(data.vocab), data.num_classes)
+
+
+def test_each_side_runs_in_a_process_of_its_own_with_the_shared_compilation_cache(tmp_path):
+  """As `bench.throughput` runs them: a fresh process per side, the bare step compiling into the
+  cache and the trainer loading from it; figures come back as in-process ones do."""
+  from training.config import Config
+  config = Config(task="lm", train_data="synthetic:copy", model="lstm", num_layers=1, hidden_size=16,
+                  embed_size=16, batch_size=4, seq_len=16, num_steps=12, log_every=3, eval_every=0,
+                  checkpoint_every=120)
+  cache = tmp_path / "cache"
+  bare = project_side.measure_in_own_process("bare", config, str(tmp_path / "bare"), str(cache))
+  assert any(cache.iterdir())  # the bare step compiled into the shared cache
+  trainer = project_side.measure_in_own_process("trainer", config, str(tmp_path / "trainer"), str(cache))
+  assert bare["batch_shapes"] == trainer["batch_shapes"] == [(4, 16)]
+  assert bare["windows"] == trainer["windows"] == 3  # 4 windows, the first compiles
+  assert bare["tokens_per_sec"] > 0 and trainer["fed_tokens_per_sec"] >= trainer["tokens_per_sec"] > 0
+  with pytest.raises(RuntimeError, match="unknown side 'both'"):
+    project_side.measure_in_own_process("both", config, str(tmp_path / "other"), str(cache))
