@@ -49,7 +49,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from bench.project_side import measure_in_own_process
+from bench.project_side import measure_in_own_process as measure_project_side
 from bench.torch_peer import measure_in_own_process as measure_torch_in_own_process
 from training import huge_pages
 from training.config import Config, ConfigError
@@ -158,10 +158,10 @@ def measure_round(config: Config, tmp: str, compilation_cache: str, reverse_of: 
   first round, for its shapes), in reverse, so that a drift of the machine's speed within a round
   favours no side."""
   def bare():
-    return measure_in_own_process("bare", config, os.path.join(tmp, "bare"), compilation_cache)
+    return measure_project_side("bare", config, os.path.join(tmp, "bare"), compilation_cache)
 
   def trainer():
-    return measure_in_own_process("trainer", config, os.path.join(tmp, "trainer"), compilation_cache)
+    return measure_project_side("trainer", config, os.path.join(tmp, "trainer"), compilation_cache)
 
   if reverse_of is None:
     bare_figures, trainer_figures = bare(), trainer()
