@@ -17,18 +17,17 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import jax
 
+from bench import own_process
+from pipeline.labels import Labels
+from pipeline.tokenizers import Vocabulary
 from training import parallel
 from training.config import Config, config_from_fields
-from training.data import prepare_data
+from training.data import LABELS_FILE, VOCAB_FILE, prepare_data
 from training.trainer import build_steps, train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure_trainer(config: Config, workdir: str) -> dict:
@@ -39,9 +38,11 @@ def measure_trainer(config: Config, workdir: str) -> dict:
     rows = [json.loads(line) for line in f]
   steady, summary = summarise_windows([row for row in rows if row["split"] == "train"])
   fed_per_real = sum(row["fed_tokens"] for row in steady) / sum(row["real_tokens"] for row in steady)
-  data = prepare_data(config, workdir)  # the trainer's saved vocabulary, read back
-  return dict(summary, fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real, vocab_size=len(data.vocab),
-              num_classes=data.num_classes)
+  # What the trainer saved, read back (preparing the data again would tokenise the corpus again).
+  vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+  num_classes = Labels.load(os.path.join(workdir, LABELS_FILE)).num_classes if config.task == "classify" else 0
+  return dict(summary, fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real, vocab_size=len(vocab),
+              num_classes=num_classes)
 
 
 def summarise_windows(rows: list[dict]) -> tuple[list[dict], dict]:
@@ -112,11 +113,7 @@ def measure_in_own_process(side: str, config: Config, workdir: str, compilation_
   flags), so it runs as this one would."""
   request = {"side": side, "config": dataclasses.asdict(config), "workdir": workdir,
              "compilation_cache": compilation_cache}
-  result = subprocess.run([sys.executable, "-m", "bench.project_side"], input=json.dumps(request), text=True,
-                          capture_output=True, cwd=ROOT)
-  if result.returncode != 0:
-    raise RuntimeError(f"the project's {side} measurement failed:\n{result.stderr[-3000:]}")
-  measured = json.loads(result.stdout.splitlines()[-1])  # the last line: anything printed before is not ours
+  measured = own_process.call("bench.project_side", request, f"the project's {side} measurement")
   measured["batch_shapes"] = [tuple(shape) for shape in measured["batch_shapes"]]
   return measured
 
@@ -134,6 +131,4 @@ def _measure(request: dict) -> dict:
 
 
 if __name__ == "__main__":
-  # One side's own process (`measure_in_own_process`): a JSON request on stdin, figures on stdout
-  # (the trainer logs to stderr).
-  print(json.dumps(_measure(json.load(sys.stdin))))
+  own_process.serve(_measure)  # one side's own process (`measure_in_own_process`)

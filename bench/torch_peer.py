@@ -6,14 +6,13 @@ BPTT; per sequence: the last state through the head). PyTorch is an optional ext
 """
 
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 import time
 
 import jax
 
+from bench import own_process
 from training import huge_pages
 from training.config import Config, config_from_fields
 
@@ -127,17 +126,14 @@ def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, sh
   env = huge_pages.without_tunable(os.environ)
   if use_huge_pages:
     env = huge_pages.with_tunable(env)
-  result = subprocess.run([sys.executable, "-m", "bench.torch_peer"], input=json.dumps(request), text=True,
-                          capture_output=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  if result.returncode != 0:
-    raise RuntimeError(f"the PyTorch peer failed:\n{result.stderr[-3000:]}")
-  print(result.stderr, end="", file=sys.stderr)  # e.g. how to install PyTorch
-  return json.loads(result.stdout) or None
+  # Its stderr passed on: e.g. how to install PyTorch. No PyTorch: an empty answer.
+  return own_process.call("bench.torch_peer", request, "the PyTorch peer", env=env, echo_stderr=True) or None
+
+
+def _measure(request: dict) -> dict:
+  return measure(config_from_fields(request["config"]), request["vocab_size"], request["num_classes"],
+                 [tuple(shape) for shape in request["shapes"]], request["steps"])
 
 
 if __name__ == "__main__":
-  # The peer's own process (`measure_in_own_process`): a JSON request on stdin, figures on stdout.
-  request = json.load(sys.stdin)
-  print(json.dumps(measure(config_from_fields(request["config"]), request["vocab_size"], request["num_classes"],
-                           [tuple(shape) for shape in request["shapes"]], request["steps"])))
+  own_process.serve(_measure)  # the peer's own process (`measure_in_own_process`)
