@@ -88,6 +88,67 @@ def test_lstm_starts_with_forget_bias_one_and_others_zero():
   assert params["W_h"].shape == (H, 4 * H) and params["W_x"].shape == (D, 4 * H)  # one fused matmul
 
 
+CHRONO = 100  # --chrono_init: dependencies up to 100 steps
+
+
+def chrono_layer_params(cell, hidden_size, seed=0):
+  num_states = CELLS[cell].num_states
+  layer = RecurrentLayer(cell, hidden_size, chrono_max_length=CHRONO)
+  return layer.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, D)), jnp.ones((1, 1), bool),
+                    jnp.zeros((num_states, 1, hidden_size)))["params"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_chrono_initialisation_spreads_the_keep_gates_over_time_scales(cell):
+  """Tallec & Ollivier 2018: the keep gate's bias log(u), u ~ U[1, N - 1]; the LSTM's input gate
+  -log(u); every other bias 0."""
+  wide = 512
+  params = chrono_layer_params(cell, wide)
+  gates = np.split(np.asarray(params["b"]), CELLS[cell].num_gates)
+  keep = gates[1]  # the LSTM's forget gate (i, f, g, o); the GRU's update gate z (r, z, n)
+  u = np.exp(keep)  # the unit keeps u / (1 + u) of its state per step: a memory of about u steps
+  assert 1.0 - 1e-5 <= u.min() and u.max() <= CHRONO - 1 + 1e-3
+  # Spread over the whole range: uniform on [1, 99] has mean 50 and quartiles 25.5 and 74.5
+  # (the mean of 512 draws is within 1.3 of 50 with a standard deviation of 1.25).
+  assert abs(u.mean() - CHRONO / 2) < 6
+  np.testing.assert_allclose(np.percentile(u, [25, 75]), [25.5, 74.5], atol=8)
+  if cell == "lstm":
+    np.testing.assert_array_equal(gates[0], -keep)  # a unit that keeps much writes little
+    np.testing.assert_array_equal(np.concatenate(gates[2:]), 0.0)
+  else:
+    np.testing.assert_array_equal(np.concatenate([gates[0], gates[2]]), 0.0)
+    np.testing.assert_array_equal(params["b_h"], 0.0)
+  # Drawn from the layer's parameter key: the same seed the same biases, another seed others.
+  np.testing.assert_array_equal(chrono_layer_params(cell, wide)["b"], params["b"])
+  assert not np.array_equal(chrono_layer_params(cell, wide, seed=1)["b"], params["b"])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_chrono_initialisation_lets_the_gradient_reach_forty_steps_back(cell):
+  """What it is for: with constant biases the gradient of the last output with respect to an
+  input 40 steps back is 1e-5 (LSTM) or 1e-9 (GRU) of the last step's at initialisation; drawn
+  for dependencies up to 100 steps it is about a tenth."""
+  steps, wide, num_states = 41, 64, CELLS[cell].num_states
+  inputs = jax.random.normal(jax.random.PRNGKey(1), (8, steps, D))
+  mask, carry = jnp.ones((8, steps), bool), jnp.zeros((num_states, 8, wide))
+
+  def gradient_ratio(chrono_max_length):
+    layer = RecurrentLayer(cell, wide, chrono_max_length=chrono_max_length)
+    params = layer.init(jax.random.PRNGKey(0), inputs, mask, carry)["params"]
+    last_output = lambda x: jnp.sum(layer.apply({"params": params}, x, mask, carry)[0][:, -1])
+    norms = jnp.linalg.norm(jax.grad(last_output)(inputs), axis=-1).mean(axis=0)  # per step
+    return float(norms[0] / norms[-1])
+
+  constant, chrono = gradient_ratio(0), gradient_ratio(CHRONO)
+  assert constant < 1e-4 and chrono > 1e-2, (constant, chrono)
+
+
+def test_chrono_initialisation_needs_gates():
+  with pytest.raises(ValueError, match="needs a gated cell"):
+    RecurrentLayer("rnn", H, chrono_max_length=CHRONO).init(jax.random.PRNGKey(0), jnp.zeros((1, 1, D)),
+                                                            jnp.ones((1, 1), bool), jnp.zeros((1, 1, H)))
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_masked_steps_leave_state_and_output_untouched(cell):
   layer, params, inputs, carry = init_layer(cell)

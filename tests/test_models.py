@@ -290,3 +290,42 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
   sums, _ = lm_loss(small, params, batch, carry, {}, False)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   np.testing.assert_allclose(sums["loss_sum"], -log_probs[..., 1].sum(), rtol=1e-5)  # <unk> is id 1
+
+
+@pytest.mark.parametrize("task, cell, bidirectional", [("lm", "lstm", False), ("classify", "gru", True)])
+def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell, bidirectional):
+  """--chrono_init=N: each layer of both stacks draws its own keep-gate biases in [0, log(N - 1)]."""
+  import dataclasses
+
+  from training.config import Config
+  from training.trainer import build_model, initial_state_fn, make_optimizer_for
+
+  config = Config(task=task, model=cell, num_layers=2, hidden_size=32, embed_size=8, batch_size=4, seq_len=8,
+                  bidirectional=bidirectional, chrono_init=50)
+  plain = dataclasses.replace(config, chrono_init=0)
+  params, plain_params = (
+      jax.jit(initial_state_fn(c, build_model(c, V, 3), make_optimizer_for(c)))(jax.random.PRNGKey(0)).params
+      for c in (config, plain))
+  encoder = params["encoder"]
+  layers = [name for name in encoder if "layer_" in name]
+  assert len(layers) == (4 if bidirectional else 2)
+  keeps = []
+  for name in layers:
+    keep = np.split(np.asarray(encoder[name]["b"]), 4 if cell == "lstm" else 3)[1]
+    assert 0.0 <= keep.min() and keep.max() <= np.log(49) + 1e-6 and keep.std() > 0.5, name
+    keeps.append(keep)
+    # Only the biases differ from the run without the flag.
+    for weight in ("W_x", "W_h"):
+      np.testing.assert_array_equal(encoder[name][weight], plain_params["encoder"][name][weight])
+  assert len({keep.tobytes() for keep in keeps}) == len(keeps)  # each layer draws its own
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(chrono_init=2), "--chrono_init: must be 0 .* at least 3 steps, got 2"),
+    (dict(chrono_init=100, model="rnn"), "--chrono_init: sets the gates' biases: --model=rnn has no gates"),
+])
+def test_chrono_init_is_refused_where_it_cannot_apply(flags, message):
+  from training.config import Config, ConfigError, validate
+
+  with pytest.raises(ConfigError, match=message):
+    validate(Config(**flags))

@@ -83,6 +83,10 @@ class Config:
   # (ULMFiT's second stage, target-task LM fine-tuning); per sequence from step N + 1.
   target_lm_steps: int = 0
   num_classes: int = 0  # 0: one more than the largest training label
+  # > 0: the gated cells' gate biases drawn for dependencies of up to N steps (chrono
+  # initialisation, Tallec & Ollivier 2018; `cells.chrono_bias`); 0: constant biases (the LSTM's
+  # forget gate at 1).
+  chrono_init: int = 0
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
   # The LSTM's time loop: "onednn" (the fused kernel PyTorch uses on x86-64 CPUs), "scan" (the
@@ -231,6 +235,10 @@ def validate(config: Config, device_count: int = 1) -> None:
   _require(config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}")
   _require(config.adversarial_epsilon >= 0, "adversarial_epsilon",
            f"must be >= 0, got {config.adversarial_epsilon}")
+  _require(config.chrono_init == 0 or config.chrono_init >= 3, "chrono_init",
+           f"must be 0 (constant gate biases) or a dependency length of at least 3 steps, got {config.chrono_init}")
+  _require(config.chrono_init == 0 or config.model != "rnn", "chrono_init",
+           "sets the gates' biases: --model=rnn has no gates (use lstm or gru)")
   _require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
   _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
            f"must be >= 0, got {config.freeze_encoder_steps}")

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from training.cells import CELLS
+from training.cells import CELLS, chrono_bias
 from training.recurrence import scan_layer
 
 
@@ -52,6 +52,9 @@ class RecurrentLayer(nn.Module):
   # for the one not taken); a train step therefore picks once for the whole model
   # (`train_state.train_step`).
   path: str = "auto"
+  # > 0: the gates' biases are drawn for dependencies up to this many steps (`cells.chrono_bias`);
+  # 0: the cell's constant biases.
+  chrono_max_length: int = 0
 
   @nn.compact
   def __call__(self, inputs, mask, carry, resets=None):
@@ -67,7 +70,10 @@ class RecurrentLayer(nn.Module):
     cell = CELLS[self.cell]
     width = cell.num_gates * self.hidden_size
     w_x = self.param("W_x", nn.initializers.lecun_normal(), (inputs.shape[-1], width))
-    b = self.param("b", lambda _rng: cell.input_bias(self.hidden_size, cell.num_gates))
+    if self.chrono_max_length:
+      b = self.param("b", lambda rng: chrono_bias(self.cell, self.hidden_size, rng, self.chrono_max_length))
+    else:
+      b = self.param("b", lambda _rng: cell.input_bias(self.hidden_size, cell.num_gates))
     recurrent = {"W_h": self.param("W_h", nn.initializers.orthogonal(), (self.hidden_size, width))}
     if cell.has_recurrent_bias:
       recurrent["b_h"] = self.param("b_h", nn.initializers.zeros_init(), (width,))
@@ -184,6 +190,7 @@ class Encoder(nn.Module):
   # rather than drawn anew at each (variational dropout, Gal & Ghahramani 2016).
   variational_dropout: bool = False
   path: str = "auto"  # (see RecurrentLayer)
+  chrono_max_length: int = 0  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool, reversal=None):
@@ -226,7 +233,8 @@ class Encoder(nn.Module):
     for layer in range(self.num_layers):
       layer_module = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
                                     remat=self.remat, kernel=self.kernel, final_carry_used=self.final_carry_used,
-                                    path=self.path, name=f"{prefix}_{layer}")
+                                    path=self.path, chrono_max_length=self.chrono_max_length,
+                                    name=f"{prefix}_{layer}")
       x, layer_carry = layer_module(x, mask, carry[layer], resets)
       x = self._dropout(x, train)
       final.append(layer_carry)
@@ -279,6 +287,7 @@ class LanguageModel(nn.Module):
   # Tokens the next-token softmax predicts, the most frequent first (rarer ones are read but
   # predicted as <unk>; see `objectives.token_cross_entropy`); 0: all `vocab_size`.
   softmax_vocab_size: int = 0
+  chrono_max_length: int = 0  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
@@ -286,7 +295,8 @@ class LanguageModel(nn.Module):
     encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
                       path=self.path, word_dropout_rate=self.word_dropout_rate,
-                      variational_dropout=self.variational_dropout, name="encoder")
+                      variational_dropout=self.variational_dropout, chrono_max_length=self.chrono_max_length,
+                      name="encoder")
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(self, encoder, outputs, self.tie_embeddings, self.softmax_vocab_size), carry
 
@@ -329,6 +339,7 @@ class SequenceClassifier(nn.Module):
   variational_dropout: bool = False  # (see Encoder)
   softmax_vocab_size: int = 0  # of the next-token head (see LanguageModel)
   read_backward: bool = False
+  chrono_max_length: int = 0  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
@@ -343,7 +354,8 @@ class SequenceClassifier(nn.Module):
                       self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
                       backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False,
                       path=self.path, word_dropout_rate=self.word_dropout_rate,
-                      variational_dropout=self.variational_dropout, name="encoder")
+                      variational_dropout=self.variational_dropout, chrono_max_length=self.chrono_max_length,
+                      name="encoder")
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if reads_backward else None
     if self.read_backward:
       # Reversed in place, a sequence keeps its positions: mask, resets and pooling still hold,

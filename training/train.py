@@ -61,6 +61,9 @@ flags.DEFINE_integer("target_lm_steps", _D.target_lm_steps, "classify: train the
                      " fine-tuning), then per sequence; dev evaluations and --freeze_encoder_steps start"
                      " after them.")
 flags.DEFINE_integer("num_classes", _D.num_classes, "Classes; 0 infers 1 + the largest training label.")
+flags.DEFINE_integer("chrono_init", _D.chrono_init, "lstm, gru: draw each unit's gate biases so that its"
+                     " memory lasts between 1 and N steps (chrono initialisation, Tallec & Ollivier 2018),"
+                     " for dependencies up to about N tokens long; 0: constant biases (the forget gate at 1).")
 flags.DEFINE_integer("unroll", _D.unroll, "Time steps unrolled per scan iteration.")
 flags.DEFINE_string("recurrent_backward", _D.recurrent_backward,
                     f"Gradient of the time loop: {' | '.join(RECURRENT_BACKWARDS)} (hand-written, weight"

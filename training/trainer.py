@@ -49,6 +49,8 @@ def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = 
     kwargs["variational_dropout"] = True
   if config.softmax_vocab_size:
     kwargs["softmax_vocab_size"] = config.softmax_vocab_size
+  if config.chrono_init:
+    kwargs["chrono_max_length"] = config.chrono_init
   if config.task == "lm":
     return "LanguageModel", kwargs
   kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
