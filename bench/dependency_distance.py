@@ -108,7 +108,9 @@ def main() -> None:
        "gradient at the first step (trained)"], table)
   figure, (accuracy, gradient) = runs.new_figure(2)
   for name, cell, extra in variants(args.chrono):
-    style = dict(marker="o", label=name, color=f"C{CELLS.index(cell)}", linestyle="--" if extra else "-")
+    # A cell's colour; chrono initialisation dashed, with smaller squares (the lines overlap at 100%).
+    style = dict(label=name, color=f"C{CELLS.index(cell)}", linestyle="--" if extra else "-",
+                 marker="s" if extra else "o", markersize=4 if extra else 6)
     accuracy.plot(distances, [100 * results[name, d]["test"] for d in distances], **style)
     gradient.semilogy(distances, [results[name, d]["grad_init"] for d in distances], **style)
   accuracy.axhline(100 / 3, color="grey", linestyle=":", label="chance")
