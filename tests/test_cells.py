@@ -145,8 +145,7 @@ def test_chrono_initialisation_lets_the_gradient_reach_forty_steps_back(cell):
 
 def test_chrono_initialisation_needs_gates():
   with pytest.raises(ValueError, match="needs a gated cell"):
-    RecurrentLayer("rnn", H, chrono_max_length=CHRONO).init(jax.random.PRNGKey(0), jnp.zeros((1, 1, D)),
-                                                            jnp.ones((1, 1), bool), jnp.zeros((1, 1, H)))
+    chrono_layer_params("rnn", H)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -1,12 +1,17 @@
 """Whole models: padding changes nothing, and carried windows equal one long sequence."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from training.cells import CELLS
+from training.config import Config, ConfigError, validate
 from training.models import Encoder, LanguageModel, SequenceClassifier, pool, reversal_index, starts_of, zero_carry
 from training.objectives import classify_loss, lm_loss
+from training.trainer import build_model, initial_state_fn, make_optimizer_for
 
 V, E, H, L = 11, 6, 8, 2
 
@@ -295,11 +300,6 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
 @pytest.mark.parametrize("task, cell, bidirectional", [("lm", "lstm", False), ("classify", "gru", True)])
 def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell, bidirectional):
   """--chrono_init=N: each layer of both stacks draws its own keep-gate biases in [0, log(N - 1)]."""
-  import dataclasses
-
-  from training.config import Config
-  from training.trainer import build_model, initial_state_fn, make_optimizer_for
-
   config = Config(task=task, model=cell, num_layers=2, hidden_size=32, embed_size=8, batch_size=4, seq_len=8,
                   bidirectional=bidirectional, chrono_init=50)
   plain = dataclasses.replace(config, chrono_init=0)
@@ -311,7 +311,7 @@ def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell
   assert len(layers) == (4 if bidirectional else 2)
   keeps = []
   for name in layers:
-    keep = np.split(np.asarray(encoder[name]["b"]), 4 if cell == "lstm" else 3)[1]
+    keep = np.split(np.asarray(encoder[name]["b"]), CELLS[cell].num_gates)[1]
     assert 0.0 <= keep.min() and keep.max() <= np.log(49) + 1e-6 and keep.std() > 0.5, name
     keeps.append(keep)
     # Only the biases differ from the run without the flag.
@@ -325,7 +325,5 @@ def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell
     (dict(chrono_init=100, model="rnn"), "--chrono_init: sets the gates' biases: --model=rnn has no gates"),
 ])
 def test_chrono_init_is_refused_where_it_cannot_apply(flags, message):
-  from training.config import Config, ConfigError, validate
-
   with pytest.raises(ConfigError, match=message):
     validate(Config(**flags))
