@@ -47,7 +47,7 @@ from training.config import Config, ConfigError
 from training.data import prepare_data
 from training.objectives import FAST_PATHS, OBJECTIVES, sequence_cross_entropy, token_cross_entropy
 from training.trainer import build_model, build_steps
-from training.kernels import recurrent_kernel
+from training.kernels.time_loop import recurrent_kernel
 
 PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding",
           "optimizer and the rest of the step", "whole step", "at matmul peak", "its matmuls alone")

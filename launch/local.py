@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from training.kernels import THREADS_ENV, usable_cores
+from training.kernels.threads import THREADS_ENV, usable_cores
 
 
 def free_port() -> int:

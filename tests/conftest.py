@@ -35,3 +35,5 @@ import jax  # noqa: E402  (after the variables above)
 # padded == unpadded). On GPUs XLA's default float32 matmul uses TF32, which rounds to 10-bit
 # mantissas; ask for full float32 precision.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+from tests.promises import onednn_kernel  # noqa: E402,F401  (the fixture behind `promises.needs_onednn`)

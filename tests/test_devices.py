@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from launch import local
-from training.kernels import onednn
+from tests.promises import needs_onednn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
@@ -35,7 +35,7 @@ def test_four_devices_match_one_device(tmp_path, task):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
 
 
-@pytest.mark.skipif(not onednn.available(), reason="oneDNN LSTM unavailable here")
+@needs_onednn
 @pytest.mark.parametrize("task", ["lm"])  # (classifier batches through the kernel: tests/test_kernels.py)
 def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, task):
   """Under shard_map every device runs oneDNN's LSTM on its own rows (each with its own dropout
@@ -44,6 +44,13 @@ def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, ta
   kernel = train(tmp_path / "kernel", task, 4, *flags, "--recurrent_kernel=onednn")
   scan = train(tmp_path / "scan", task, 4, *flags, "--recurrent_kernel=scan")
   assert len(kernel) == len(scan)
+  # Each of the 4 devices ran the kernel on its rows (the kernel's own call counts show it).
+  with open(tmp_path / "kernel" / "summary.json") as f:
+    time_loop = json.load(f)["time_loop"]
+  assert time_loop["layers"] == {"encoder/layer_0": "onednn"}
+  calls = time_loop["onednn_calls"]
+  assert calls["forward_training"] > 0 and calls["forward_training"] % 4 == 0, calls
+  assert calls["backward"] == calls["forward_training"], calls
   for a, b in zip(kernel, scan):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
 

@@ -33,9 +33,34 @@ def run_trainer(workdir, **env):
   return result.stderr
 
 
+def huge_pages_allowed() -> str | None:
+  """Where the kernel and glibc allow huge pages, found without `huge_pages` (whose own checks
+  are what is tested): Linux, glibc 2.35 or later (`confstr`), transparent huge pages in
+  "always" or "madvise" mode. Returns what was found, or None."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read().split("[")[1].split("]")[0]
+  except (ValueError, OSError, IndexError):
+    return None
+  major, minor = (int(part) for part in version.split(".")[:2])
+  if name != "glibc" or (major, minor) < (2, 35) or mode not in ("always", "madvise"):
+    return None
+  return f"{name} {version}, transparent huge pages {mode}"
+
+
+def test_huge_pages_are_wanted_wherever_the_kernel_and_glibc_allow_them():
+  allowed = huge_pages_allowed()
+  assert huge_pages.wanted({}) == (allowed is not None), allowed
+  if allowed is None:
+    pytest.skip("huge pages are not allowed here (Linux, glibc >= 2.35, transparent huge pages on)")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not huge_pages.wanted({}), reason="needs Linux, glibc >= 2.35 and transparent huge pages on")
 def test_the_trainer_runs_on_huge_pages_unless_turned_off(tmp_path):
+  if huge_pages_allowed() is None:
+    pytest.skip("huge pages are not allowed here (Linux, glibc >= 2.35, transparent huge pages on)")
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
   assert f"{LINE} (GLIBC_TUNABLES=glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1;" in run_trainer(tmp_path / "on", **env)
   assert LINE not in run_trainer(tmp_path / "off", **env, **{huge_pages.OPT_OUT: "0"})

@@ -2,8 +2,8 @@
 outputs, final state and gradients on full, right-padded and packed batches, in a layer, in a
 classifier and in a whole training run; and which time loop each configuration gets.
 
-The kernel tests skip where oneDNN cannot run (not Linux x86-64, wheel or compiler missing);
-CI installs it with the test extra, so there they run."""
+The kernel tests fail where the kernel is promised (Linux x86-64, a CPU backend, a C++
+compiler: tests/promises.py) and does not run, and skip elsewhere with the reason."""
 
 import dataclasses
 
@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from training.config import Config, ConfigError
-from training.kernels import MIN_STEP_WORK, onednn, recurrent_kernel
+from training.kernels import onednn
+from training.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
 from training.models import RecurrentLayer, SequenceClassifier
 from training.recurrence import scan_layer
 from training.trainer import train_and_evaluate
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN LSTM unavailable: {onednn.why_unavailable()}")
+from tests.promises import needs_onednn, onednn_promise
+
 T, B, D, H = 9, 3, 5, 4
 
 
@@ -185,6 +187,13 @@ def test_training_with_the_kernel_follows_the_scan_and_resumes_exactly(tmp_path,
   config = dataclasses.replace(SMALL, task=task, recurrent_kernel="onednn")
   kernel = train_and_evaluate(config, str(tmp_path / "kernel"))
   scan = train_and_evaluate(dataclasses.replace(config, recurrent_kernel="scan"), str(tmp_path / "scan"))
+  # The run says which loop it ran, and the kernel's own call counts show it did: each training
+  # forward call with its backward call, evaluations with inference calls.
+  assert kernel["time_loop"]["layers"] == {"encoder/layer_0": "onednn"}
+  calls = kernel["time_loop"]["onednn_calls"]
+  assert calls["forward_training"] > 0 and calls["backward"] == calls["forward_training"], calls
+  assert calls["forward_inference"] > 0, calls
+  assert scan["time_loop"] == {"layers": {"encoder/layer_0": "scan"}, "why_not_onednn": None}
   assert kernel["train_loss"] == pytest.approx(scan["train_loss"], rel=1e-3)
   assert kernel["eval"]["loss"] == pytest.approx(scan["eval"]["loss"], rel=1e-3)
   train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path / "resumed"))
@@ -213,3 +222,27 @@ def test_each_configuration_gets_the_time_loop_that_applies():
   assert recurrent_kernel(small, 1) == "scan"
   if onednn.available():
     assert recurrent_kernel(dataclasses.replace(small, recurrent_kernel="onednn"), 1) == "onednn"
+
+
+@needs_onednn
+def test_auto_leaves_a_small_model_to_the_scan_and_says_why(tmp_path):
+  summary = train_and_evaluate(dataclasses.replace(SMALL, num_steps=4, eval_every=0), str(tmp_path))
+  assert summary["time_loop"] == {"layers": {"encoder/layer_0": "scan"},
+                                  "why_not_onednn": "8 rows x 16 units per step is small (the scan is faster)"}
+
+
+def test_the_kernel_is_available_where_it_is_promised():
+  """Fails, not skips, where the package promises the kernel (tests/promises.py)."""
+  promise = onednn_promise()
+  if promise is None:
+    pytest.skip("oneDNN's LSTM is not promised here (not Linux x86-64 on a CPU backend with a C++ compiler)")
+  assert onednn.available(), f"{promise}: {onednn.why_unavailable()}"
+
+
+def test_a_non_cpu_backend_gets_the_scan_and_onednn_is_refused_with_the_reason(monkeypatch):
+  big = Config(model="lstm", hidden_size=512, batch_size=64)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not onednn.available()
+  assert recurrent_kernel(big, 1) == "scan"
+  with pytest.raises(ConfigError, match="--recurrent_kernel=onednn: not available here: the backend is gpu, not cpu"):
+    recurrent_kernel(dataclasses.replace(big, recurrent_kernel="onednn"), 1)

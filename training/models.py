@@ -280,7 +280,7 @@ class LanguageModel(nn.Module):
   backward: str = "fused"
   remat: bool = False
   tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
+  kernel: str = "scan"  # the LSTM's time loop (training.kernels.time_loop)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)
@@ -333,7 +333,7 @@ class SequenceClassifier(nn.Module):
   backward_embedding: bool = False  # (see Encoder)
   next_token_head: bool = False
   tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.kernels.recurrent_kernel)
+  kernel: str = "scan"  # the LSTM's time loop (training.kernels.time_loop)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)

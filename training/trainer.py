@@ -24,7 +24,7 @@ from training.step_groups import BatchGroups, steps_in_next_call
 from training.models import LanguageModel, SequenceClassifier, zero_carry
 from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
 from training.preemption import PreemptionWatch
-from training.kernels import recurrent_kernel
+from training.kernels.time_loop import ONEDNN, TimeLoop, choose_time_loop
 from training.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
 from training.train_state import (TrainState, bind_steps, create_train_state, eval_params, make_optimizer,
                                   make_schedule, with_params)
@@ -35,7 +35,7 @@ from training.workdir import WorkdirLock, check_writable, free_bytes, require_fr
 def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan") -> tuple[str, dict]:
   """(model class name, its keyword arguments): what `build_model` builds, in plain values
   (`training.export` saves it, so that an exported file rebuilds the same model). `kernel`: the
-  LSTM's time loop (`training.kernels.recurrent_kernel`); exported models keep the portable one."""
+  LSTM's time loop (`training.kernels.time_loop`); exported models keep the portable one."""
   kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
                 num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
                 unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
@@ -103,6 +103,7 @@ class Steps:
   no_sums: Callable[[dict], dict]
   eval_fn: Callable  # (params, global batch, carry) -> (metric sums, carry)
   mesh: jax.sharding.Mesh
+  time_loop: TimeLoop  # what every recurrent layer runs
 
   def train(self, state: TrainState, local_batches: list[dict], window_sums: dict) -> tuple[TrainState, dict]:
     """One step per batch of `local_batches` (this process's rows; all of one shape), in one call."""
@@ -114,7 +115,8 @@ class Steps:
 def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
   """The model's train and eval steps on `mesh`, and its initial state (the trainer's, and the
   benchmarks' so that they measure exactly what the trainer runs)."""
-  model = build_model(config, vocab_size, num_classes, recurrent_kernel(config, mesh.devices.size))
+  time_loop = choose_time_loop(config, mesh.devices.size)
+  model = build_model(config, vocab_size, num_classes, time_loop.name)
   optimizer = make_optimizer_for(config)
   train_step, eval_step = bind_steps(
       model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
@@ -131,7 +133,34 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   train_fn, train_steps_fn, sums_shapes = parallel.compile_train_step(train_step, abstract_state, mesh,
                                                                       config.parallelism, combine_sums)
   return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng), train_fn,
-               train_steps_fn, _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step), mesh)
+               train_steps_fn, _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step), mesh, time_loop)
+
+
+def recurrent_layers(params: dict) -> list[str]:
+  """The names of a model's recurrent layers ("encoder/layer_0", "encoder/backward_layer_0", ...)."""
+  return [f"encoder/{name}" for name in params["encoder"] if "layer_" in name]
+
+
+def time_loop_record(time_loop: TimeLoop, params: dict, onednn_calls_before: dict | None) -> dict:
+  """What `summary.json` says of the time loop: each recurrent layer's, why not oneDNN's where
+  it was not, and how often this process ran oneDNN's kernel during the run (the evidence that
+  it did; zeros when the scan ran)."""
+  record = {"layers": dict.fromkeys(recurrent_layers(params), time_loop.name),
+            "why_not_onednn": time_loop.why_not_onednn}
+  if onednn_calls_before is not None:
+    from training.kernels import onednn
+
+    record["onednn_calls"] = {kind: count - onednn_calls_before[kind] for kind, count in onednn.calls().items()}
+  return record
+
+
+def onednn_calls_now(time_loop: TimeLoop) -> dict | None:
+  """The kernel's call counts in this process so far, where the run uses it (else None)."""
+  if time_loop.name != ONEDNN:
+    return None
+  from training.kernels import onednn
+
+  return onednn.calls()
 
 
 def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
@@ -228,6 +257,9 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   mesh = parallel.make_mesh()
 
   steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
+  logging.info("Time loop of %s: %s", ", ".join(recurrent_layers(steps.abstract_state.params)),
+               steps.time_loop.describe())
+  onednn_calls_before = onednn_calls_now(steps.time_loop)
   require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(steps.abstract_state))
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
@@ -317,6 +349,7 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
       "test": test_metrics,
       "stopped_early": stopped_early,
       "param_fingerprint": param_fingerprint(state.params),
+      "time_loop": time_loop_record(steps.time_loop, state.params, onednn_calls_before),
       **metrics_log.batching_summary(),
       "truncated_examples": data.truncated_examples,
   }

@@ -1,8 +1,8 @@
 """oneDNN's fused LSTM (the kernel behind PyTorch's `nn.LSTM` on x86-64 CPUs) as a JAX layer.
 
 An optional fast path, chosen at run time: `available()` is true on a Linux x86-64 CPU backend
-where the oneDNN wheel is installed (`pip install -e ".[onednn]"`: `onednn-cpu-gomp`, and
-`onednn-devel-cpu-gomp` for its headers) and a C++ compiler is found. The handler
+where the oneDNN wheels are installed (`onednn-cpu-gomp`, and `onednn-devel-cpu-gomp` for its
+headers: the package depends on them there) and a C++ compiler is found. The handler
 (`onednn_lstm.cc`) is compiled once into a cache directory (`$RNN_KERNEL_CACHE`, default
 `~/.cache/rnn-at-scale`) and registered with `jax.ffi`. Everywhere else, and for what the kernel
 does not do (masks, resets, the GRU and Elman cells), the portable layer in
@@ -13,6 +13,7 @@ without masks or resets, input projection included, and its gradients (oneDNN's 
 primitive, through `jax.custom_vjp`).
 """
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,9 +28,8 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from training.kernels import THREADS_ENV, usable_cores
+from training.kernels.threads import kernel_threads
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
 _TARGETS = {"onednn_lstm_forward_training": "OnednnLstmForwardTraining",
@@ -65,16 +65,48 @@ def _build(prefix: str) -> str:
   if not compiler:
     raise RuntimeError("no C++ compiler (g++, c++ or clang++; or set CXX)")
   os.makedirs(_cache_dir(), exist_ok=True)
+  _remove_dead_builds(_cache_dir())
   tmp = f"{out}.{os.getpid()}.tmp"
   lib = os.path.join(prefix, "lib")
   command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", tmp, _SOURCE,
              f"-I{jax.ffi.include_dir()}", f"-I{os.path.join(prefix, 'include')}", f"-L{lib}", "-ldnnl",
              f"-Wl,-rpath,{lib}"]
-  result = subprocess.run(command, capture_output=True, text=True)
+  try:
+    result = subprocess.run(command, capture_output=True, text=True)
+  except OSError as e:
+    raise RuntimeError(f"the C++ compiler {compiler} did not start: {e.strerror}") from None
   if result.returncode != 0:
-    raise RuntimeError(f"compiling {_SOURCE} failed:\n{result.stderr[-2000:]}")
+    # One line for the user (the compiler's first error); the whole output beside the build.
+    log = f"{out}.log"
+    with open(log, "w") as f:
+      f.write(result.stdout + result.stderr)
+    errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines() or [""]
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise RuntimeError(f"compiling {os.path.basename(_SOURCE)} with {compiler} failed: {errors[0].strip()}"
+                       f" (the whole output: {log})")
   os.replace(tmp, out)  # atomic: another process may be building the same file
   return out
+
+
+def _remove_dead_builds(directory: str) -> None:
+  """Removes the partial outputs (`NAME.PID.tmp`) of builds whose process is gone (killed while
+  compiling); a build still running keeps its own."""
+  for name in os.listdir(directory):
+    parts = name.rsplit(".", 2)
+    if len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit() and not _process_alive(int(parts[1])):
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(directory, name))
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # another user's live process
+  return True
 
 
 def _load() -> ctypes.CDLL:
@@ -90,12 +122,15 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError(f"oneDNN wheels exist for Linux x86-64 only (this is {platform.system()} {platform.machine()})")
       prefix = _onednn_prefix()
       if prefix is None:
-        raise RuntimeError('oneDNN is not installed (pip install -e ".[onednn]")')
+        raise RuntimeError(f"oneDNN is not installed in this environment ({sys.prefix}): install the"
+                           " onednn-cpu-gomp and onednn-devel-cpu-gomp wheels (pip install -e . does)")
       library = ctypes.CDLL(_build(prefix))
       for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
       library.onednn_lstm_workspace_bytes.restype = ctypes.c_int64
       library.onednn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 6
+      library.onednn_lstm_calls.restype = ctypes.c_int64
+      library.onednn_lstm_calls.argtypes = [ctypes.c_int64]
     except (OSError, RuntimeError) as e:
       _unavailable = str(e)
       raise RuntimeError(_unavailable) from None
@@ -110,27 +145,31 @@ def available() -> bool:
   try:
     _load()
     return True
-  except RuntimeError as e:
-    logging.log_first_n(logging.INFO, "oneDNN LSTM not used: %s", 1, e)
-    return False
+  except RuntimeError:
+    return False  # (the trainer's "Time loop" line says why)
 
 
 def why_unavailable() -> str | None:
-  return None if available() else _unavailable or f"the backend is {jax.default_backend()}, not cpu"
+  """Why `available()` is False (None when it is True)."""
+  if jax.default_backend() != "cpu":
+    return f"the backend is {jax.default_backend()}, not cpu"
+  return None if available() else _unavailable
+
+
+CALL_KINDS = ("forward_training", "forward_inference", "backward")
+
+
+def calls() -> dict[str, int]:
+  """How many times this process ran each of the kernel's calls (zeros where it never loaded):
+  the evidence that a run used the kernel rather than the scan."""
+  if _library is None:
+    return dict.fromkeys(CALL_KINDS, 0)
+  return {kind: int(_library.onednn_lstm_calls(which)) for which, kind in enumerate(CALL_KINDS)}
 
 
 def threads() -> int:
   """How many threads one call uses: `$RNN_KERNEL_THREADS`, or the cores this process may run on."""
-  value = os.environ.get(THREADS_ENV, "")
-  if value:
-    try:
-      count = int(value)
-    except ValueError:
-      count = 0
-    if count < 1:
-      raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive whole number")
-    return count
-  return usable_cores()
+  return kernel_threads()
 
 
 # Rows are split across the threads while a layer's recurrent weights (H x 4H floats) are at most

@@ -21,6 +21,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -40,6 +41,10 @@
 namespace ffi = xla::ffi;
 
 namespace {
+
+// Calls of each handler in this process (forward training, forward inference, backward): what
+// lets a run and its tests see that the kernel ran rather than the portable scan.
+std::atomic<int64_t> calls[3];
 
 using dnnl::memory;
 using tag = memory::format_tag;
@@ -336,6 +341,7 @@ void run_forward(Forward& f, const Shape& s, int64_t first, const In& x, const I
 
 ffi::Error LstmForwardTraining(In x, In w_x, In w_h, In b, In h0, In c0, Out y, Out h_T, Out c_T,
                                ffi::ResultBuffer<ffi::U8> workspace, int64_t chunks, int64_t team) {
+  calls[0]++;
   Split split = split_of(x, w_h, chunks, team);
   if (workspace->size_bytes() != static_cast<size_t>(split.workspace_bytes()))
     return ffi::Error::Internal("onednn_lstm_forward_training: workspace of " +
@@ -350,6 +356,7 @@ ffi::Error LstmForwardTraining(In x, In w_x, In w_h, In b, In h0, In c0, Out y, 
 
 ffi::Error LstmForwardInference(In x, In w_x, In w_h, In b, In h0, In c0, Out y, Out h_T, Out c_T,
                                 int64_t chunks, int64_t team) {
+  calls[1]++;
   Split split = split_of(x, w_h, chunks, team);
   return on_pool("onednn_lstm_forward_inference", split, [&](int k) {
     Shape s = split.group(k);
@@ -373,6 +380,7 @@ float* thread_buffer(int which, size_t floats) {
 ffi::Error LstmBackward(In x, In w_x, In w_h, In b, In h0, In c0, In y, In h_T, In c_T,
                         ffi::Buffer<ffi::U8> workspace, In d_y, In d_h_T, In d_c_T, Out d_x, Out d_w_x, Out d_w_h,
                         Out d_b, Out d_h0, Out d_c0, int64_t chunks, int64_t team) {
+  calls[2]++;
   // Both phases under one lock: the groups' partial gradients live in their threads' buffers
   // until the second phase has summed them, and another device's call must not reuse them.
   static std::mutex one_call;
@@ -498,3 +506,6 @@ extern "C" int64_t onednn_lstm_workspace_bytes(int64_t T, int64_t N, int64_t C, 
   });
   return bytes;
 }
+
+// How many times handler `which` (0: forward training, 1: forward inference, 2: backward) ran.
+extern "C" int64_t onednn_lstm_calls(int64_t which) { return (which >= 0 && which < 3) ? calls[which].load() : -1; }
