@@ -14,10 +14,12 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 from pipeline import prepare_workers, prepared, sources
@@ -65,7 +67,8 @@ def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: 
     if with_labels and labels is None:
       labels = Labels.from_training(labels_seen, num_classes, f"--{flag}={data}")
 
-  tmp = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
+  remove_dead_temporaries(out_path)
+  tmp = out_path.parent / temporary_name(out_path.name, socket.gethostname(), os.getpid())
   if tmp.exists():
     tmp.rmtree()
   (tmp / prepared.INDEX_DIR).mkdir(parents=True)
@@ -87,6 +90,44 @@ def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: 
     shutil.rmtree(str(tmp), ignore_errors=True)
     raise
   return meta
+
+
+def temporary_name(name: str, host: str, pid: int) -> str:
+  """Where a prepare writes `name` until it is complete: `.NAME.tmp-HOST-PID`, hidden, and naming
+  the process that owns it so that another prepare can tell whether it is still running."""
+  return f".{name}.tmp-{host}-{pid}"
+
+
+def remove_dead_temporaries(out_path: epath.Path) -> None:
+  """Removes what a prepare into `out_path` that was killed (SIGKILL, a lost machine) left
+  beside it: a temporary directory whose process, on this machine, is gone. One owned by
+  another machine cannot be checked from here, and is reported instead. (Names written before
+  the host was part of them, `.NAME.tmp-PID`, are taken as this machine's.)"""
+  prefix, here = f".{out_path.name}.tmp-", socket.gethostname()
+  if not out_path.parent.exists():
+    return
+  for entry in out_path.parent.iterdir():
+    if not entry.name.startswith(prefix):
+      continue
+    host, _, pid = entry.name[len(prefix):].rpartition("-")
+    if not pid.isdigit():
+      continue
+    if host and host != here:
+      logging.warning("%s: left by a prepare on %s (process %s); remove it if that prepare is no longer running",
+                      entry, host, pid)
+    elif not _process_alive(int(pid)):
+      logging.warning("%s: removing what a prepare that died (process %s) left half written", entry, pid)
+      entry.rmtree(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # another user's live process
+  return True
 
 
 def _fixed_vocabulary(vocab_from: str, tokenizer: str, with_labels: bool):

@@ -5,7 +5,11 @@ import asyncio
 import gc
 import logging
 import os
+import subprocess
+import sys
+import threading
 import time
+import warnings
 
 import jax.numpy as jnp
 import pytest
@@ -14,6 +18,8 @@ from tests.test_faults import snapshot
 from training.abandoned_reads import silence_abandoned_reads
 from training.checkpoints import CheckpointError, Checkpointer
 from training.train_state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_state(step: int) -> TrainState:
@@ -89,7 +95,20 @@ def _never_retrieved(loop, error: BaseException) -> None:
   gc.collect()
 
 
-def test_a_read_that_orbax_abandoned_is_not_reported_and_other_errors_are(caplog):
+@pytest.fixture
+def process_hooks():
+  """Puts back the process-wide hooks and filters that `silence_abandoned_reads` installs, so
+  that no other test of this process runs under them."""
+  hooks = (sys.excepthook, sys.unraisablehook, threading.excepthook)
+  asyncio_filters = list(logging.getLogger("asyncio").filters)
+  warning_filters = list(warnings.filters)
+  yield
+  sys.excepthook, sys.unraisablehook, threading.excepthook = hooks
+  logging.getLogger("asyncio").filters[:] = asyncio_filters
+  warnings.filters[:] = warning_filters
+
+
+def test_a_read_that_orbax_abandoned_is_not_reported_and_other_errors_are(caplog, process_hooks):
   from orbax.checkpoint._src.serialization import serialization
 
   silence_abandoned_reads()
@@ -107,3 +126,63 @@ def test_a_read_that_orbax_abandoned_is_not_reported_and_other_errors_are(caplog
   reported = [record for record in caplog.records if record.name == "asyncio"]
   assert len(reported) == 1 and "exception was never retrieved" in reported[0].getMessage()
   assert reported[0].exc_info[1].args == ("a failure of our own",)
+
+
+ALL_CHANNELS = r"""
+import asyncio, gc, sys, threading, warnings
+
+from training.abandoned_reads import silence_abandoned_reads
+
+def report_each_way(make_error, origin):
+  # 1. an uncaught exception (sys.excepthook)
+  error = make_error()
+  sys.excepthook(type(error), error, None)
+  # 2. an exception Python cannot raise (sys.unraisablehook): one raised while an object is
+  # collected, named as Orbax's reader is for the abandoned read
+  class Collected:
+    def __del__(self):
+      raise make_error()
+  Collected.__qualname__ = origin or "Ours"
+  Collected.__del__.__qualname__ = f"{origin or 'Ours'}.__del__"
+  Collected()
+  gc.collect()
+  # 3. an exception in a thread (threading.excepthook)
+  def fail():
+    raise make_error()
+  thread = threading.Thread(target=fail)
+  thread.start()
+  thread.join()
+  # 4. a future's exception nobody read (the asyncio logger)
+  loop = asyncio.new_event_loop()
+  future = loop.create_future()
+  error = make_error()
+  if origin is not None:
+    error.__traceback__ = None
+    error.args = (f"{error.args[0]} in orbax/checkpoint/_src/serialization",)
+  future.set_exception(error)
+  del future
+  gc.collect()
+  loop.close()
+  # 5. a coroutine never awaited (a warning)
+  name = "_read_array_index_and_device_put" if origin is not None else "our_own_coroutine"
+  warnings.warn(f"coroutine '{name}' was never awaited", RuntimeWarning)
+
+silence_abandoned_reads()
+print("--- abandoned reads", file=sys.stderr, flush=True)
+report_each_way(lambda: RuntimeError("Event loop is closed"), "async_deserialize")
+print("--- our own failures", file=sys.stderr, flush=True)
+report_each_way(lambda: ValueError("a failure of our own"), None)
+"""
+
+
+def test_each_of_the_five_ways_an_abandoned_read_is_reported_is_dropped_and_nothing_else():
+  """In a process of its own: the hooks are process-wide."""
+  result = subprocess.run([sys.executable, "-W", "always", "-c", ALL_CHANNELS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  abandoned, ours = result.stderr.split("--- abandoned reads")[1].split("--- our own failures")
+  assert abandoned.strip() == "", abandoned
+  assert ours.count("a failure of our own") >= 4, ours  # excepthook, unraisable, thread, asyncio
+  assert "Exception in thread" in ours and "Exception ignored in" in ours
+  assert "exception was never retrieved" in ours
+  assert "coroutine 'our_own_coroutine' was never awaited" in ours

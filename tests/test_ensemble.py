@@ -34,7 +34,8 @@ def members(tmp_path_factory):
   """Two classifiers that differ in their seed and cell, with a held-out dev split (10% of the
   training file) and a test file; a third with another dev split; two trained on a prepared
   dataset, one with a dev file, one with a held-out dev split; one holding its dev split out of
-  other training data; one that names the first two's files through a linked directory."""
+  other training data; one with a vocabulary of its own; one that names the first two's files
+  through a linked directory."""
   data = tmp_path_factory.mktemp("data")
   examples = synthetic.TASKS["recall"]()
   write_lines(data / "train.txt", examples[:600])
@@ -52,6 +53,8 @@ def members(tmp_path_factory):
                         ("prepared_train", {"train_data": f"prepared:{prepared}", "eval_data": f"lines:{data}/test.txt[:50%]"}),
                         ("prepared_holdout", {"train_data": f"prepared:{prepared}", "test_data": ""}),
                         ("other_training_data", {"train_data": f"lines:{data}/train.txt[:80%]"}),
+                        # A vocabulary of its own (the 5 most frequent letters and the specials).
+                        ("own_vocabulary", {"seed": 3, "vocab_size": 8}),
                         # The same files by other paths, as a run from another checkout names them.
                         ("through_a_link", {"seed": 2, "train_data": f"lines:{linked}/train.txt",
                                             "test_data": f"lines:{linked}/test.txt"})]:
@@ -100,6 +103,19 @@ def test_members_that_name_the_same_files_by_other_paths_are_scored_together(mem
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
   assert summary["members"][1]["test"]["accuracy"] == pytest.approx(linked_summary["test"]["accuracy"], abs=1e-9)
+
+
+def test_each_member_reads_the_texts_with_its_own_vocabulary(members):
+  (first, first_summary), (own, own_summary) = members["lstm_seed0"], members["own_vocabulary"]
+  vocabularies = [json.loads(open(os.path.join(workdir, "vocab.json")).read())["tokens"] for workdir in (first, own)]
+  assert len(vocabularies[1]) == 8 < len(vocabularies[0])
+  result = ensemble(f"--workdirs={first},{own}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+  for member, run_summary in zip(summary["members"], (first_summary, own_summary)):
+    assert member["eval"]["accuracy"] == pytest.approx(run_summary["best"]["eval"]["accuracy"], abs=1e-9)
+    assert member["test"]["accuracy"] == pytest.approx(run_summary["test"]["accuracy"], abs=1e-9)
+    assert member["test"]["loss"] == pytest.approx(run_summary["test"]["loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("member", ["lstm_seed0", "prepared_train"])

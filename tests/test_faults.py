@@ -43,15 +43,15 @@ def logged_steps(workdir):
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    steps = []
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line being written
-      if row["split"] == "train":
-        steps.append(row["step"])
-    return steps
+    lines = f.read().split("\n")
+  # Every complete line must parse; only the last, unterminated one may be half written (a
+  # process killed, or still writing, in the middle of it).
+  steps = []
+  for line in lines[:-1]:
+    row = json.loads(line)
+    if row["split"] == "train":
+      steps.append(row["step"])
+  return steps
 
 
 def checkpoint_steps(workdir):

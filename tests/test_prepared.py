@@ -3,12 +3,17 @@ trainer's batches from a prepared dataset equal those from the same data read in
 
 import gzip
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from etils import epath
 
 from pipeline import prepared_writer as prepare, sources
 from pipeline.batch_plans import optimal_boundaries
@@ -254,6 +259,84 @@ def test_prepare_refuses_to_overwrite_and_leaves_nothing_when_the_data_is_bad(tm
   assert sorted(os.listdir(tmp_path)) == ["out", "train.jsonl"]  # no half-written dataset
 
 
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_an_error_in_the_write_pass_leaves_nothing(tmp_path, num_workers):
+  """With the vocabulary given there is no counting pass: the malformed line is found while the
+  records are being written into the temporary directory, which goes with the error."""
+  train = make_jsonl(tmp_path / "train.jsonl", 20)
+  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "train"), tokenizer="word")
+  dev = make_jsonl(tmp_path / "dev.jsonl", 20, seed=1)
+  with open(dev, "a") as f:
+    f.write("{not json\n")
+  with pytest.raises(DataError, match=r"dev.jsonl:21: malformed JSON"):
+    prepare.prepare_corpus(f"jsonl:{dev}", str(tmp_path / "dev"), vocab_from=str(tmp_path / "train"),
+                           num_workers=num_workers)
+  assert sorted(os.listdir(tmp_path)) == ["dev.jsonl", "train", "train.jsonl"]
+
+
+def write_corpus(path, lines: int) -> str:
+  rng = np.random.default_rng(0)
+  words = rng.choice(WORDS, size=(lines, 12))
+  path.write_text("\n".join(" ".join(row) for row in words) + "\n")
+  return str(path)
+
+
+def prepare_command(corpus, out) -> list[str]:
+  return [sys.executable, "-m", "pipeline.prepare", f"--data=lines:{corpus}", f"--out={out}", "--tokenizer=word",
+          "--num_workers=2"]
+
+
+@pytest.mark.slow
+def test_a_prepare_killed_while_writing_leaves_no_dataset_and_the_next_one_cleans_up(tmp_path):
+  corpus = write_corpus(tmp_path / "corpus.txt", 300_000)  # (the write pass takes seconds)
+  out = tmp_path / "out"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  killed = subprocess.Popen(prepare_command(corpus, out), cwd=repo, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  temporaries = lambda: [name for name in os.listdir(tmp_path) if name.startswith(".out.tmp-")]
+  deadline = time.monotonic() + 120
+  while not temporaries():  # the write pass has begun
+    assert killed.poll() is None and time.monotonic() < deadline, "the write pass never began"
+    time.sleep(0.01)
+  os.killpg(killed.pid, signal.SIGKILL)  # the prepare and its workers, as a lost job would be
+  killed.wait()
+  assert not out.exists()
+  assert temporaries() == [prepare.temporary_name("out", socket.gethostname(), killed.pid)]
+  again = subprocess.run(prepare_command(corpus, out), cwd=repo, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"removing what a prepare that died (process {killed.pid}) left half written" in again.stderr
+  assert temporaries() == []
+  assert PreparedDataset(str(out)).num_records == 300_000
+
+
+def test_temporaries_of_live_processes_and_of_other_machines_are_left(tmp_path, caplog):
+  out = tmp_path / "out"
+  alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    here = socket.gethostname()
+    names = {"live": prepare.temporary_name("out", here, alive.pid),
+             "elsewhere": prepare.temporary_name("out", "another-host.example", 12345),
+             "dead": prepare.temporary_name("out", here, dead_pid()),
+             "old_dead": f".out.tmp-{dead_pid()}",  # as named before the host was part of it
+             "other_dataset": prepare.temporary_name("other", here, dead_pid())}
+    for name in names.values():
+      (tmp_path / name).mkdir()
+    with caplog.at_level(logging.WARNING):
+      prepare.remove_dead_temporaries(epath.Path(out))
+    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["elsewhere"], names["other_dataset"]])
+    assert any("left by a prepare on another-host.example (process 12345)" in m for m in caplog.messages)
+  finally:
+    alive.kill()
+    alive.wait()
+
+
+def dead_pid() -> int:
+  """The id of a process that has exited."""
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  return process.pid
+
+
 def test_eval_split_with_the_training_vocabulary_and_unknown_labels_refused(tmp_path):
   train = make_jsonl(tmp_path / "train.jsonl", 50)
   dev = make_jsonl(tmp_path / "dev.jsonl", 10, seed=1)
@@ -263,6 +346,8 @@ def test_eval_split_with_the_training_vocabulary_and_unknown_labels_refused(tmp_
   odd = make_jsonl(tmp_path / "odd.jsonl", 3, labels=("pos", "other"))
   with pytest.raises(DataError, match=r"odd.jsonl:2: label 'other' is not one of the training labels"):
     prepare.prepare_corpus(f"jsonl:{odd}", str(tmp_path / "odd"), vocab_from=str(tmp_path / "train"), with_labels=True)
+  # (refused in the write pass: nothing of it is left)
+  assert sorted(os.listdir(tmp_path)) == ["dev", "dev.jsonl", "odd.jsonl", "train", "train.jsonl"]
 
 
 def test_streamed_examples_equal_the_examples_read_whole(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 from training import pretrained
 from training.config import Config, ConfigError, validate
-from training.inference import load_run
+from training.ensemble import metrics as ensemble_metrics, split_examples
+from training.inference import class_probabilities, load_run
 from training.trainer import build_model, initial_state_fn, make_optimizer_for, train_and_evaluate
 
 SPLITS = dict(train_data="synthetic:recall[:80%]", eval_data="synthetic:recall[80%:90%]")
@@ -57,6 +58,15 @@ def test_loss_selects_the_lowest_and_no_dev_split_means_no_selection(tmp_path):
                                                  test_data=SPLITS["eval_data"]), str(tmp_path / "none"))
   assert plain["best"] is None and plain["test"]["accuracy"] >= 0.0  # the final parameters, scored once
   assert not os.path.exists(tmp_path / "none" / "best_checkpoint")
+  # Scored with the final parameters: the same figures as the run at its last step gives on the
+  # test examples, predicted afresh.
+  final = load_run(str(tmp_path / "none"))
+  assert final.step == 20
+  examples = split_examples(final.config, "test_data")
+  probabilities = np.stack(list(class_probabilities(final, [e["text"] for e in examples])))
+  scored = ensemble_metrics(probabilities, final.labels.ids(examples, final.config.test_data))
+  assert plain["test"]["accuracy"] == pytest.approx(scored["accuracy"], abs=1e-9)
+  assert plain["test"]["loss"] == pytest.approx(scored["loss"], rel=1e-4)
 
 
 def test_patience_stops_after_that_many_evaluations_without_a_better_one(tmp_path):
@@ -290,6 +300,18 @@ def test_a_fine_tune_with_a_moving_average_starts_it_at_the_language_model(langu
   for name in ("embed", "layer_0"):
     for a, b in zip(jax.tree.leaves(lm.params["encoder"][name]), jax.tree.leaves(served.params["encoder"][name])):
       assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
+  # Served is the average, not the parameters trained: after the one step, the average's first
+  # rate (2/11, `train_state.updated_average`) of the LM's and the rest of the trained ones (the
+  # same run without an average; the average changes no update).
+  train_and_evaluate(dataclasses.replace(config, ema_decay=0.0), str(tmp_path / "plain"))
+  trained = load_run(str(tmp_path / "plain"))
+  rate = 2.0 / 11.0
+  for name in ("embed", "layer_0"):
+    for lm_leaf, trained_leaf, served_leaf in zip(*(jax.tree.leaves(run.params["encoder"][name])
+                                                    for run in (lm, trained, served))):
+      assert not np.allclose(trained_leaf, lm_leaf)
+      np.testing.assert_allclose(served_leaf, rate * np.asarray(lm_leaf) + (1 - rate) * np.asarray(trained_leaf),
+                                 rtol=1e-5, atol=1e-6)
 
 
 def test_per_token_steps_on_the_target_text_come_first_and_are_not_evaluated(language_model, tmp_path):

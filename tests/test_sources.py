@@ -162,6 +162,13 @@ def test_holdout_takes_a_fixed_random_share_out_of_training():
   assert [e["text"] for e in train] == sorted((e["text"] for e in train), key=int)  # training keeps its order
   assert 30 < sum(e["label"] for e in dev) < 70  # random, not the file's tail (sorted files are common)
   assert sources.holdout_split(examples, "holdout:10%", "eval_data") == (train, dev)  # fixed
+  # Drawn from the whole file, not its tail: every tenth of the file gives some of it, and a file
+  # sorted by label (the first half 0, the second 1) gives a dev split of both classes.
+  positions = sorted(int(e["text"]) for e in dev)
+  assert {position // 100 for position in positions} == set(range(10)), positions
+  by_label = [{"text": str(i), "label": int(i >= 500)} for i in range(1000)]
+  _, sorted_dev = sources.holdout_split(by_label, "holdout:10%", "eval_data")
+  assert 30 < sum(e["label"] for e in sorted_dev) < 70
   for bad in ("holdout:0%", "holdout:10", "holdout:100%"):
     with pytest.raises(DataError, match=f"--eval_data='{bad}': expected holdout:P%"):
       sources.holdout_split(examples, bad, "eval_data")

@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -148,6 +149,44 @@ def test_export_round_trips_to_identical_logits(classifier_run, tmp_path):
   exported = model.apply({"params": params}, *args, train=False)
   trained = run.model.apply({"params": run.params}, *args, train=False)
   np.testing.assert_array_equal(np.asarray(exported), np.asarray(trained))
+
+
+def test_a_language_model_exports_at_a_chosen_step_and_other_files_are_refused(lm_run, tmp_path):
+  from flax import serialization
+
+  from training.exported import load_exported
+  from training.inference import load_run
+  from training.models import zero_carry
+
+  out = tmp_path / "lm.msgpack"
+  result = command("training.export", f"--workdir={lm_run}", f"--out={out}", "--step=30")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "lm model from step 30" in result.stdout
+  run, latest = load_run(lm_run, step=30), load_run(lm_run)
+  model, params, vocab, labels = load_exported(str(out))
+  assert vocab == run.vocab and labels is None and type(model).__name__ == "LanguageModel"
+  tokens = jnp.asarray(vocab.encode("abc=abc\nbca=bca"), jnp.int32)[None, :]
+  mask = jnp.ones_like(tokens, bool)
+  carry = zero_carry(run.config.model, run.config.num_layers, 1, run.config.hidden_size)
+  exported, exported_carry = model.apply({"params": params}, tokens, mask, carry, train=False)
+  trained, trained_carry = run.model.apply({"params": run.params}, tokens, mask, carry, train=False)
+  np.testing.assert_array_equal(np.asarray(exported), np.asarray(trained))
+  np.testing.assert_array_equal(np.asarray(exported_carry), np.asarray(trained_carry))
+  # --step chose the checkpoint: the latest one's parameters differ.
+  later, _ = latest.model.apply({"params": latest.params}, tokens, mask, carry, train=False)
+  assert not np.allclose(np.asarray(later), np.asarray(exported))
+  missing = command("training.export", f"--workdir={lm_run}", f"--out={tmp_path / 'x.msgpack'}", "--step=45")
+  assert missing.returncode != 0 and "Traceback" not in missing.stderr
+  assert missing.stderr.strip().splitlines()[-1].startswith("error: --step=45: no checkpoint at that step")
+  assert not (tmp_path / "x.msgpack").exists()
+  # Anything but an exported model of this format is refused in one line naming the file.
+  (tmp_path / "future.msgpack").write_bytes(serialization.msgpack_serialize({"format": 99}))
+  (tmp_path / "text.msgpack").write_text("not a model at all")
+  for name, message in [("future.msgpack", "not an exported model of format 1 (its format is 99)"),
+                        ("text.msgpack", "not an exported model (not a msgpack file"),
+                        ("absent.msgpack", "cannot read it")]:
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / name}: {message}")):
+      load_exported(str(tmp_path / name))
 
 
 def read_scalars(directory):

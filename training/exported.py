@@ -37,9 +37,16 @@ def load_exported(path: str):
   """(model, params, vocabulary, labels or None) from an exported file."""
   from training import models
 
-  blob = serialization.msgpack_restore(paths.read_bytes(path))
-  if blob.get("format") != FORMAT:
-    raise DataError(f"{path}: not an exported model of format {FORMAT}")
+  try:
+    blob = serialization.msgpack_restore(paths.read_bytes(path))
+  except OSError as e:
+    raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+  except Exception:  # msgpack's own errors (truncated, extra data, not msgpack at all)
+    raise DataError(f"{path}: not an exported model (not a msgpack file; write one with rnn-export)") from None
+  if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    found = blob.get("format") if isinstance(blob, dict) else None
+    raise DataError(f"{path}: not an exported model of format {FORMAT}"
+                    f"{f' (its format is {found})' if found is not None else ''}; write one with rnn-export")
   model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
   vocab = Vocabulary(blob["vocab"]["kind"], list(blob["vocab"]["tokens"]))
   labels = None
