@@ -1,11 +1,14 @@
-"""The commands the README shows, read from the README itself so that tests and docs cannot drift."""
+"""The commands the README and docs/ show, read from the pages themselves so that tests and docs
+cannot drift."""
 
+import glob
 import os
 import re
 import shlex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+PAGES = [README, *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 
 def code_blocks(path: str = README) -> list[str]:
@@ -37,8 +40,8 @@ def after_setup(command: str) -> list[str]:
   return shlex.split(parts[start])
 
 
-def all_commands() -> list[str]:
-  return [command for block in code_blocks() for command in commands(block)]
+def all_commands(path: str = README) -> list[str]:
+  return [command for block in code_blocks(path) for command in commands(block)]
 
 
 def python_blocks(path: str = README) -> list[str]:

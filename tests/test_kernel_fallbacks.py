@@ -59,8 +59,9 @@ def test_no_compiler(tmp_path):
 
 def test_a_compile_that_fails(tmp_path):
   compiler = tmp_path / "broken-c++"
-  compiler.write_text("#!/bin/sh\necho 'onednn_lstm.cc:12:10: fatal error: oneapi/dnnl/dnnl.hpp: No such file' >&2\n"
-                      "exit 1\n")
+  compiler.write_text("#!/bin/sh\necho 'In file included from onednn_lstm.cc:3:' >&2\n"
+                      "echo 'onednn_lstm.cc:12:10: fatal error: oneapi/dnnl/dnnl.hpp: No such file' >&2\n"
+                      "echo 'compilation terminated.' >&2\nexit 1\n")
   compiler.chmod(0o755)
   env = environment(tmp_path, CXX=str(compiler))
   check_fallback_and_refusal(tmp_path, env, f"compiling onednn_lstm.cc with {compiler} failed: onednn_lstm.cc:12:10:"

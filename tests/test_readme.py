@@ -4,6 +4,7 @@ repository, and every other command it shows checked against the code (modules, 
 import glob
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import tomllib
 
 import pytest
 
-from tests.readme_commands import ROOT, after_setup, all_commands, quickstart
+from tests.readme_commands import PAGES, ROOT, after_setup, all_commands, quickstart
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
@@ -71,46 +72,66 @@ def _flag_names(argv: list[str]) -> list[str]:
   return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
 
-def _prepare_flags() -> set[str]:
-  """The flags of `python -m pipeline.prepare` (defined in a process of their own: several share
-  names with the trainer's)."""
-  listing = subprocess.run([sys.executable, "-c", "import pipeline.prepare; from absl import flags;"
-                            " print(chr(10).join(flags.FLAGS))"], cwd=ROOT, capture_output=True, text=True, check=True)
-  return set(listing.stdout.split())
+def _console_scripts() -> dict[str, str]:
+  """Console script -> the module it runs (pyproject.toml's [project.scripts])."""
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    return {name: target.split(":")[0] for name, target in tomllib.load(f)["project"]["scripts"].items()}
 
 
-def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
-  from absl import flags
+_FLAGS_OF = {}
 
-  import training.train  # noqa: F401  (defines the trainer's flags)
 
-  prepare_flags, prepared_dirs = _prepare_flags(), set()  # the --out of each prepare shown so far
-  checked = 0
-  for command in all_commands():
-    for part in command.split(" && "):
+def _flags_of(module: str) -> set[str]:
+  """The flags `python -m MODULE` defines (in a process of its own: commands share flag names)."""
+  if module not in _FLAGS_OF:
+    listing = subprocess.run([sys.executable, "-c", f"import {module}; from absl import flags;"
+                              " print(chr(10).join(flags.FLAGS))"], cwd=ROOT, capture_output=True, text=True,
+                             check=True)
+    _FLAGS_OF[module] = set(listing.stdout.split())
+  return _FLAGS_OF[module]
+
+
+def _as_python_module(argv: list[str], scripts: dict[str, str]) -> list[str]:
+  """`rnn-NAME ARGS` as the `python -m MODULE ARGS` it runs; anything else as it is."""
+  if argv and argv[0] in scripts:
+    return ["python", "-m", scripts[argv[0]], *argv[1:]]
+  return argv
+
+
+@pytest.mark.parametrize("page", [os.path.relpath(path, ROOT) for path in PAGES])
+def test_every_command_a_page_shows_names_real_modules_flags_and_files(page):
+  """Each command of README.md and docs/*.md, as written from the repository root: its module
+  or console script exists, its flags are the command's own, its files are in the repository
+  (or in ../shared when that is there), and every prepared dataset it reads is made by a
+  `prepare` command above it on the same page."""
+  scripts = _console_scripts()
+  prepared_dirs = set()  # the --out of each prepare shown so far
+  for command in all_commands(os.path.join(ROOT, page)):
+    for part in re.split(r" && | \| ", command):
       argv = shlex.split(part)
       while argv and "=" in argv[0] and not argv[0].startswith("-"):
         argv = argv[1:]  # leading VAR=value assignments
+      argv = _as_python_module(argv, scripts)
       if "--" in argv and argv[:3] == ["python", "-m", "launch.local"]:
-        argv = argv[argv.index("--") + 1:]  # the command the launcher starts
+        argv = _as_python_module(argv[argv.index("--") + 1:], scripts)  # the command the launcher starts
       if argv[:2] == ["python", "-m"]:
         module = argv[2]
         if module.split(".")[0] in ("training", "pipeline", "launch", "bench"):
           assert os.path.isfile(os.path.join(ROOT, *module.split(".")) + ".py"), f"{command}: no module {module}"
         else:
           assert importlib.util.find_spec(module), f"{command}: {module} is not installed"
-        if module == "pipeline.prepare":
-          values = dict(arg[2:].partition("=")[::2] for arg in argv[3:] if arg.startswith("--"))
+        values = dict(arg[2:].partition("=")[::2] for arg in argv[3:] if arg.startswith("--"))
+        if module in scripts.values() and module != "training.train":
           for name in values:
-            assert name in prepare_flags, f"{command}: unknown flag --{name}"
+            assert name in _flags_of(module), f"{command}: unknown flag --{name}"
+        if module == "pipeline.prepare":
           if "vocab_from" in values:
             assert values["vocab_from"] in prepared_dirs, f"{command}: --vocab_from is prepared by no command above it"
           prepared_dirs.add(values.get("out"))
         if module == "training.train":
-          for name in _flag_names(argv[3:]):  # (--flagfile is absl's parser's own, checked below)
-            assert name in flags.FLAGS or name == "flagfile", f"{command}: unknown flag --{name}"
-          for arg in argv[3:]:
-            name, _, value = arg[2:].partition("=")
+          for name in values:  # (--flagfile is absl's parser's own, checked below)
+            assert name in _flags_of("training.train") or name == "flagfile", f"{command}: unknown flag --{name}"
+          for name, value in values.items():
             if name == "flagfile":
               assert os.path.isfile(os.path.join(ROOT, value)), f"{command}: no {value}"
             for spec in value.split(",") if name in ("train_data", "eval_data", "test_data") else ():
@@ -121,13 +142,19 @@ def test_every_command_the_readme_shows_names_real_modules_flags_and_files():
                 assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no file {path} (relative to the repo root)"
               if spec.split(":")[0] == "prepared":
                 assert path in prepared_dirs, f"{command}: {path} is prepared by no command above it"
-        checked += 1
       elif argv and argv[0] in ("sbatch", "kubectl"):
         path = argv[-1]
         assert os.path.isfile(os.path.join(ROOT, path)), f"{command}: no {path}"
       elif argv and argv[0].startswith("./"):
         assert os.access(os.path.join(ROOT, argv[0]), os.X_OK), f"{command}: {argv[0]} is not executable"
-  assert checked >= 5
+
+
+def test_the_pages_show_commands_and_the_readme_is_short():
+  assert sum(len(all_commands(path)) for path in PAGES) >= 40
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  assert len(readme.splitlines()) <= 300
+  assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", readme), "a commit hash in the README"
 
 
 def test_the_export_snippet_loads_a_model_without_the_trainer_and_agrees_with_predict(tmp_path):
@@ -140,7 +167,7 @@ def test_the_export_snippet_loads_a_model_without_the_trainer_and_agrees_with_pr
   from training.inference import load_run, predict
   from training.trainer import train_and_evaluate
 
-  (snippet,) = [block for block in python_blocks() if "msgpack_restore" in block]
+  (snippet,) = [block for path in PAGES for block in python_blocks(path) if "msgpack_restore" in block]
   config = Config(task="classify", tokenizer="word", hidden_size=16, embed_size=8, head_widths=(8,),
                   batch_size=8, seq_len=32, num_steps=20, log_every=10, eval_every=0, checkpoint_every=20,
                   train_data=f"csv:{ROOT}/docs/examples/reviews.csv[:75%]",
