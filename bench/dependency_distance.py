@@ -38,8 +38,8 @@ def first_step_gradient_norm(workdir: str, distance: int, trained: bool) -> floa
   """Mean over a test batch of |d loss / d x_0|, x_0 the first step's embedded input."""
   from pipeline import synthetic
   from pipeline.sequence_batches import encode_all
-  from training.inference import load_run
-  from training.trainer import initial_state_fn, make_optimizer_for
+  from training.bookkeeping.trained_run import load_run
+  from training.state import initial_state_fn, make_optimizer_for
 
   run = load_run(workdir)
   params = run.params

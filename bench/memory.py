@@ -14,10 +14,10 @@ import dataclasses
 
 import jax
 
-from training import parallel
+from training.loop import parallel
 from training.config import Config
-from training.kernels import onednn
-from training.trainer import build_steps
+from training.model.kernels import onednn
+from training.loop.trainer import build_steps
 
 
 def step_temp_bytes(config: Config, vocab_size: int) -> int:

@@ -3,7 +3,7 @@ r"""The input pipeline alone, for each batching mode and worker count, beside th
   python -m bench.pipeline [--flagfile=configs/imdb_bucket.flags] [--batches=60] [--train_steps=24]
 
 Prepares the flag file's training data once (`pipeline.prepare`, timed), then builds the
-trainer's own pipeline (`training.data.prepare_data`) on it, reads `--batches` training batches
+trainer's own pipeline (`training.loop.data.prepare_data`) on it, reads `--batches` training batches
 per mode and worker count, and reports the start-up time (the index read, the first epoch
 planned, the workers started) and then examples/s and real tokens/s. Then runs the trainer
 itself on the same prepared data for `--train_steps` steps per mode and reports the median of
@@ -49,7 +49,7 @@ def config_from(flag_values: dict, **overrides):
 
 
 def pipeline_rate(config, workdir: str, batches: int) -> dict:
-  from training.data import prepare_data
+  from training.loop.data import prepare_data
   os.makedirs(workdir, exist_ok=True)
   begin = time.perf_counter()
   iterator = prepare_data(config, workdir).train_batches(0)  # reads, tokenises

@@ -24,10 +24,10 @@ import jax
 from bench import own_process
 from pipeline.labels import Labels
 from pipeline.tokenizers import Vocabulary
-from training import parallel
+from training.loop import parallel
 from training.config import Config, config_from_fields
-from training.data import LABELS_FILE, VOCAB_FILE, prepare_data
-from training.trainer import build_steps, train_and_evaluate
+from training.loop.data import LABELS_FILE, VOCAB_FILE, prepare_data
+from training.loop.trainer import build_steps, train_and_evaluate
 
 
 def measure_trainer(config: Config, workdir: str) -> dict:
@@ -109,7 +109,7 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
 def measure_in_own_process(side: str, config: Config, workdir: str, compilation_cache: str) -> dict:
   """`measure_trainer` (side "trainer") or `measure_bare_step` (side "bare", over the config's
   `num_steps`) in a fresh Python process, with `compilation_cache` as JAX's persistent cache.
-  The process inherits this one's environment (the glibc tunable of `training.huge_pages`, XLA's
+  The process inherits this one's environment (the glibc tunable of `launch.huge_pages`, XLA's
   flags), so it runs as this one would."""
   request = {"side": side, "config": dataclasses.asdict(config), "workdir": workdir,
              "compilation_cache": compilation_cache}

@@ -7,7 +7,7 @@ Each config `configs/NAME.flags` is expected in `WORKDIR/NAME` (the README's com
 the missing runs are trained first, in order (the language model before the configs that start
 from it). Writes docs/quality.md; a config without a finished run is listed as not run.
 
-An ensemble row averages the class probabilities of its members' runs (`training.ensemble`):
+An ensemble row averages the class probabilities of its members' runs (`training.tools.ensemble`):
 `sst2_pretrained` with the same config at other seeds (`WORKDIR/NAME_seedN`, trained with
 `--seed=N`), and ULMFiT's pair, the forward config with its backward reading
 (`sst2_pretrained_backward`). `--train` trains the members too. Its time is the members' times
@@ -42,7 +42,7 @@ CONFIGS = [
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
   label: str
-  output: str  # the summary `training.ensemble` writes, in the workdir
+  output: str  # the summary `training.tools.ensemble` writes, in the workdir
   members: tuple[tuple[str, int], ...]  # (config, --seed), each in its `run_name`
   target: str
   anchors: str
@@ -90,7 +90,7 @@ def ensemble_row(workdir: str, ensemble: Ensemble, train: bool) -> list[str]:
   if not all(runs.finished(member) for member in members):
     return [ensemble.label, "not run", "", "", "", ensemble.target, ensemble.anchors]
   output = os.path.join(workdir, ensemble.output)
-  command = [sys.executable, "-m", "training.ensemble", f"--workdirs={','.join(members)}", f"--output={output}"]
+  command = [sys.executable, "-m", "training.tools.ensemble", f"--workdirs={','.join(members)}", f"--output={output}"]
   subprocess.run(command, cwd=runs.ROOT, check=True, stdout=subprocess.DEVNULL)
   with open(output, encoding="utf-8") as f:
     scored = json.load(f)

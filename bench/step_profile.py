@@ -42,12 +42,14 @@ import numpy as np
 
 from bench.throughput import CONFIGS, lm_flops_per_token, make_config, time_loop
 from bench.torch_peer import TorchPeer, import_torch
-from training import huge_pages, parallel
+from launch import huge_pages
+from training.loop import parallel
 from training.config import Config, ConfigError
-from training.data import prepare_data
-from training.objectives import FAST_PATHS, OBJECTIVES, sequence_cross_entropy, token_cross_entropy
-from training.trainer import build_model, build_steps
-from training.kernels.time_loop import recurrent_kernel
+from training.loop.data import prepare_data
+from training.loop.objectives import FAST_PATHS, OBJECTIVES, sequence_cross_entropy, token_cross_entropy
+from training.loop.trainer import build_steps
+from training.model.build import build_model
+from training.model.kernels.time_loop import recurrent_kernel
 
 PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding",
           "optimizer and the rest of the step", "whole step", "at matmul peak", "its matmuls alone")

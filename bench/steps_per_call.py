@@ -18,9 +18,10 @@ import time
 import jax
 
 from bench.throughput import CONFIGS, make_config
-from training import huge_pages, parallel
-from training.data import prepare_data
-from training.trainer import build_steps
+from launch import huge_pages
+from training.loop import parallel
+from training.loop.data import prepare_data
+from training.loop.trainer import build_steps
 
 DISTINCT_BATCHES = 32
 

@@ -51,9 +51,9 @@ import jax.numpy as jnp
 
 from bench.project_side import measure_in_own_process as measure_project_side
 from bench.torch_peer import measure_in_own_process as measure_torch_in_own_process
-from training import huge_pages
+from launch import huge_pages
 from training.config import Config, ConfigError
-from training.kernels.time_loop import recurrent_kernel
+from training.model.kernels.time_loop import recurrent_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")

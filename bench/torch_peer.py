@@ -13,7 +13,7 @@ import time
 import jax
 
 from bench import own_process
-from training import huge_pages
+from launch import huge_pages
 from training.config import Config, config_from_fields
 
 
@@ -119,7 +119,7 @@ def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, sh
   """`measure` in a process of its own: in the benchmark's process, JAX's thread pools and
   PyTorch's OpenMP team compete for the same cores (PyTorch's 1 x 128 model ran 3.6x slower
   there than alone). PyTorch runs with malloc as its users get it: without the glibc tunable
-  that the benchmark's process inherits from the project's restart (`training.huge_pages`),
+  that the benchmark's process inherits from the project's restart (`launch.huge_pages`),
   unless `use_huge_pages` (PyTorch gains from it too; its users can set it)."""
   request = {"config": dataclasses.asdict(config), "vocab_size": vocab_size, "num_classes": num_classes,
              "shapes": [list(shape) for shape in shapes], "steps": steps}

@@ -10,7 +10,7 @@ does nothing.
 from collections.abc import Mapping
 
 # JAX is imported only by the functions that join a job: the trainer imports this module before
-# it starts itself again with huge pages (training/huge_pages.py), and importing JAX first (about
+# it starts itself again with huge pages (launch/huge_pages.py), and importing JAX first (about
 # two seconds on two cores) would be paid twice by every run.
 
 

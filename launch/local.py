@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from training.kernels.threads import THREADS_ENV, usable_cores
+from launch.cores import THREADS_ENV, usable_cores
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ def process_env(devices_per_process: int, base: dict, num_processes: int = 1) ->
                              if not f.startswith("--xla_force_host_platform_device_count"))
   env["XLA_FLAGS"] = f"{other_xla_flags} --xla_force_host_platform_device_count={devices_per_process}".strip()
   if num_processes > 1:
-    # The processes share this machine's cores: oneDNN's LSTM (training.kernels) would otherwise
+    # The processes share this machine's cores: oneDNN's LSTM (training.model.kernels) would otherwise
     # start a thread per core in every one of them. The user's own setting stands.
     env.setdefault(THREADS_ENV, str(max(1, usable_cores() // num_processes)))
   return env

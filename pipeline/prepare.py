@@ -90,7 +90,7 @@ def _tfds_from_flags() -> str:
 
 
 def main(argv):
-  from training import cli
+  from launch import cli
 
   cli.no_arguments(argv)
   with cli.one_line_errors(DataError):
@@ -100,7 +100,7 @@ def main(argv):
 
 def run_main():
   """Console entry point (`rnn-prepare`)."""
-  from training import cli
+  from launch import cli
 
   cli.run(main, __name__)
 

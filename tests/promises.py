@@ -13,7 +13,7 @@ import shutil
 import jax
 import pytest
 
-from training.kernels import onednn
+from training.model.kernels import onednn
 
 
 def onednn_promise() -> str | None:

@@ -1,4 +1,4 @@
-"""Adversarial training on the embeddings (`--adversarial_epsilon`, training/adversarial.py):
+"""Adversarial training on the embeddings (`--adversarial_epsilon`, training/loop/adversarial.py):
 the perturbation is the gradient with respect to each sequence's embeddings, scaled to a
 fraction of that sequence's embedding norm; it raises the loss as the gradient predicts (finite
 differences) and more than random perturbations of the same size; and the step follows the
@@ -14,12 +14,13 @@ import pytest
 
 from tests.test_train import TINY, read_rows
 from tests.test_train_step import B, E, H, L, V, classify_batch, lm_batch
-from training import adversarial
+from training.loop import adversarial
 from training.config import ConfigError, validate
-from training.models import LanguageModel, SequenceClassifier
-from training.objectives import OBJECTIVES
-from training.train_state import create_train_state, train_step
-from training.trainer import train_and_evaluate
+from training.model.models import LanguageModel, SequenceClassifier
+from training.loop.objectives import OBJECTIVES
+from training.loop.steps import train_step
+from training.state import create_train_state
+from training.loop.trainer import train_and_evaluate
 
 MODELS = {
     "forward": dict(),

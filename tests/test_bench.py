@@ -70,7 +70,7 @@ def test_the_bare_step_is_timed_over_the_trainers_steady_windows_of_the_same_bat
   assert len(bare["batch_shapes"]) > 1  # bucketed: the windows differ in what they hold
   assert bare["batch_shapes"] == trainer["batch_shapes"] and bare["windows"] == trainer["windows"]
   assert bare["tokens_per_sec"] > 0
-  from training.data import prepare_data
+  from training.loop.data import prepare_data
   data = prepare_data(config, str(tmp_path / "bare"))  # what PyTorch's model is built with
   assert (trainer["vocab_size"], trainer["num_classes"]) == (len(data.vocab), data.num_classes)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from training.cells import CELLS
-from training.models import RecurrentLayer
+from training.model.cells import CELLS
+from training.model.models import RecurrentLayer
 
 B, T, D, H = 3, 7, 5, 4
 
@@ -18,7 +18,7 @@ def sigmoid(x):
 
 
 def reference_step(cell, p, h, c, x):
-  """The textbook equations, one time step, written independently of training.cells."""
+  """The textbook equations, one time step, written independently of training.model.cells."""
   if cell == "rnn":
     return np.tanh(x @ p["W_x"] + p["b"] + h @ p["W_h"]), c
   if cell == "lstm":

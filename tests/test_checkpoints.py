@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import pytest
 
 from tests.test_faults import snapshot
-from training.abandoned_reads import silence_abandoned_reads
-from training.checkpoints import CheckpointError, Checkpointer
-from training.train_state import TrainState
+from training.bookkeeping.abandoned_reads import silence_abandoned_reads
+from training.bookkeeping.checkpoints import CheckpointError, Checkpointer
+from training.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def test_a_read_that_orbax_abandoned_is_not_reported_and_other_errors_are(caplog
 ALL_CHANNELS = r"""
 import asyncio, gc, sys, threading, warnings
 
-from training.abandoned_reads import silence_abandoned_reads
+from training.bookkeeping.abandoned_reads import silence_abandoned_reads
 
 def report_each_way(make_error, origin):
   # 1. an uncaught exception (sys.excepthook)

@@ -1,4 +1,4 @@
-"""`training.ensemble`: members scored as their own runs scored themselves, the ensemble as the
+"""`training.tools.ensemble`: members scored as their own runs scored themselves, the ensemble as the
 average of the members' probabilities, through the real command on tiny trained classifiers."""
 
 import dataclasses
@@ -13,7 +13,7 @@ import pytest
 from pipeline import synthetic
 from pipeline.prepared_writer import prepare_corpus
 from training.config import Config
-from training.trainer import train_and_evaluate
+from training.loop.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = Config(task="classify", hidden_size=16, embed_size=8, head_widths=(8,), batch_size=16, seq_len=24,
@@ -21,7 +21,7 @@ TINY = Config(task="classify", hidden_size=16, embed_size=8, head_widths=(8,), b
 
 
 def ensemble(*flags):
-  return subprocess.run([sys.executable, "-m", "training.ensemble", *flags], cwd=ROOT, capture_output=True,
+  return subprocess.run([sys.executable, "-m", "training.tools.ensemble", *flags], cwd=ROOT, capture_output=True,
                         text=True, timeout=300)
 
 
@@ -80,12 +80,12 @@ def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members,
   assert summary["members"][0]["eval"]["examples"] == 60 and summary["members"][0]["test"]["examples"] == 150
   assert first_summary["test"] != second_summary["test"]  # two different models
 
-  # The ensemble is the average of the members' probabilities (from training.predict here).
+  # The ensemble is the average of the members' probabilities (from training.tools.predict here).
   examples = synthetic.TASKS["recall"]()[-150:]
   texts, labels = [e["text"] for e in examples], np.array([e["label"] for e in examples])
   probabilities = []
   for workdir in (first, second):
-    predicted = subprocess.run([sys.executable, "-m", "training.predict", f"--workdir={workdir}", "--input=-"],
+    predicted = subprocess.run([sys.executable, "-m", "training.tools.predict", f"--workdir={workdir}", "--input=-"],
                                cwd=ROOT, input="".join(t + "\n" for t in texts), capture_output=True, text=True,
                                timeout=300)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
@@ -161,7 +161,7 @@ def test_members_with_other_splits_one_member_or_a_missing_run_are_refused_in_on
 def test_the_quality_table_reports_each_run_and_ensemble_from_what_the_runs_wrote(members, tmp_path):
   """`python -m bench.quality` (without --train) on a workdir holding two of its runs under the
   configs' names: their rows carry their summaries' figures, the forward + backward ensemble row
-  the figures `training.ensemble` writes, and what is missing says so."""
+  the figures `training.tools.ensemble` writes, and what is missing says so."""
   (first, first_summary), (second, second_summary) = members["lstm_seed0"], members["gru_seed1"]
   runs_dir = tmp_path / "runs"
   runs_dir.mkdir()

@@ -16,7 +16,7 @@ import pytest
 
 from launch import local
 from training.config import ConfigError
-from training.workdir import require_free_space
+from training.bookkeeping.workdir import require_free_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 200

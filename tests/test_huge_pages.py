@@ -1,5 +1,5 @@
 """The trainer restarts itself once with glibc's huge-page tunable where that can pay
-(training.huge_pages), keeping the user's own tunables, and never when told not to."""
+(launch.huge_pages), keeping the user's own tunables, and never when told not to."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from training import huge_pages
+from launch import huge_pages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--hidden_size=8", "--embed_size=8", "--head_widths=8", "--batch_size=4", "--seq_len=8", "--num_steps=2",

@@ -93,7 +93,7 @@ def test_a_build_killed_half_way_leaves_nothing_a_later_process_loads(tmp_path):
   compiler.write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\nprintf "half a library" > "$2"\nsleep 120\n')
   compiler.chmod(0o755)
   cache = tmp_path / "kernel-cache"
-  probe = [sys.executable, "-c", "from training.kernels import onednn; print(onednn.available(), onednn.why_unavailable())"]
+  probe = [sys.executable, "-c", "from training.model.kernels import onednn; print(onednn.available(), onednn.why_unavailable())"]
   building = subprocess.Popen(probe, cwd=ROOT, env=environment(tmp_path, CXX=str(compiler)), start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""oneDNN's fused LSTM (`training.kernels.onednn`) against the portable layer it replaces: the same
+"""oneDNN's fused LSTM (`training.model.kernels.onednn`) against the portable layer it replaces: the same
 outputs, final state and gradients on full, right-padded and packed batches, in a layer, in a
 classifier and in a whole training run; and which time loop each configuration gets.
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from training.config import Config, ConfigError
-from training.kernels import onednn
-from training.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
-from training.models import RecurrentLayer, SequenceClassifier
-from training.recurrence import scan_layer
-from training.trainer import train_and_evaluate
+from training.model.kernels import onednn
+from training.model.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
+from training.model.models import RecurrentLayer, SequenceClassifier
+from training.model.recurrence import scan_layer
+from training.loop.trainer import train_and_evaluate
 
 from tests.promises import needs_onednn, onednn_promise
 

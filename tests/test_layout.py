@@ -110,7 +110,7 @@ def test_a_finished_run_is_loaded_and_used_without_the_training_loop():
   probe = """
 import sys
 from training.bookkeeping.trained_run import load_run
-from training.tools import ensemble, export, exported, generate, inference, predict
+from training.tools import export, exported, inference  # (one command module: commands share flag names)
 run = load_run("tests/data/workdirs_2026_12/classifier")
 print(next(inference.predict(run, ["good cat sat"]))["label"])
 exported.export(run, sys.argv[1])

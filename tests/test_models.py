@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.cells import CELLS
+from training.model.cells import CELLS
 from training.config import Config, ConfigError, validate
-from training.models import Encoder, LanguageModel, SequenceClassifier, pool, reversal_index, starts_of, zero_carry
-from training.objectives import classify_loss, lm_loss
-from training.trainer import build_model, initial_state_fn, make_optimizer_for
+from training.model.models import Encoder, LanguageModel, SequenceClassifier, pool, reversal_index, starts_of, zero_carry
+from training.loop.objectives import classify_loss, lm_loss
+from training.model.build import build_model
+from training.state import initial_state_fn, make_optimizer_for
 
 V, E, H, L = 11, 6, 8, 2
 

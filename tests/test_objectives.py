@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.objectives import (combine_sums, finalize_metrics, no_sums, sequence_cross_entropy,
+from training.loop.objectives import (combine_sums, finalize_metrics, no_sums, sequence_cross_entropy,
                                  token_cross_entropy)
 
 

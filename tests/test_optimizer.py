@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from training.train_state import make_optimizer, make_schedule
+from training.state import make_optimizer, make_schedule
 
 PARAMS = {"encoder": {"embed": {"embedding": jnp.ones((4, 3))}, "layer_0": {"W_h": jnp.ones((3, 12))}},
           "head": {"kernel": jnp.ones((3, 2))}}
@@ -106,7 +106,7 @@ def test_default_options_keep_the_optimiser_state_as_it_was():
 
 
 def test_the_moving_average_follows_its_recurrence_with_a_growing_decay():
-  from training.train_state import updated_average
+  from training.state import updated_average
 
   average, history = {"w": jnp.zeros(3)}, [jnp.full(3, float(v)) for v in (1.0, 2.0, 4.0, 8.0)]
   expected = np.zeros(3)
@@ -119,7 +119,7 @@ def test_the_moving_average_follows_its_recurrence_with_a_growing_decay():
 
 
 def test_the_optimiser_keeps_the_average_of_the_parameters_it_produced():
-  from training.train_state import TrainState, eval_params, updated_average, with_params
+  from training.state import TrainState, eval_params, updated_average, with_params
 
   optimizer = make_optimizer(learning_rate=0.1, num_steps=10, warmup_steps=0, lr_decay="none", weight_decay=0.0,
                              grad_clip=1.0, freeze_encoder_steps=1, ema_decay=0.5)

@@ -390,7 +390,7 @@ TINY = dict(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_le
 @pytest.mark.parametrize("task,batching", [("classify", "bucket"), ("classify", "pack"), ("lm", "pad")])
 def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_path, task, batching):
   from training.config import Config
-  from training.trainer import train_and_evaluate
+  from training.loop.trainer import train_and_evaluate
 
   train = make_jsonl(tmp_path / "train.jsonl", 120)
   dev = make_jsonl(tmp_path / "dev.jsonl", 30, seed=1)
@@ -417,7 +417,7 @@ def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_pa
 
 def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
   from training.config import Config
-  from training.trainer import train_and_evaluate
+  from training.loop.trainer import train_and_evaluate
 
   train = make_jsonl(tmp_path / "train.jsonl", 40)
   prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "lm_data"), tokenizer="word")
@@ -434,7 +434,7 @@ def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
 
 def test_holdout_of_a_prepared_dataset_holds_out_the_same_documents_as_in_memory(tmp_path):
   from training.config import Config
-  from training.data import prepare_data
+  from training.loop.data import prepare_data
 
   train = make_jsonl(tmp_path / "train.jsonl", 60)
   prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "p"), tokenizer="char", with_labels=True)

@@ -163,9 +163,10 @@ def test_the_export_snippet_loads_a_model_without_the_trainer_and_agrees_with_pr
 
   from tests.readme_commands import python_blocks
   from training.config import Config
-  from training.exported import export
-  from training.inference import load_run, predict
-  from training.trainer import train_and_evaluate
+  from training.tools.exported import export
+  from training.bookkeeping.trained_run import load_run
+  from training.tools.inference import predict
+  from training.loop.trainer import train_and_evaluate
 
   (snippet,) = [block for path in PAGES for block in python_blocks(path) if "msgpack_restore" in block]
   config = Config(task="classify", tokenizer="word", hidden_size=16, embed_size=8, head_widths=(8,),

@@ -1,4 +1,4 @@
-"""The hand-written backward pass (`training.recurrence`) against autodiff of the reference scan
+"""The hand-written backward pass (`training.model.recurrence`) against autodiff of the reference scan
 and against finite differences: every cell, full and padded batches, resets (packed rows) and a
 carried state, so that the fast layer changes nothing but speed."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from training.cells import CELLS
-from training.models import RecurrentLayer
+from training.model.cells import CELLS
+from training.model.models import RecurrentLayer
 
 B, T, D, H = 3, 9, 5, 4
 CASES = {
@@ -69,7 +69,7 @@ def test_fused_backward_matches_finite_differences(cell, case):
 
 
 def test_full_batches_take_the_path_without_masking_and_agree_with_the_masked_one():
-  from training.recurrence import scan_layer
+  from training.model.recurrence import scan_layer
 
   params, inputs, carry = setup("lstm")
   x_proj = CELLS["lstm"].split(jnp.swapaxes(inputs @ params["W_x"] + params["b"], 0, 1))

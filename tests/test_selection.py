@@ -10,11 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from training import pretrained
+from training.loop import pretrained
 from training.config import Config, ConfigError, validate
-from training.ensemble import metrics as ensemble_metrics, split_examples
-from training.inference import class_probabilities, load_run
-from training.trainer import build_model, initial_state_fn, make_optimizer_for, train_and_evaluate
+from training.tools.scoring import metrics as ensemble_metrics, split_examples
+from training.bookkeeping.trained_run import load_run
+from training.tools.inference import class_probabilities
+from training.loop.trainer import train_and_evaluate
+from training.model.build import build_model
+from training.state import initial_state_fn, make_optimizer_for
 
 SPLITS = dict(train_data="synthetic:recall[:80%]", eval_data="synthetic:recall[80%:90%]")
 CLASSIFY = Config(task="classify", hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=48,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from training.step_groups import BatchGroups, steps_in_next_call
+from training.loop.step_groups import BatchGroups, steps_in_next_call
 
 
 def batch(width, value):

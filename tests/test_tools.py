@@ -17,7 +17,7 @@ import pytest
 from pipeline import sources, synthetic
 from pipeline.errors import DataError
 from training.config import Config
-from training.trainer import train_and_evaluate
+from training.loop.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = Config(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=24, num_steps=60,
@@ -65,10 +65,10 @@ def classifier_run(tmp_path_factory):
 
 
 def test_generate_is_deterministic_for_a_seed_and_varies_with_it(lm_run):
-  first = command("training.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
+  first = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
   assert first.returncode == 0, first.stderr[-2000:]
-  again = command("training.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
-  other = command("training.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=4")
+  again = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
+  other = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=4")
   assert first.stdout == again.stdout and first.stdout != other.stdout
   assert first.stdout.startswith("ab") and len(first.stdout.strip()) >= 30
   assert "Traceback" not in first.stderr
@@ -76,9 +76,9 @@ def test_generate_is_deterministic_for_a_seed_and_varies_with_it(lm_run):
 
 def test_generate_continues_the_carried_state_exactly_as_the_model_reads_the_text(lm_run):
   """Greedy decoding one step at a time equals the argmax of one pass over the whole text."""
-  from training.inference import sample
-  from training.inference import load_run
-  from training.models import zero_carry
+  from training.tools.inference import sample
+  from training.bookkeeping.trained_run import load_run
+  from training.model.models import zero_carry
 
   run = load_run(lm_run)
   text = sample(run, "abc", 12, temperature=0.0)
@@ -92,8 +92,9 @@ def test_generate_continues_the_carried_state_exactly_as_the_model_reads_the_tex
 def test_a_backward_language_model_writes_the_text_before_the_prompt(tmp_path):
   """`--read_backward`: the model reads the prompt from its end, then each token it wrote; what
   it wrote comes out in reading order, before the prompt."""
-  from training.inference import load_run, sample
-  from training.models import zero_carry
+  from training.bookkeeping.trained_run import load_run
+  from training.tools.inference import sample
+  from training.model.models import zero_carry
 
   workdir = str(tmp_path / "backward")
   train_and_evaluate(dataclasses.replace(TINY, read_backward=True), workdir)
@@ -104,15 +105,15 @@ def test_a_backward_language_model_writes_the_text_before_the_prompt(tmp_path):
   logits, _ = run.model.apply({"params": run.params}, read, jnp.ones(read.shape, bool), carry, train=False)
   greedy = jnp.argmax(logits[0, 3:-1], axis=-1)  # after "<eos>cba", then after each token written
   assert run.vocab.decode([int(t) for t in greedy]) == text[::-1]
-  generated = command("training.generate", f"--workdir={workdir}", "--prompt=abc", "--length=12", "--temperature=0")
+  generated = command("training.tools.generate", f"--workdir={workdir}", "--prompt=abc", "--length=12", "--temperature=0")
   assert generated.returncode == 0, generated.stderr[-2000:]
   assert generated.stdout.rstrip("\n") == text + "abc"
 
 
 def test_generate_refuses_a_classifier_and_a_missing_run(classifier_run, tmp_path):
-  wrong = command("training.generate", f"--workdir={classifier_run[0]}")
+  wrong = command("training.tools.generate", f"--workdir={classifier_run[0]}")
   assert wrong.returncode == 2 and "needs a language model" in wrong.stderr and "Traceback" not in wrong.stderr
-  missing = command("training.generate", f"--workdir={tmp_path}/nothing")
+  missing = command("training.tools.generate", f"--workdir={tmp_path}/nothing")
   assert missing.returncode == 2 and "no trained run there" in missing.stderr
 
 
@@ -121,7 +122,7 @@ def test_named_labels_are_sorted_saved_and_predict_agrees_with_the_trainers_eval
   with open(os.path.join(workdir, "labels.json")) as f:
     assert json.load(f) == {"num_classes": 3, "names": ["first", "second", "third"]}
   texts, labels = zip(*recall_rows(slice(-100, None)))
-  result = command("training.predict", f"--workdir={workdir}", "--input=-", "--batch_size=7",
+  result = command("training.tools.predict", f"--workdir={workdir}", "--input=-", "--batch_size=7",
                    stdin="".join(t + "\n" for t in texts))
   assert result.returncode == 0, result.stderr[-2000:]
   predictions = [json.loads(line) for line in result.stdout.splitlines()]
@@ -134,12 +135,13 @@ def test_named_labels_are_sorted_saved_and_predict_agrees_with_the_trainers_eval
 
 
 def test_export_round_trips_to_identical_logits(classifier_run, tmp_path):
-  from training.exported import load_exported
-  from training.inference import encode_batch, load_run
+  from training.tools.exported import load_exported
+  from training.bookkeeping.trained_run import load_run
+  from training.tools.inference import encode_batch
 
   workdir = classifier_run[0]
   out = tmp_path / "model.msgpack"
-  result = command("training.export", f"--workdir={workdir}", f"--out={out}")
+  result = command("training.tools.export", f"--workdir={workdir}", f"--out={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   run = load_run(workdir)
   model, params, vocab, labels = load_exported(str(out))
@@ -154,12 +156,12 @@ def test_export_round_trips_to_identical_logits(classifier_run, tmp_path):
 def test_a_language_model_exports_at_a_chosen_step_and_other_files_are_refused(lm_run, tmp_path):
   from flax import serialization
 
-  from training.exported import load_exported
-  from training.inference import load_run
-  from training.models import zero_carry
+  from training.tools.exported import load_exported
+  from training.bookkeeping.trained_run import load_run
+  from training.model.models import zero_carry
 
   out = tmp_path / "lm.msgpack"
-  result = command("training.export", f"--workdir={lm_run}", f"--out={out}", "--step=30")
+  result = command("training.tools.export", f"--workdir={lm_run}", f"--out={out}", "--step=30")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "lm model from step 30" in result.stdout
   run, latest = load_run(lm_run, step=30), load_run(lm_run)
@@ -175,7 +177,7 @@ def test_a_language_model_exports_at_a_chosen_step_and_other_files_are_refused(l
   # --step chose the checkpoint: the latest one's parameters differ.
   later, _ = latest.model.apply({"params": latest.params}, tokens, mask, carry, train=False)
   assert not np.allclose(np.asarray(later), np.asarray(exported))
-  missing = command("training.export", f"--workdir={lm_run}", f"--out={tmp_path / 'x.msgpack'}", "--step=45")
+  missing = command("training.tools.export", f"--workdir={lm_run}", f"--out={tmp_path / 'x.msgpack'}", "--step=45")
   assert missing.returncode != 0 and "Traceback" not in missing.stderr
   assert missing.stderr.strip().splitlines()[-1].startswith("error: --step=45: no checkpoint at that step")
   assert not (tmp_path / "x.msgpack").exists()
@@ -233,7 +235,7 @@ def test_tensorboard_curves_of_a_resumed_run_equal_an_uninterrupted_runs_without
 def test_the_tensorboard_log_leaves_pytorch_unimported_and_importable(tmp_path):
   # tensorboardX imports torch whenever it is installed (2.2 s of every run's start on 2 cores).
   probe = ("import sys\n"
-           "from training.tensorboard_log import TensorBoardLog\n"
+           "from training.bookkeeping.tensorboard_log import TensorBoardLog\n"
            f"log = TensorBoardLog({str(tmp_path)!r}, resume_step=0)\n"
            "log.write({'step': 1, 'split': 'train', 'loss': 2.0})\n"
            "log.close()\n"
@@ -247,12 +249,12 @@ def test_the_tensorboard_log_leaves_pytorch_unimported_and_importable(tmp_path):
 
 def test_plot_draws_several_runs_and_refuses_a_directory_without_metrics(lm_run, classifier_run, tmp_path):
   out = tmp_path / "curves.png"
-  result = command("training.plot", lm_run, classifier_run[0], f"--out={out}")
+  result = command("training.tools.plot", lm_run, classifier_run[0], f"--out={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "loss, accuracy" in result.stdout
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  bad = command("training.plot", str(tmp_path), f"--out={tmp_path}/x.png")
+  bad = command("training.tools.plot", str(tmp_path), f"--out={tmp_path}/x.png")
   assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
 
 

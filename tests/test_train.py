@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from training.config import Config, ConfigError
-from training.trainer import train_and_evaluate
+from training.loop.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = Config(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=16, dropout=0.1,
@@ -174,8 +174,8 @@ def test_flagfile_sets_flags(tmp_path):
 
 
 def test_a_moving_average_changes_what_is_evaluated_and_served_not_what_is_trained(tmp_path):
-  from training.inference import load_run
-  from training.metrics_log import param_fingerprint
+  from training.bookkeeping.trained_run import load_run
+  from training.bookkeeping.metrics_log import param_fingerprint
 
   config = dataclasses.replace(TINY, task="classify", num_steps=20)
   plain = train_and_evaluate(config, str(tmp_path / "plain"))

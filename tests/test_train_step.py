@@ -8,11 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from training.kernels import onednn
-from training.models import LanguageModel, SequenceClassifier
-from training import parallel
-from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, no_sums
-from training.train_state import create_train_state, train_step
+from training.model.kernels import onednn
+from training.model.models import LanguageModel, SequenceClassifier
+from training.loop import parallel
+from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, no_sums
+from training.loop.steps import train_step
+from training.state import create_train_state
 
 from tests.promises import require_onednn
 

@@ -25,8 +25,8 @@ def main(argv):
   import jax
   import jax.numpy as jnp
 
-  from training.checkpoints import Checkpointer
-  from training.train_state import TrainState
+  from training.bookkeeping.checkpoints import Checkpointer
+  from training.state import TrainState
 
   replicated = jax.sharding.NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)),
                                           jax.sharding.PartitionSpec())

@@ -90,7 +90,7 @@ class Config:
   unroll: int = 1
   recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
   # The LSTM's time loop: "onednn" (the fused kernel PyTorch uses on x86-64 CPUs), "scan" (the
-  # portable JAX layer), or "auto": onednn where it is installed and applies (training.kernels).
+  # portable JAX layer), or "auto": onednn where it is installed and applies (training.model.kernels).
   recurrent_kernel: str = "auto"
   remat: bool = False  # recompute in the backward pass what it would otherwise keep (long windows)
   # Data.
@@ -132,7 +132,7 @@ class Config:
   # words it moved.
   freeze_embeddings: bool = False
   # Each step also trains on the batch with every sequence's embeddings moved against the model,
-  # by this fraction of their norm (adversarial training, training/adversarial.py); 0: off.
+  # by this fraction of their norm (adversarial training, training/loop/adversarial.py); 0: off.
   adversarial_epsilon: float = 0.0
   # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
   # tested and served in their place; 0: none.
@@ -260,3 +260,9 @@ def validate(config: Config, device_count: int = 1) -> None:
            " forward language model)")
   _require(not config.backward_embedding or config.bidirectional, "backward_embedding", "needs --bidirectional")
 
+
+def source_read_options(config: Config) -> dict:
+  """How the run reads its source files (`sources.read_examples`' keyword arguments)."""
+  return dict(text_field=config.text_field, label_field=config.label_field,
+              tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
+              encoding=config.encoding)

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 
 from pipeline.errors import DataError
 from launch import distributed
-from training import cli, huge_pages
+from launch import cli, huge_pages
 from training.config import (BATCHINGS, LR_DECAYS, MODELS, ON_NONFINITE, PARALLELISMS, POOLINGS,
                              RECURRENT_BACKWARDS, RECURRENT_KERNELS, TASKS, UTF8_ERRORS, Config, ConfigError)
 
@@ -178,10 +178,10 @@ def main(argv):
     logging.info("Large buffers on transparent huge pages (GLIBC_TUNABLES=%s; %s=0 turns it off)",
                  os.environ["GLIBC_TUNABLES"], huge_pages.OPT_OUT)
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
-  from training.trainer import train_and_evaluate
+  from training.loop.trainer import train_and_evaluate
 
-  from training.checkpoints import CheckpointError
-  from training.trainer import TrainingError
+  from training.bookkeeping.checkpoints import CheckpointError
+  from training.loop.trainer import TrainingError
 
   try:
     summary = train_and_evaluate(config_from_flags(), _WORKDIR.value)

@@ -18,10 +18,9 @@ import os
 
 from absl import logging
 
-from training.checkpoints import Checkpointer
-from training.train_state import TrainState
+from training.bookkeeping.checkpoints import BEST_DIR, Checkpointer
+from training.state import TrainState
 
-BEST_DIR = "best_checkpoint"
 HIGHER_IS_BETTER = {"accuracy": True, "loss": False}
 
 

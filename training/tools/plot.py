@@ -1,6 +1,6 @@
 r"""Draws the train and eval curves of one or several runs side by side, to compare them.
 
-  python -m training.plot runs/copy_carry runs/copy_no_carry --out=runs/copy.png
+  python -m training.tools.plot runs/copy_carry runs/copy_no_carry --out=runs/copy.png
 
 One panel per metric (loss, and accuracy for classifiers; `--metrics` picks others, such as
 `tokens_per_sec` or `grad_norm`), train as solid lines and eval as dashed ones, one colour per
@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 
 from pipeline import paths
-from training import cli
+from launch import cli
 
 _OUT = flags.DEFINE_string("out", None, "The image to write (e.g. curves.png).", required=True)
 _METRICS = flags.DEFINE_list("metrics", [], "Metrics to draw; empty: loss, and accuracy where logged.")
@@ -78,7 +78,7 @@ def main(argv):
   workdirs = argv[1:]
   cli.quiet_libraries()
   if not workdirs:
-    raise app.UsageError("give one or more workdirs: python -m training.plot WORKDIR [WORKDIR...] --out=FILE.png")
+    raise app.UsageError("give one or more workdirs: python -m training.tools.plot WORKDIR [WORKDIR...] --out=FILE.png")
   with cli.one_line_errors(PlotError):
     drawn = plot_runs(workdirs, _OUT.value, _METRICS.value, _TITLE.value)
   print(f"wrote {_OUT.value}: {', '.join(drawn)} of {len(workdirs)} run(s)")

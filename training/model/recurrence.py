@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from training.cells import CELLS
+from training.model.cells import CELLS
 
 
 def _recurrent_gates(cell, recurrent, h):

@@ -4,7 +4,7 @@ One checkpoint is a directory `checkpoints/STEP/` with one item, `state` (the `T
 a pytree: step, params, optimiser state, RNG, carried hidden state). The data position needs no
 item of its own: every global batch is fixed by the data, the seed and its index, so a resumed
 run starts its data at global batch `step`, whatever the number of processes that wrote the
-checkpoint and that read it (elastic resume; `training.data`). Arrays are restored with the
+checkpoint and that read it (elastic resume; `training.loop.data`). Arrays are restored with the
 current mesh's shardings. Orbax writes to a temporary directory and renames it when complete,
 so a crash mid-save never leaves a checkpoint that `latest_step` would pick. (Checkpoints of
 earlier versions also hold a `data` item, one Grain iterator state per process: it is ignored.)
@@ -22,8 +22,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from pipeline import paths
-from training.abandoned_reads import silence_abandoned_reads
-from training.train_state import TrainState
+from training.bookkeeping.abandoned_reads import silence_abandoned_reads
+from training.state import TrainState
+
+# Where a run keeps the state of its best dev evaluation (`training.loop.selection`).
+BEST_DIR = "best_checkpoint"
 
 
 def _as_tree(state: TrainState) -> dict:

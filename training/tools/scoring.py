@@ -1,35 +1,12 @@
-r"""Scores an ensemble of trained classifiers: the average of their class probabilities.
-
-  python -m training.ensemble --workdirs=runs/sst2_pretrained_seed0,runs/sst2_pretrained_seed1,runs/sst2_pretrained_seed2 \
-      --output=runs/sst2_pretrained_ensemble.json
-
-Each member is a finished `--task=classify` run, used with its selected parameters (the best dev
-evaluation's, as `training.predict` uses them). The members must have been trained with the same
-`--eval_data` and `--test_data` and the same classes; they may differ in anything else (seed,
-cell, sizes, vocabulary, direction): each reads the text with its own vocabulary. The dev split
-is scored for every member and for the ensemble, and so is the test split: nothing is chosen here,
-so the test figure stays a figure read once (decide on an ensemble, and of which runs, before
-reading it). Prints a JSON summary; `--output` also writes it.
-
-Averaging the probabilities of models that differ only in their seed is the cheapest ensemble
-there is (ULMFiT averages a forward and a backward classifier the same way); its members train
-independently, side by side or one after another.
-"""
-
-import json
-import math
+"""Classifiers scored on their runs' dev and test splits, alone and as an ensemble (the average
+of their class probabilities): what `rnn-ensemble` prints. Each member reads the text with its
+own vocabulary."""
 
 import numpy as np
-from absl import flags
 
-from pipeline import paths, sources
+from pipeline import sources
 from pipeline.errors import DataError
-from training import cli
-
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of finished classifier runs.",
-                              required=True)
-_OUTPUT = flags.DEFINE_string("output", "", "Also write the summary (JSON) to this file.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+from training.config import source_read_options
 
 _SPLITS = (("eval", "eval_data"), ("test", "test_data"))
 
@@ -40,8 +17,6 @@ def split_examples(config, flag: str) -> list[dict] | None:
   spec = getattr(config, flag)
   if not spec:
     return None
-  from training.data import source_read_options
-
   options = dict(with_labels=True, **source_read_options(config))
   # An ensemble reads each split's text and encodes it with each member's vocabulary; a prepared
   # dataset holds token ids. A prepared training set is fine where the split is a file of its own.
@@ -95,7 +70,7 @@ def _same_files(value):
 
 def score(runs, batch_size: int = 64) -> dict:
   """Every member's and the ensemble's metrics on the runs' dev and test splits."""
-  from training.inference import class_probabilities
+  from training.tools.inference import class_probabilities
 
   _check_members(runs)
   summary = {"members": [{"workdir": run.workdir, "step": run.step} for run in runs], "ensemble": {}}
@@ -112,33 +87,3 @@ def score(runs, batch_size: int = 64) -> dict:
   return summary
 
 
-def main(argv):
-  cli.no_arguments(argv)
-  cli.quiet_libraries()
-  from training.checkpoints import CheckpointError
-  from training.inference import load_run
-
-  with cli.one_line_errors(DataError, CheckpointError):
-    if _BATCH_SIZE.value < 1:
-      raise DataError(f"--batch_size={_BATCH_SIZE.value}: must be positive")
-    if len(_WORKDIRS.value) < 2:
-      raise DataError(f"--workdirs={','.join(_WORKDIRS.value)}: name two runs or more")
-    summary = score([load_run(workdir) for workdir in _WORKDIRS.value], _BATCH_SIZE.value)
-  text = json.dumps(summary, indent=2)
-  print(text)
-  if _OUTPUT.value:
-    paths.write_text(_OUTPUT.value, text + "\n")
-  for split in summary["ensemble"]:
-    members = ", ".join(f"{m[split]['accuracy']:.4f}" for m in summary["members"])
-    mean = math.fsum(m[split]["accuracy"] for m in summary["members"]) / len(summary["members"])
-    print(f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
-          f" members {members} (mean {mean:.4f})")
-
-
-def run_main():
-  """Console entry point (`rnn-ensemble`)."""
-  cli.run(main, __name__)
-
-
-if __name__ == "__main__":
-  run_main()

@@ -1,15 +1,15 @@
 r"""Exports a trained model as one self-contained file: parameters, vocabulary, labels and the
 model's definition, for inference without the trainer.
 
-  python -m training.export --workdir=runs/sst2 --out=model.msgpack
+  python -m training.tools.export --workdir=runs/sst2 --out=model.msgpack
 
 The file is Flax's msgpack serialisation of a dict: `params`, `model` (`class` and `kwargs` of
-`training.models.LanguageModel` or `SequenceClassifier`), `vocab` (`kind`, `tokens`), `labels`
-(`num_classes`, `names`, or None) and `format`. Load it (`training.exported.load_exported`, or
+`training.model.models.LanguageModel` or `SequenceClassifier`), `vocab` (`kind`, `tokens`), `labels`
+(`num_classes`, `names`, or None) and `format`. Load it (`training.tools.exported.load_exported`, or
 by hand as the README shows):
 
   from flax import serialization
-  from training import models
+  from training.model import models
   blob = serialization.msgpack_restore(open("model.msgpack", "rb").read())
   model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
   logits = model.apply({"params": blob["params"]}, tokens, mask, ..., train=False)
@@ -19,7 +19,7 @@ by hand as the README shows):
 from absl import flags
 
 from pipeline.errors import DataError
-from training import cli
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "The file to write (e.g. model.msgpack).", required=True)
@@ -29,9 +29,9 @@ _STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the best 
 def main(argv):
   cli.no_arguments(argv)
   cli.quiet_libraries()
-  from training.checkpoints import CheckpointError
-  from training.exported import export
-  from training.inference import load_run
+  from training.bookkeeping.checkpoints import CheckpointError
+  from training.tools.exported import export
+  from training.bookkeeping.trained_run import load_run
 
   with cli.one_line_errors(DataError, CheckpointError):
     run = load_run(_WORKDIR.value, _STEP.value)

@@ -28,7 +28,7 @@ from absl import logging
 from pipeline import paths
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
-from training.data import VOCAB_FILE
+from training.loop.data import VOCAB_FILE
 
 ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings",
                   "softmax_vocab_size")
@@ -67,7 +67,7 @@ def adopt_architecture(config: Config) -> Config:
 
 def _language_model(workdir: str, flag: str, read_backward: bool) -> Config:
   """The config of the language model's run in `workdir`, which must read in that direction."""
-  from training.inference import load_config  # (inference imports the trainer)
+  from training.bookkeeping.trained_run import load_config  # (inference imports the trainer)
 
   lm = load_config(workdir)
   if lm.task != "lm":
@@ -95,7 +95,7 @@ def copy_vocabulary(init_from: str, workdir: str) -> None:
 def initial_params(init_from: str, params):
   """`params` with every leaf under `SHARED_MODULES` that the language model has, with the same
   shape, taken from it (placed like the leaf it replaces)."""
-  from training.inference import load_run
+  from training.bookkeeping.trained_run import load_run
 
   lm = load_run(init_from)
   offered = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]
@@ -106,7 +106,7 @@ def initial_params(init_from: str, params):
 def initial_backward_params(init_backward_from: str, params):
   """`params` with the backward stack and its embedding taken from the backward language model's
   encoder (`BACKWARD_NAMES`); the rest as they were."""
-  from training.inference import load_run
+  from training.bookkeeping.trained_run import load_run
 
   lm = load_run(init_backward_from)
   offered = {}

@@ -51,7 +51,7 @@ def choose_time_loop(config: Config, devices: int) -> TimeLoop:
   if config.recurrent_kernel == "auto" and rows * 4 * config.hidden_size ** 2 < MIN_STEP_WORK:
     reasons.append(f"{rows} rows x {config.hidden_size} units per step is small (the scan is faster)")
   if not reasons:
-    from training.kernels import onednn  # imports jax's FFI: only when it may be used
+    from training.model.kernels import onednn  # imports jax's FFI: only when it may be used
 
     if onednn.available():
       return TimeLoop(ONEDNN)

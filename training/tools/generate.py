@@ -1,6 +1,6 @@
 r"""Samples text from a trained language model.
 
-  python -m training.generate --workdir=runs/shakespeare --prompt="ROMEO:" --length=300 \
+  python -m training.tools.generate --workdir=runs/shakespeare --prompt="ROMEO:" --length=300 \
       --temperature=0.8 --top_k=20 --seed=0
 
 The prompt is read in one pass, then the model runs one step per new token from its carried
@@ -14,7 +14,7 @@ split) when the run kept one, else the latest, or `--step`.
 from absl import flags
 
 from pipeline.errors import DataError
-from training import cli
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained language model's workdir.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue; empty: start a new document.")
@@ -28,8 +28,9 @@ _STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the best on 
 def main(argv):
   cli.no_arguments(argv)
   cli.quiet_libraries()
-  from training.checkpoints import CheckpointError
-  from training.inference import load_run, sample
+  from training.bookkeeping.checkpoints import CheckpointError
+  from training.bookkeeping.trained_run import load_run
+  from training.tools.inference import sample
 
   with cli.one_line_errors(DataError, CheckpointError):
     if _LENGTH.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0:
@@ -37,7 +38,7 @@ def main(argv):
     run = load_run(_WORKDIR.value, _STEP.value)
     if run.config.task != "lm":
       raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; generate needs a"
-                      " language model (--task=lm); use training.predict for classifiers")
+                      " language model (--task=lm); use training.tools.predict for classifiers")
     text = sample(run, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                   seed=_SEED.value)
   sep = "" if run.vocab.kind == "char" or not _PROMPT.value else " "

@@ -13,9 +13,9 @@ import time
 import jax
 from absl import logging
 
-from training.metrics_log import MetricsLog
-from training.objectives import combine_sums, finalize_metrics
-from training.train_state import learning_rate_at
+from training.bookkeeping.metrics_log import MetricsLog
+from training.loop.objectives import combine_sums, finalize_metrics
+from training.state import learning_rate_at
 
 
 # One dispatch for all the metrics, not one per metric (which an accelerator feels).

@@ -6,7 +6,7 @@ headers: the package depends on them there) and a C++ compiler is found. The han
 (`onednn_lstm.cc`) is compiled once into a cache directory (`$RNN_KERNEL_CACHE`, default
 `~/.cache/rnn-at-scale`) and registered with `jax.ffi`. Everywhere else, and for what the kernel
 does not do (masks, resets, the GRU and Elman cells), the portable layer in
-`training.recurrence` runs; it is also the reference the tests hold this one to.
+`training.model.recurrence` runs; it is also the reference the tests hold this one to.
 
 `lstm(x, W_x, W_h, b, h0, c0)` computes what `recurrence.scan_layer` computes for an LSTM
 without masks or resets, input projection included, and its gradients (oneDNN's backward
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from training.kernels.threads import kernel_threads
+from launch.cores import kernel_threads
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
 _TARGETS = {"onednn_lstm_forward_training": "OnednnLstmForwardTraining",

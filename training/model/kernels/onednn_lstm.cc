@@ -1,13 +1,13 @@
 // One LSTM layer, forward and backward, as oneDNN's fused RNN primitive (the kernel PyTorch's
 // nn.LSTM runs on x86-64 CPUs), called from JAX through XLA's FFI.
 //
-// Layouts are the project's (training/cells.py, PyTorch's): time-major inputs x [T, N, C],
+// Layouts are the project's (training/model/cells.py, PyTorch's): time-major inputs x [T, N, C],
 // W_x [C, 4H] and W_h [H, 4H] with gate blocks i, f, g, o, one bias [4H]. These are oneDNN's
 // `tnc`, `ldigo` (with L = D = 1) and `ldgo` as they stand: no copy on the way in. Where the
 // primitive prefers another weight layout (the backward pass wants `ldgoi`), the weights are
 // reordered into buffers kept with the cached primitive.
 //
-// How it uses the cores (see training/kernels/onednn.py): the batch's rows are independent
+// How it uses the cores (see training/model/kernels/onednn.py): the batch's rows are independent
 // through the whole time loop, so a call may split them into `chunks` groups of consecutive
 // rows, each group running the primitive on a thread of its own from the first step to the last,
 // with an OpenMP team of `team` threads. One thread per group avoids oneDNN's hand-offs between

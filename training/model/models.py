@@ -18,13 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from training.cells import CELLS, chrono_bias
-from training.recurrence import scan_layer
+from training.model.cells import CELLS, chrono_bias
+from training.model.recurrence import scan_layer
 
 
 # Each embedding table of `Encoder` and the name under which `Module.perturb` exposes its output
 # (the "perturbations" collection: the gradient with respect to each input step, and
-# adversarial training, training/adversarial.py).
+# adversarial training, training/loop/adversarial.py).
 EMBEDDING_PERTURBATIONS = {"embed": "embedded", "backward_embed": "backward_embedded"}
 
 
@@ -41,7 +41,7 @@ class RecurrentLayer(nn.Module):
   backward: str = "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
   time_major: bool = False  # inputs, mask, resets and outputs as [T, B, ...] (the Encoder's layout)
   remat: bool = False  # keep less for the backward pass, recompute the rest (long windows)
-  kernel: str = "scan"  # "onednn": oneDNN's fused LSTM where a batch allows it (training.kernels)
+  kernel: str = "scan"  # "onednn": oneDNN's fused LSTM where a batch allows it (training.model.kernels)
   # Whether the caller reads the final carry. A classifier does not, which lets oneDNN's kernel
   # (which knows no masks) also take right-padded batches: their outputs are exact, their final
   # carry is not.
@@ -131,7 +131,7 @@ def _without_masks(loop, mask, resets, carry):
 
 
 def _onednn_lstm(inputs, w_x, w_h, b, carry):
-  from training.kernels import onednn  # registers its FFI targets: only for a model that uses it
+  from training.model.kernels import onednn  # registers its FFI targets: only for a model that uses it
 
   outputs, h, c = onednn.lstm(inputs, w_x, w_h, b, carry[0], carry[1])
   return outputs, jnp.stack([h, c])
@@ -216,7 +216,7 @@ class Encoder(nn.Module):
     x = nn.Embed(self.vocab_size, self.embed_size, name=name)(tokens)
     # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
     # it is the gradient with respect to each input step (bench/dependency_distance.py), and a
-    # value in it moves the embeddings (training/adversarial.py).
+    # value in it moves the embeddings (training/loop/adversarial.py).
     x = self.perturb(EMBEDDING_PERTURBATIONS[name], x)
     if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
       x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train,
@@ -280,7 +280,7 @@ class LanguageModel(nn.Module):
   backward: str = "fused"
   remat: bool = False
   tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.kernels.time_loop)
+  kernel: str = "scan"  # the LSTM's time loop (training.model.kernels.time_loop)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)
@@ -333,7 +333,7 @@ class SequenceClassifier(nn.Module):
   backward_embedding: bool = False  # (see Encoder)
   next_token_head: bool = False
   tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.kernels.time_loop)
+  kernel: str = "scan"  # the LSTM's time loop (training.model.kernels.time_loop)
   path: str = "auto"  # (see RecurrentLayer)
   word_dropout_rate: float = 0.0  # (see Encoder)
   variational_dropout: bool = False  # (see Encoder)

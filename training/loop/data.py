@@ -33,7 +33,7 @@ from pipeline.prepared_writer import prepare_corpus
 from pipeline.sequence_batches import make_plan_function, sequence_batches
 from pipeline.token_windows import window_batches
 from pipeline.tokenizers import Vocabulary
-from training.config import Config, ConfigError
+from training.config import Config, ConfigError, source_read_options
 
 
 @dataclasses.dataclass
@@ -124,13 +124,6 @@ def _view_split(view, config: Config) -> _Split:
 
 # Where the sources are read: once, into the workdir.
 DATA_DIR = "data"
-
-
-def source_read_options(config: Config) -> dict:
-  """How the run reads its source files (`sources.read_examples`' keyword arguments)."""
-  return dict(text_field=config.text_field, label_field=config.label_field,
-              tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
-              encoding=config.encoding)
 
 
 def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: str = "") -> str:

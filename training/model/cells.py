@@ -5,7 +5,7 @@ Each cell is split so that the layer can hoist work out of the time loop:
   computes it for all time steps in one large matmul before the scan;
 - `step(recurrent_params, carry, x_proj_t) -> carry`: the part that must run step by step,
   itself the recurrent projection `h @ W_h` and `core(carry, x_gates, h_gates)`, the gate
-  arithmetic, which the hand-written backward pass (`training.recurrence`) differentiates alone.
+  arithmetic, which the hand-written backward pass (`training.model.recurrence`) differentiates alone.
 
 The carry is a tuple of [B, H] arrays (`(h,)`, or `(h, c)` for the LSTM); the cell's output
 is always `carry[0]`. Gate layouts follow PyTorch's `nn.RNN`/`nn.LSTM`/`nn.GRU` (LSTM gates

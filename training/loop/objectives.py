@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from pipeline.tokenizers import UNK
-from training.models import fast_path_applies, segment_resets
+from training.model.models import fast_path_applies, segment_resets
 
 
 def token_cross_entropy(logits, targets, mask) -> dict:

@@ -1,5 +1,5 @@
 """The exported-model file: one msgpack holding parameters, vocabulary, labels and the model's
-definition (written by `python -m training.export`, read by `load_exported`)."""
+definition (written by `python -m training.tools.export`, read by `load_exported`)."""
 
 
 import jax
@@ -14,8 +14,8 @@ FORMAT = 1
 
 
 def export(run, path: str) -> int:
-  """Writes `run` (a `training.inference.TrainedRun`) to `path` atomically; returns its size."""
-  from training.trainer import model_spec
+  """Writes `run` (a `training.tools.inference.TrainedRun`) to `path` atomically; returns its size."""
+  from training.model.build import model_spec
 
   name, kwargs = model_spec(run.config, len(run.vocab), run.labels.num_classes if run.labels else 0)
   blob = {
@@ -35,7 +35,7 @@ def export(run, path: str) -> int:
 
 def load_exported(path: str):
   """(model, params, vocabulary, labels or None) from an exported file."""
-  from training import models
+  from training.model import models
 
   try:
     blob = serialization.msgpack_restore(paths.read_bytes(path))

@@ -23,7 +23,7 @@ pass's backward pass (the gradient with respect to the embeddings falls out of i
 import jax
 import jax.numpy as jnp
 
-from training.models import EMBEDDING_PERTURBATIONS
+from training.model.models import EMBEDDING_PERTURBATIONS
 
 
 def perturbed_tables(params) -> dict:

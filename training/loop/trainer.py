@@ -8,87 +8,27 @@ import os
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from pipeline.paths import absolute
-from training import parallel
-from training.checkpoints import Checkpointer
+from training.loop import parallel
+from training.bookkeeping.checkpoints import Checkpointer
 from training.config import Config, validate
-from training.data import RunData, adopt_prepared_tokenizer, prepare_data
-from training.metrics_log import MetricsLog, param_fingerprint, write_json
-from training.reports import ProgressBar, TrainReporter, add_sums
-from training.run_config import check_devices_for_resume, check_resume, record_run
-from training.selection import ModelSelection
-from training.step_groups import BatchGroups, steps_in_next_call
-from training.models import LanguageModel, SequenceClassifier, zero_carry
-from training.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
-from training.preemption import PreemptionWatch
-from training.kernels.time_loop import ONEDNN, TimeLoop, choose_time_loop
-from training.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
-from training.train_state import (TrainState, bind_steps, create_train_state, eval_params, make_optimizer,
-                                  make_schedule, with_params)
-from training.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
-
-
-
-def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan") -> tuple[str, dict]:
-  """(model class name, its keyword arguments): what `build_model` builds, in plain values
-  (`training.export` saves it, so that an exported file rebuilds the same model). `kernel`: the
-  LSTM's time loop (`training.kernels.time_loop`); exported models keep the portable one."""
-  kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
-                num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
-                unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
-  if kernel != "scan":
-    kwargs["kernel"] = kernel
-  if config.tie_embeddings:
-    kwargs["tie_embeddings"] = True
-  if config.word_dropout:
-    kwargs["word_dropout_rate"] = config.word_dropout
-  if config.variational_dropout:
-    kwargs["variational_dropout"] = True
-  if config.softmax_vocab_size:
-    kwargs["softmax_vocab_size"] = config.softmax_vocab_size
-  if config.chrono_init:
-    kwargs["chrono_max_length"] = config.chrono_init
-  if config.task == "lm":
-    return "LanguageModel", kwargs
-  kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
-  if config.bidirectional:
-    kwargs["bidirectional"] = True
-  if config.backward_embedding:
-    kwargs["backward_embedding"] = True
-  if config.read_backward:
-    kwargs["read_backward"] = True
-  if config.lm_loss_weight > 0 or config.target_lm_steps > 0:
-    kwargs["next_token_head"] = True  # per token and per sequence, at once or in turn
-  return "SequenceClassifier", kwargs
-
-
-MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
-
-
-def build_model(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan"):
-  name, kwargs = model_spec(config, vocab_size, num_classes, kernel)
-  return MODEL_CLASSES[name](**kwargs)
-
-
-def initial_state_fn(config: Config, model, optimizer):
-  """rng -> the initial TrainState (parameters from `rng`, zero carried state for lm)."""
-
-  def init_state(rng):
-    carry = None
-    if config.task == "lm":
-      carry = zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size)
-    tokens = jnp.zeros((config.batch_size, config.seq_len), jnp.int32)
-    mask = jnp.ones((config.batch_size, config.seq_len), bool)
-    if config.task == "lm":
-      args = (tokens, mask, carry)
-    else:
-      args = (tokens, mask, mask.astype(jnp.int32), jnp.zeros((config.batch_size, 1), jnp.int32))
-    return create_train_state(rng, model, optimizer, args, carry)
-
-  return init_state
+from training.loop.data import RunData, adopt_prepared_tokenizer, prepare_data
+from training.bookkeeping.metrics_log import MetricsLog, param_fingerprint, write_json
+from training.bookkeeping.reports import ProgressBar, TrainReporter, add_sums
+from training.bookkeeping.run_config import check_devices_for_resume, check_resume, record_run
+from training.loop.selection import ModelSelection
+from training.loop.step_groups import BatchGroups, steps_in_next_call
+from training.model.build import build_model
+from training.model.models import zero_carry
+from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
+from training.loop.preemption import PreemptionWatch
+from training.model.kernels.time_loop import ONEDNN, TimeLoop, choose_time_loop
+from training.loop.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
+from training.loop.steps import bind_steps
+from training.state import TrainState, eval_params, initial_state_fn, make_optimizer_for, schedule_for, with_params
+from training.bookkeeping.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
 
 
 @dataclasses.dataclass
@@ -148,7 +88,7 @@ def time_loop_record(time_loop: TimeLoop, params: dict, onednn_calls_before: dic
   record = {"layers": dict.fromkeys(recurrent_layers(params), time_loop.name),
             "why_not_onednn": time_loop.why_not_onednn}
   if onednn_calls_before is not None:
-    from training.kernels import onednn
+    from training.model.kernels import onednn
 
     record["onednn_calls"] = {kind: count - onednn_calls_before[kind] for kind, count in onednn.calls().items()}
   return record
@@ -158,7 +98,7 @@ def onednn_calls_now(time_loop: TimeLoop) -> dict | None:
   """The kernel's call counts in this process so far, where the run uses it (else None)."""
   if time_loop.name != ONEDNN:
     return None
-  from training.kernels import onednn
+  from training.model.kernels import onednn
 
   return onednn.calls()
 
@@ -176,21 +116,6 @@ def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
     return made[0]()
 
   return no_sums_for
-
-
-def make_optimizer_for(config: Config):
-  return make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
-                        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                        encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
-                        freeze_embeddings=config.freeze_embeddings,
-                        freeze_encoder_from=config.target_lm_steps,
-                        ema_decay=config.ema_decay)
-
-
-def schedule_for(config: Config):
-  return make_schedule(learning_rate=config.learning_rate, num_steps=config.num_steps,
-                       warmup_steps=config.warmup_steps, lr_decay=config.lr_decay)
 
 
 def evaluate(eval_fn, params, batches: Callable, config: Config, mesh, initial_carry, split: str = "eval") -> dict:

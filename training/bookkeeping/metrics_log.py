@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from pipeline import paths
-from training.tensorboard_log import TensorBoardLog
+from training.bookkeeping.tensorboard_log import TensorBoardLog
 
 
 def param_fingerprint(params) -> str:

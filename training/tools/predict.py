@@ -1,7 +1,7 @@
 r"""Labels text with a trained classifier: one sequence per input line, one JSON line out.
 
-  python -m training.predict --workdir=runs/sst2 --input=reviews.txt
-  echo "a gorgeous , witty , seductive movie ." | python -m training.predict --workdir=runs/sst2 --input=-
+  python -m training.tools.predict --workdir=runs/sst2 --input=reviews.txt
+  echo "a gorgeous , witty , seductive movie ." | python -m training.tools.predict --workdir=runs/sst2 --input=-
 
 Each output line is `{"label": NAME, "label_id": ID, "probabilities": {NAME: P, ...}}`, in input
 order. Texts are tokenised with the run's vocabulary and truncated to its `--seq_len`, as in
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from absl import flags
 
 from pipeline.errors import DataError
-from training import cli
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained classifier's workdir.", required=True)
 _INPUT = flags.DEFINE_string("input", "-", "A text file with one sequence per line, or - for standard input.")
@@ -41,8 +41,9 @@ def _lines(path: str, encoding: str) -> Iterator[str]:
 def main(argv):
   cli.no_arguments(argv)
   cli.quiet_libraries()
-  from training.checkpoints import CheckpointError
-  from training.inference import load_run, predict
+  from training.bookkeeping.checkpoints import CheckpointError
+  from training.bookkeeping.trained_run import load_run
+  from training.tools.inference import predict
 
   with cli.one_line_errors(DataError, CheckpointError):
     if _BATCH_SIZE.value < 1:
@@ -52,7 +53,7 @@ def main(argv):
     run = load_run(_WORKDIR.value, _STEP.value)
     if run.config.task != "classify":
       raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; predict needs a"
-                      " classifier (--task=classify); use training.generate for language models")
+                      " classifier (--task=classify); use training.tools.generate for language models")
     for prediction in predict(run, _lines(_INPUT.value, _ENCODING.value), _BATCH_SIZE.value):
       print(json.dumps(prediction, ensure_ascii=False))
 

@@ -12,7 +12,7 @@ import os
 
 from pipeline import paths
 from training.config import Config, ConfigError
-from training.metrics_log import write_json
+from training.bookkeeping.metrics_log import write_json
 
 RUN_CONFIG_FILE = "run_config.json"
 DATA_LAYOUT_FIELDS = ("batch_size", "seq_len")
