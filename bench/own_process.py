@@ -20,8 +20,14 @@ def call(module: str, request: dict, what: str, env: dict | None = None, echo_st
   """`python -m module` from the repo root with `request`; its answer. `what` names the side in
   the error raised when the child fails (with the end of its stderr); `echo_stderr` passes the
   child's stderr on (e.g. how to install PyTorch)."""
-  result = subprocess.run([sys.executable, "-m", module], input=json.dumps(request), text=True,
-                          capture_output=True, env=env, cwd=ROOT)
+  result = subprocess.run(
+    [sys.executable, "-m", module],
+    input=json.dumps(request),
+    text=True,
+    capture_output=True,
+    env=env,
+    cwd=ROOT,
+  )
   if result.returncode != 0:
     raise RuntimeError(f"{what} failed:\n{result.stderr[-3000:]}")
   if echo_stderr:

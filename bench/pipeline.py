@@ -40,6 +40,7 @@ def read_flagfile(path: str) -> dict:
 def config_from(flag_values: dict, **overrides):
   """A trainer Config from a flag file's values (scalar flags only, as in configs/)."""
   from training.config import Config
+
   defaults = Config()
   values = {}
   for name, value in flag_values.items():
@@ -50,6 +51,7 @@ def config_from(flag_values: dict, **overrides):
 
 def pipeline_rate(config, workdir: str, batches: int) -> dict:
   from training.loop.data import prepare_data
+
   os.makedirs(workdir, exist_ok=True)
   begin = time.perf_counter()
   iterator = prepare_data(config, workdir).train_batches(0)  # reads, tokenises
@@ -61,15 +63,25 @@ def pipeline_rate(config, workdir: str, batches: int) -> dict:
     examples += int(batch["example_mask"].sum())
     tokens += int(batch["mask"].sum())
   seconds = time.perf_counter() - start
-  return {"startup_seconds": startup_seconds, "examples_per_sec": examples / seconds,
-          "tokens_per_sec": tokens / seconds}
+  return {
+    "startup_seconds": startup_seconds,
+    "examples_per_sec": examples / seconds,
+    "tokens_per_sec": tokens / seconds,
+  }
 
 
 def prepare_once(flag_values: dict, out: str) -> float:
   """Prepares the flag file's training data into `out`; returns the seconds it took."""
   begin = time.perf_counter()
-  command = [sys.executable, "-m", "pipeline.prepare", f"--data={flag_values['train_data']}", f"--out={out}",
-             f"--tokenizer={flag_values.get('tokenizer', 'char')}", f"--vocab_size={flag_values.get('vocab_size', 0)}"]
+  command = [
+    sys.executable,
+    "-m",
+    "pipeline.prepare",
+    f"--data={flag_values['train_data']}",
+    f"--out={out}",
+    f"--tokenizer={flag_values.get('tokenizer', 'char')}",
+    f"--vocab_size={flag_values.get('vocab_size', 0)}",
+  ]
   if flag_values.get("task") == "classify":
     command.append("--labels")
   subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -77,9 +89,20 @@ def prepare_once(flag_values: dict, out: str) -> float:
 
 
 def trainer_rate(flagfile: str, train_data: str, batching: str, steps: int, workdir: str) -> float:
-  command = [sys.executable, "-m", "training.train", f"--flagfile={flagfile}", f"--workdir={workdir}",
-             f"--train_data={train_data}", "--eval_data=", f"--batching={batching}", f"--num_steps={steps}",
-             "--log_every=1", "--eval_every=0", "--checkpoint_every=100000"]
+  command = [
+    sys.executable,
+    "-m",
+    "training.train",
+    f"--flagfile={flagfile}",
+    f"--workdir={workdir}",
+    f"--train_data={train_data}",
+    "--eval_data=",
+    f"--batching={batching}",
+    f"--num_steps={steps}",
+    "--log_every=1",
+    "--eval_every=0",
+    "--checkpoint_every=100000",
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   if result.returncode != 0:
     raise RuntimeError(result.stderr[-3000:])
@@ -103,20 +126,32 @@ def main() -> None:
     prepared = f"prepared:{os.path.join(tmp, 'prepared')}"
     prepare_seconds = prepare_once(flag_values, prepared.split(":", 1)[1])
     for mode in MODES:
-      train_rate = trainer_rate(args.flagfile, prepared, mode, args.train_steps, os.path.join(tmp, f"train_{mode}"))
+      train_rate = trainer_rate(
+        args.flagfile, prepared, mode, args.train_steps, os.path.join(tmp, f"train_{mode}")
+      )
       for workers in map(int, args.workers.split(",")):
-        config = config_from(flag_values, batching=mode, data_workers=workers, train_data=prepared, eval_data="")
+        config = config_from(
+          flag_values, batching=mode, data_workers=workers, train_data=prepared, eval_data=""
+        )
         rate = pipeline_rate(config, os.path.join(tmp, f"{mode}_{workers}"), args.batches)
-        rows.append({"batching": mode, "workers": workers, **rate, "trainer_tokens_per_sec": train_rate})
-  print(f"{args.flagfile}: {flag_values.get('train_data')}, batch {flag_values.get('batch_size')},"
-        f" --seq_len={flag_values.get('seq_len')}; {os.cpu_count()} CPU cores, {platform.machine()};"
-        f" prepared once in {prepare_seconds:.1f} s\n")
-  print("| batching | workers | start-up (s) | pipeline examples/s | pipeline tokens/s | trainer tokens/s | margin |")
+        rows.append(
+          {"batching": mode, "workers": workers, **rate, "trainer_tokens_per_sec": train_rate}
+        )
+  print(
+    f"{args.flagfile}: {flag_values.get('train_data')}, batch {flag_values.get('batch_size')},"
+    f" --seq_len={flag_values.get('seq_len')}; {os.cpu_count()} CPU cores, {platform.machine()};"
+    f" prepared once in {prepare_seconds:.1f} s\n"
+  )
+  print(
+    "| batching | workers | start-up (s) | pipeline examples/s | pipeline tokens/s | trainer tokens/s | margin |"
+  )
   print("| --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
-    print(f"| {r['batching']} | {r['workers']} | {r['startup_seconds']:.1f} | {r['examples_per_sec']:,.0f} |"
-          f" {r['tokens_per_sec']:,.0f} |"
-          f" {r['trainer_tokens_per_sec']:,.0f} | {r['tokens_per_sec'] / r['trainer_tokens_per_sec']:.0f}x |")
+    print(
+      f"| {r['batching']} | {r['workers']} | {r['startup_seconds']:.1f} | {r['examples_per_sec']:,.0f} |"
+      f" {r['tokens_per_sec']:,.0f} |"
+      f" {r['trainer_tokens_per_sec']:,.0f} | {r['tokens_per_sec'] / r['trainer_tokens_per_sec']:.0f}x |"
+    )
 
 
 if __name__ == "__main__":

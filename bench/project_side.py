@@ -24,8 +24,8 @@ import jax
 from bench import own_process
 from pipeline.labels import Labels
 from pipeline.tokenizers import Vocabulary
-from training.loop import parallel
 from training.config import Config, config_from_fields
+from training.loop import parallel
 from training.loop.data import LABELS_FILE, VOCAB_FILE, prepare_data
 from training.loop.trainer import build_steps, train_and_evaluate
 
@@ -37,12 +37,20 @@ def measure_trainer(config: Config, workdir: str) -> dict:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   steady, summary = summarise_windows([row for row in rows if row["split"] == "train"])
-  fed_per_real = sum(row["fed_tokens"] for row in steady) / sum(row["real_tokens"] for row in steady)
+  fed_per_real = sum(row["fed_tokens"] for row in steady) / sum(
+    row["real_tokens"] for row in steady
+  )
   # What the trainer saved, read back (preparing the data again would tokenise the corpus again).
   vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
-  num_classes = Labels.load(os.path.join(workdir, LABELS_FILE)).num_classes if config.task == "classify" else 0
-  return dict(summary, fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real, vocab_size=len(vocab),
-              num_classes=num_classes)
+  num_classes = (
+    Labels.load(os.path.join(workdir, LABELS_FILE)).num_classes if config.task == "classify" else 0
+  )
+  return dict(
+    summary,
+    fed_tokens_per_sec=summary["tokens_per_sec"] * fed_per_real,
+    vocab_size=len(vocab),
+    num_classes=num_classes,
+  )
 
 
 def summarise_windows(rows: list[dict]) -> tuple[list[dict], dict]:
@@ -50,9 +58,11 @@ def summarise_windows(rows: list[dict]) -> tuple[list[dict], dict]:
   figures the trainer and the bare step are compared by: the median tokens/s over those windows,
   how many there were, and every batch shape the rows met)."""
   steady = steady_windows(rows)
-  return steady, {"tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady),
-                  "windows": len(steady),
-                  "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})}
+  return steady, {
+    "tokens_per_sec": statistics.median(row["tokens_per_sec"] for row in steady),
+    "windows": len(steady),
+    "batch_shapes": sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]}),
+  }
 
 
 def steady_windows(rows: list[dict]) -> list[dict]:
@@ -67,8 +77,10 @@ def steady_windows(rows: list[dict]) -> list[dict]:
       steady.append(row)
     seen |= shapes
   if not steady:
-    raise SystemExit(f"no log window met only batch shapes of earlier windows ({len(seen)} shapes in"
-                     f" {len(rows)} windows); pass a larger --steps")
+    raise SystemExit(
+      f"no log window met only batch shapes of earlier windows ({len(seen)} shapes in"
+      f" {len(rows)} windows); pass a larger --steps"
+    )
   return steady
 
 
@@ -101,8 +113,13 @@ def measure_bare_step(config: Config, workdir: str, steps: int) -> dict:
       state, sums = train_fn(state, batches[index], sums)
     jax.block_until_ready(state)
     elapsed = time.perf_counter() - start
-    rows.append({"step": window[-1] + 1, "tokens_per_sec": sum(real_tokens[index] for index in window) / elapsed,
-                 "batch_shapes": sorted({tuple(host_batches[index]["inputs"].shape) for index in window})})
+    rows.append(
+      {
+        "step": window[-1] + 1,
+        "tokens_per_sec": sum(real_tokens[index] for index in window) / elapsed,
+        "batch_shapes": sorted({tuple(host_batches[index]["inputs"].shape) for index in window}),
+      }
+    )
   return summarise_windows(rows)[1]
 
 
@@ -111,8 +128,12 @@ def measure_in_own_process(side: str, config: Config, workdir: str, compilation_
   `num_steps`) in a fresh Python process, with `compilation_cache` as JAX's persistent cache.
   The process inherits this one's environment (the glibc tunable of `launch.huge_pages`, XLA's
   flags), so it runs as this one would."""
-  request = {"side": side, "config": dataclasses.asdict(config), "workdir": workdir,
-             "compilation_cache": compilation_cache}
+  request = {
+    "side": side,
+    "config": dataclasses.asdict(config),
+    "workdir": workdir,
+    "compilation_cache": compilation_cache,
+  }
   measured = own_process.call("bench.project_side", request, f"the project's {side} measurement")
   measured["batch_shapes"] = [tuple(shape) for shape in measured["batch_shapes"]]
   return measured

@@ -58,7 +58,14 @@ def machine() -> str:
 
 def write_table(path: str, title: str, intro: str, header: list[str], table: list[list]) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  lines = [f"# {title}", "", intro, "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  lines = [
+    f"# {title}",
+    "",
+    intro,
+    "",
+    "| " + " | ".join(header) + " |",
+    "|" + " --- |" * len(header),
+  ]
   lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

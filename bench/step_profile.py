@@ -43,16 +43,29 @@ import numpy as np
 from bench.throughput import CONFIGS, lm_flops_per_token, make_config, time_loop
 from bench.torch_peer import TorchPeer, import_torch
 from launch import huge_pages
-from training.loop import parallel
 from training.config import Config, ConfigError
+from training.loop import parallel
 from training.loop.data import prepare_data
-from training.loop.objectives import FAST_PATHS, OBJECTIVES, sequence_cross_entropy, token_cross_entropy
+from training.loop.objectives import (
+  FAST_PATHS,
+  OBJECTIVES,
+  sequence_cross_entropy,
+  token_cross_entropy,
+)
 from training.loop.trainer import build_steps
 from training.model.build import build_model
 from training.model.kernels.time_loop import recurrent_kernel
 
-PHASES = ("forward", "backward", "output layer + loss", "recurrent stack and embedding",
-          "optimizer and the rest of the step", "whole step", "at matmul peak", "its matmuls alone")
+PHASES = (
+  "forward",
+  "backward",
+  "output layer + loss",
+  "recurrent stack and embedding",
+  "optimizer and the rest of the step",
+  "whole step",
+  "at matmul peak",
+  "its matmuls alone",
+)
 
 
 def interleaved_medians_ms(runs: dict, steps: int) -> dict:
@@ -102,20 +115,24 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
     state, window_sums = built.train_fn(state, batch, window_sums)
     jax.block_until_ready(state)
 
-  phases = {"forward": lambda: jax.block_until_ready(forward(state.params)),
-            "forward and backward": lambda: jax.block_until_ready(grad(state.params)),
-            "output layer + loss": lambda: jax.block_until_ready(head_loss(state.params, states)),
-            "whole step": whole_step}
+  phases = {
+    "forward": lambda: jax.block_until_ready(forward(state.params)),
+    "forward and backward": lambda: jax.block_until_ready(grad(state.params)),
+    "output layer + loss": lambda: jax.block_until_ready(head_loss(state.params, states)),
+    "whole step": whole_step,
+  }
   return phases, tuple(batch["inputs"].shape), vocab_size, num_classes
 
 
 def _head_loss(config: Config, batch):
   """(params, states [B, T, H]) -> the loss of the layers after the recurrent stack."""
   if config.task == "lm":
+
     def head(params, states):
       logits = states @ params["lm_head"]["kernel"] + params["lm_head"]["bias"]
       return token_cross_entropy(logits, batch["targets"], batch["mask"])["loss_sum"]
   else:
+
     def head(params, states):
       features = states.max(axis=1)[:, None] if config.pooling == "max" else states[:, -1:]
       for i in range(len(config.head_widths)):
@@ -123,6 +140,7 @@ def _head_loss(config: Config, batch):
         features = jax.nn.relu(features @ layer["kernel"] + layer["bias"])
       logits = features @ params["head_out"]["kernel"] + params["head_out"]["bias"]
       return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"])["loss_sum"]
+
   return head
 
 
@@ -131,43 +149,63 @@ def torch_phases(torch, config: Config, vocab_size: int, num_classes: int, shape
   batch_size, length = shape
   peer = TorchPeer(torch, config, vocab_size, num_classes, [(batch_size, length)])
   tokens, labels = peer.batches[0]
-  states = torch.zeros(batch_size, length, config.hidden_size, requires_grad=True, device=peer.device)
+  states = torch.zeros(
+    batch_size, length, config.hidden_size, requires_grad=True, device=peer.device
+  )
   targets = tokens[:, 1:].reshape(-1)
 
   def synced(run):
     def call():
       run()
       peer.sync()
+
     return call
 
   def head_backward():
     features = states[:, -1] if peer.classify else states
     logits = peer.model.head(features)
-    loss = peer.loss_fn(logits, labels) if peer.classify else peer.loss_fn(logits.reshape(-1, vocab_size), targets)
+    loss = (
+      peer.loss_fn(logits, labels)
+      if peer.classify
+      else peer.loss_fn(logits.reshape(-1, vocab_size), targets)
+    )
     loss.backward()
 
   def forward():
     with torch.no_grad():
       peer.loss(tokens, labels)
 
-  return {"forward": synced(forward),
-          "forward and backward": synced(lambda: peer.backward(peer.loss(tokens, labels))),
-          "output layer + loss": synced(head_backward),
-          "whole step": synced(lambda: peer.step(tokens, labels))}
+  return {
+    "forward": synced(forward),
+    "forward and backward": synced(lambda: peer.backward(peer.loss(tokens, labels))),
+    "output layer + loss": synced(head_backward),
+    "whole step": synced(lambda: peer.step(tokens, labels)),
+  }
 
 
-def matmul_shapes(config: Config, batch: int, length: int, vocab_size: int) -> list[tuple[bool, int, int, int]]:
+def matmul_shapes(
+  config: Config, batch: int, length: int, vocab_size: int
+) -> list[tuple[bool, int, int, int]]:
   """(in the time loop?, m, k, n) of every matmul of one forward and backward pass of the LSTM
   model: a time-loop matmul runs `length` times on [m, k] x [k, n], the others once."""
   rows, gates, hidden = batch * length, 4 * config.hidden_size, config.hidden_size
   shapes = []
   for layer in range(config.num_layers):
     inputs = config.embed_size if layer == 0 else hidden
-    shapes += [(True, batch, hidden, gates), (True, batch, gates, hidden),  # h W_h; dGates W_h^T
-               (False, rows, inputs, gates), (False, inputs, rows, gates),  # x W_x; dW_x
-               (False, rows, gates, inputs), (False, hidden, rows, gates)]  # dx; dW_h
+    shapes += [
+      (True, batch, hidden, gates),
+      (True, batch, gates, hidden),  # h W_h; dGates W_h^T
+      (False, rows, inputs, gates),
+      (False, inputs, rows, gates),  # x W_x; dW_x
+      (False, rows, gates, inputs),
+      (False, hidden, rows, gates),
+    ]  # dx; dW_h
   if config.task == "lm":  # the output layer: logits, dW, dh
-    shapes += [(False, rows, hidden, vocab_size), (False, hidden, rows, vocab_size), (False, rows, vocab_size, hidden)]
+    shapes += [
+      (False, rows, hidden, vocab_size),
+      (False, hidden, rows, vocab_size),
+      (False, rows, vocab_size, hidden),
+    ]
   return shapes
 
 
@@ -184,6 +222,7 @@ def matmuls_alone(config: Config, batch: int, length: int, vocab_size: int):
   def run():
     for call, xs, w in calls:
       jax.block_until_ready(call(xs, w))
+
   return run
 
 
@@ -191,32 +230,43 @@ def square_matmul(n: int = 2048):
   """(a callable, its FLOPs): the large square matmul that `at matmul peak` is measured by."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
-  return (lambda: jax.block_until_ready(matmul(a))), 2 * n ** 3
+  return (lambda: jax.block_until_ready(matmul(a))), 2 * n**3
 
 
 def derived(times: dict, floor_ms: float, matmuls_ms: float) -> dict:
   """The table's phases from the measured ones."""
   both = times["forward and backward"]
-  return {"forward": times["forward"], "backward": both - times["forward"],
-          "output layer + loss": times["output layer + loss"],
-          "recurrent stack and embedding": both - times["output layer + loss"],
-          "optimizer and the rest of the step": times["whole step"] - both, "whole step": times["whole step"], "at matmul peak": floor_ms,
-          "its matmuls alone": matmuls_ms}
+  return {
+    "forward": times["forward"],
+    "backward": both - times["forward"],
+    "output layer + loss": times["output layer + loss"],
+    "recurrent stack and embedding": both - times["output layer + loss"],
+    "optimizer and the rest of the step": times["whole step"] - both,
+    "whole step": times["whole step"],
+    "at matmul peak": floor_ms,
+    "its matmuls alone": matmuls_ms,
+  }
 
 
 def main() -> None:
   huge_pages.reexec_with_huge_pages()  # as the trainer runs (PyTorch, in this process, gets it too)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+  parser.add_argument(
+    "--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
+  )
   parser.add_argument("--steps", type=int, default=20, help="timed runs of each phase")
-  parser.add_argument("--recurrent_kernel", default="auto", help="the project's time loop: auto, scan or onednn")
+  parser.add_argument(
+    "--recurrent_kernel", default="auto", help="the project's time loop: auto, scan or onednn"
+  )
   args = parser.parse_args()
   unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
   if unknown:
     parser.error(f"unknown config(s) {', '.join(unknown)}; expected some of {', '.join(CONFIGS)}")
   torch = import_torch()
-  print(f"ms per phase, median of {args.steps} rounds; each round times every phase of both sides,"
-        " the step's matmuls and a 2048-square matmul in turn\n")
+  print(
+    f"ms per phase, median of {args.steps} rounds; each round times every phase of both sides,"
+    " the step's matmuls and a 2048-square matmul in turn\n"
+  )
   for name in args.configs.split(","):
     try:
       config = make_config(name, 1, "fused", args.recurrent_kernel)
@@ -232,19 +282,27 @@ def main() -> None:
       # Both sides' phases in turn, so that each figure sees the same machine.
       runs = {(side, phase): run for side, phases in sides.items() for phase, run in phases.items()}
       square, square_flops = square_matmul()
-      runs.update({"matmuls alone": matmuls_alone(config, *shape, vocab_size), "square matmul": square})
+      runs.update(
+        {"matmuls alone": matmuls_alone(config, *shape, vocab_size), "square matmul": square}
+      )
       times = interleaved_medians_ms(runs, args.steps)
     peak = square_flops / (times["square matmul"] / 1e3)
     floor_ms = 1e3 * lm_flops_per_token(config, vocab_size) * np.prod(shape) / peak
     matmuls_ms = times["matmuls alone"]
-    print(f"**{CONFIGS[name][1]}** (the batch timed: {shape[0]} x {shape[1]}; float32 matmul"
-          f" {peak / 1e9:,.0f} GFLOP/s, timed with the phases):\n")
-    columns = {side: derived({phase: times[side, phase] for phase in phases}, floor_ms, matmuls_ms)
-               for side, phases in sides.items()}
+    print(
+      f"**{CONFIGS[name][1]}** (the batch timed: {shape[0]} x {shape[1]}; float32 matmul"
+      f" {peak / 1e9:,.0f} GFLOP/s, timed with the phases):\n"
+    )
+    columns = {
+      side: derived({phase: times[side, phase] for phase in phases}, floor_ms, matmuls_ms)
+      for side, phases in sides.items()
+    }
     print("| phase | " + " | ".join(columns) + " |")
     print("| --- |" + " --- |" * len(columns))
     for phase in PHASES:
-      print(f"| {phase} | " + " | ".join(f"{column[phase]:,.1f}" for column in columns.values()) + " |")
+      print(
+        f"| {phase} | " + " | ".join(f"{column[phase]:,.1f}" for column in columns.values()) + " |"
+      )
     print(flush=True)
 
 

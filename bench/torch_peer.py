@@ -22,7 +22,10 @@ def import_torch():
   try:
     import torch
   except ImportError:
-    print("PyTorch is not installed: `pip install -e \".[bench]\"` (torch==2.13.0) to compare.", file=sys.stderr)
+    print(
+      'PyTorch is not installed: `pip install -e ".[bench]"` (torch==2.13.0) to compare.',
+      file=sys.stderr,
+    )
     return None
   return torch
 
@@ -41,8 +44,12 @@ class TorchPeer:
     generator = torch.Generator().manual_seed(0)
     self.batches = []
     for batch_size, length in shapes:
-      tokens = torch.randint(3, vocab_size, (batch_size, length + 1), generator=generator).to(self.device)
-      labels = torch.randint(0, max(num_classes, 2), (batch_size,), generator=generator).to(self.device)
+      tokens = torch.randint(3, vocab_size, (batch_size, length + 1), generator=generator).to(
+        self.device
+      )
+      labels = torch.randint(0, max(num_classes, 2), (batch_size,), generator=generator).to(
+        self.device
+      )
       self.batches.append((tokens, labels))
     self.state = None
 
@@ -77,7 +84,9 @@ def _model(torch, config: Config, vocab_size: int, num_classes: int, classify: b
     def __init__(self):
       super().__init__()
       self.embed = torch.nn.Embedding(vocab_size, config.embed_size)
-      self.lstm = torch.nn.LSTM(config.embed_size, config.hidden_size, config.num_layers, batch_first=True)
+      self.lstm = torch.nn.LSTM(
+        config.embed_size, config.hidden_size, config.num_layers, batch_first=True
+      )
       if classify:
         widths = [config.hidden_size, *config.head_widths]
         layers = []
@@ -110,29 +119,52 @@ def measure(config: Config, vocab_size: int, num_classes: int, shapes, steps: in
     peer.step(tokens, labels)
     fed += tokens.shape[0] * (tokens.shape[1] - 1)
   peer.sync()
-  return {"tokens_per_sec": fed / (time.perf_counter() - start), "device": peer.device,
-          "version": torch.__version__, "threads": torch.get_num_threads()}
+  return {
+    "tokens_per_sec": fed / (time.perf_counter() - start),
+    "device": peer.device,
+    "version": torch.__version__,
+    "threads": torch.get_num_threads(),
+  }
 
 
-def measure_in_own_process(config: Config, vocab_size: int, num_classes: int, shapes, steps: int,
-                           use_huge_pages: bool = False) -> dict | None:
+def measure_in_own_process(
+  config: Config,
+  vocab_size: int,
+  num_classes: int,
+  shapes,
+  steps: int,
+  use_huge_pages: bool = False,
+) -> dict | None:
   """`measure` in a process of its own: in the benchmark's process, JAX's thread pools and
   PyTorch's OpenMP team compete for the same cores (PyTorch's 1 x 128 model ran 3.6x slower
   there than alone). PyTorch runs with malloc as its users get it: without the glibc tunable
   that the benchmark's process inherits from the project's restart (`launch.huge_pages`),
   unless `use_huge_pages` (PyTorch gains from it too; its users can set it)."""
-  request = {"config": dataclasses.asdict(config), "vocab_size": vocab_size, "num_classes": num_classes,
-             "shapes": [list(shape) for shape in shapes], "steps": steps}
+  request = {
+    "config": dataclasses.asdict(config),
+    "vocab_size": vocab_size,
+    "num_classes": num_classes,
+    "shapes": [list(shape) for shape in shapes],
+    "steps": steps,
+  }
   env = huge_pages.without_tunable(os.environ)
   if use_huge_pages:
     env = huge_pages.with_tunable(env)
   # Its stderr passed on: e.g. how to install PyTorch. No PyTorch: an empty answer.
-  return own_process.call("bench.torch_peer", request, "the PyTorch peer", env=env, echo_stderr=True) or None
+  return (
+    own_process.call("bench.torch_peer", request, "the PyTorch peer", env=env, echo_stderr=True)
+    or None
+  )
 
 
 def _measure(request: dict) -> dict:
-  return measure(config_from_fields(request["config"]), request["vocab_size"], request["num_classes"],
-                 [tuple(shape) for shape in request["shapes"]], request["steps"])
+  return measure(
+    config_from_fields(request["config"]),
+    request["vocab_size"],
+    request["num_classes"],
+    [tuple(shape) for shape in request["shapes"]],
+    request["steps"],
+  )
 
 
 if __name__ == "__main__":

@@ -8,11 +8,21 @@ from absl import app, flags, logging
 
 # Libraries whose INFO lines (Orbax logs every save step by step) would bury the progress lines;
 # their warnings and errors still show.
-_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorflow_datasets/", "/etils/", "/matplotlib/")
+_QUIET_LIBRARIES = (
+  "/orbax/",
+  "/grain/",
+  "/jax/",
+  "/jaxlib/",
+  "/tensorflow_datasets/",
+  "/etils/",
+  "/matplotlib/",
+)
 
 
 def _quiet_library_info(record) -> bool:
-  return record.levelno >= python_logging.WARNING or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+  return record.levelno >= python_logging.WARNING or not any(
+    lib in record.pathname for lib in _QUIET_LIBRARIES
+  )
 
 
 def quiet_libraries() -> None:

@@ -29,22 +29,32 @@ def detect_cluster(env: Mapping[str, str]) -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
-               env: Mapping[str, str]) -> str:
+def initialize(
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+  env: Mapping[str, str],
+) -> str:
   """Joins the job; returns how ("single process", "flags", or the cluster's name)."""
-  given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
-           "process_id": process_id}
+  given = {
+    "coordinator_address": coordinator_address,
+    "num_processes": num_processes,
+    "process_id": process_id,
+  }
   if any(value is not None for value in given.values()):
     missing = [f"--{name}" for name, value in given.items() if value is None]
     if missing:
       raise LaunchError(f"{', '.join(missing)}: needed with the other distributed flags")
     if not 0 <= process_id < num_processes:
-      raise LaunchError(f"--process_id={process_id}: must be in [0, --num_processes={num_processes})")
+      raise LaunchError(
+        f"--process_id={process_id}: must be in [0, --num_processes={num_processes})"
+      )
     import jax
 
     _use_cpu_collectives()
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     return "flags"
   cluster = detect_cluster(env)
   if cluster is None:

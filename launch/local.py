@@ -28,15 +28,27 @@ def free_port() -> int:
 
 
 def process_commands(command: list[str], num_processes: int, port: int) -> list[list[str]]:
-  return [command + [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-                     f"--process_id={index}"] for index in range(num_processes)]
+  return [
+    command
+    + [
+      f"--coordinator_address=127.0.0.1:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={index}",
+    ]
+    for index in range(num_processes)
+  ]
 
 
 def process_env(devices_per_process: int, base: dict, num_processes: int = 1) -> dict:
   env = dict(base, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  other_xla_flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                             if not f.startswith("--xla_force_host_platform_device_count"))
-  env["XLA_FLAGS"] = f"{other_xla_flags} --xla_force_host_platform_device_count={devices_per_process}".strip()
+  other_xla_flags = " ".join(
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  )
+  env["XLA_FLAGS"] = (
+    f"{other_xla_flags} --xla_force_host_platform_device_count={devices_per_process}".strip()
+  )
   if num_processes > 1:
     # The processes share this machine's cores: oneDNN's LSTM (training.model.kernels) would otherwise
     # start a thread per core in every one of them. The user's own setting stands.
@@ -53,10 +65,14 @@ def _stream(index: int, pipe, out) -> None:
 def launch(command: list[str], num_processes: int, devices_per_process: int) -> int:
   """Runs the job; returns 0, or the exit status of the first process that failed."""
   env = process_env(devices_per_process, dict(os.environ), num_processes)
-  processes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for cmd in process_commands(command, num_processes, free_port())]
-  streams = [threading.Thread(target=_stream, args=(i, p.stdout, sys.stdout), daemon=True)
-             for i, p in enumerate(processes)]
+  processes = [
+    subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for cmd in process_commands(command, num_processes, free_port())
+  ]
+  streams = [
+    threading.Thread(target=_stream, args=(i, p.stdout, sys.stdout), daemon=True)
+    for i, p in enumerate(processes)
+  ]
   for thread in streams:
     thread.start()
 
@@ -79,7 +95,10 @@ def launch(command: list[str], num_processes: int, devices_per_process: int) -> 
         remaining.discard(index)
         if code != 0 and status == 0:
           status = code if code > 0 else 128 - code
-          print(f"[launch] process {index} exited with status {code}; stopping the others", file=sys.stderr)
+          print(
+            f"[launch] process {index} exited with status {code}; stopping the others",
+            file=sys.stderr,
+          )
           for other in processes:
             if other.poll() is None:
               other.kill()
@@ -94,7 +113,9 @@ def launch(command: list[str], num_processes: int, devices_per_process: int) -> 
 def main(argv: list[str]) -> int:
   # argparse, not absl flags: the launcher's flags must not join the global flag registry of
   # the program it starts (which has its own --num_processes).
-  parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m launch.local", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("--num_processes", type=int, default=2, help="processes to start")
   parser.add_argument("--devices_per_process", type=int, default=1, help="CPU devices per process")
   parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")

@@ -20,7 +20,9 @@ from pipeline.errors import DataError
 class Labels:
   num_classes: int
   names: tuple[str, ...] | None = None  # None: the data's labels are class ids
-  origin: str = dataclasses.field(default="", compare=False)  # where the class count came from, for errors
+  origin: str = dataclasses.field(
+    default="", compare=False
+  )  # where the class count came from, for errors
 
   @classmethod
   def from_training(cls, examples: Sequence[dict], num_classes: int, what: str) -> "Labels":
@@ -30,19 +32,25 @@ class Labels:
     if ids and len(ids) < len(examples):
       # Almost always a typo in a label column: refuse rather than invent a class for it.
       name = next(example for example in examples if not isinstance(example["label"], int))
-      raise DataError(f"{name.get('where', what)}: label {name['label']!r} is a name, but other labels are class"
-                      f" ids (e.g. {ids[0]['label']} at {ids[0].get('where', what)}); use ids or names throughout")
+      raise DataError(
+        f"{name.get('where', what)}: label {name['label']!r} is a name, but other labels are class"
+        f" ids (e.g. {ids[0]['label']} at {ids[0].get('where', what)}); use ids or names throughout"
+      )
     if ids:
       count = num_classes or 1 + max(example["label"] for example in ids)
       if count < 2:
         raise DataError(f"{what}: every label is 0; a classifier needs 2 or more classes")
-      return cls(count, None, "--num_classes" if num_classes else f"inferred from {what.split('=')[0]}")
+      return cls(
+        count, None, "--num_classes" if num_classes else f"inferred from {what.split('=')[0]}"
+      )
     names = tuple(sorted({str(example["label"]) for example in examples}))
     if len(names) < 2:
       raise DataError(f"{what}: every label is {names[0]!r}; a classifier needs 2 or more classes")
     if num_classes and num_classes != len(names):
-      raise DataError(f"--num_classes={num_classes}: the training labels are {len(names)} names"
-                      f" ({', '.join(names)})")
+      raise DataError(
+        f"--num_classes={num_classes}: the training labels are {len(names)} names"
+        f" ({', '.join(names)})"
+      )
     return cls(len(names), names, f"the names in {what.split('=')[0]}")
 
   def ids(self, examples: Sequence[dict], source: str) -> np.ndarray:
@@ -53,15 +61,20 @@ class Labels:
       label, where = example["label"], example.get("where", source)
       if self.names is None:
         if not isinstance(label, int):
-          raise DataError(f"{where}: label {label!r} is a name, but the training labels are class ids")
+          raise DataError(
+            f"{where}: label {label!r} is a name, but the training labels are class ids"
+          )
         if label >= self.num_classes:
-          raise DataError(f"{where}: label {label} is out of range for {self.num_classes} classes"
-                          + (f" ({self.origin})" if self.origin else ""))
+          raise DataError(
+            f"{where}: label {label} is out of range for {self.num_classes} classes"
+            + (f" ({self.origin})" if self.origin else "")
+          )
         ids[position] = label
       else:
         if str(label) not in index:
-          raise DataError(f"{where}: label {label!r} is not one of the training labels"
-                          f" ({', '.join(self.names)})")
+          raise DataError(
+            f"{where}: label {label!r} is not one of the training labels ({', '.join(self.names)})"
+          )
         ids[position] = index[str(label)]
     return ids
 
@@ -69,13 +82,18 @@ class Labels:
     return self.names[class_id] if self.names else str(class_id)
 
   def save(self, path: str) -> None:
-    paths.write_text(path, json.dumps({"num_classes": self.num_classes, "names": self.names}, ensure_ascii=False))
+    paths.write_text(
+      path, json.dumps({"num_classes": self.num_classes, "names": self.names}, ensure_ascii=False)
+    )
 
   @classmethod
   def load(cls, path: str) -> "Labels":
     try:
       saved = json.loads(paths.read_text(path))
-      return cls(int(saved["num_classes"]), None if saved["names"] is None else tuple(saved["names"]),
-                 f"saved in {path}")
+      return cls(
+        int(saved["num_classes"]),
+        None if saved["names"] is None else tuple(saved["names"]),
+        f"saved in {path}",
+      )
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise DataError(f"{path}: unreadable labels ({e})") from None

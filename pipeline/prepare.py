@@ -32,45 +32,93 @@ from pipeline.prepared_writer import prepare_corpus
 from pipeline.tfds_corpus import write_tfds_dataset
 from pipeline.tokenizers import KINDS
 
-_DATA = flags.DEFINE_string("data", None, "KIND:PATH[SLICE] (several joined by commas): the corpus to tokenise.")
-_OUT = flags.DEFINE_string("out", None, "Directory to write the prepared dataset into (must not exist, or be empty).")
-_TOKENIZER = flags.DEFINE_enum("tokenizer", "char", list(KINDS), "Tokenizer (as the trainer's --tokenizer).")
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 0, "Keep the most frequent tokens (specials included); 0: all.")
-_VOCAB_FROM = flags.DEFINE_string("vocab_from", "", "Use the vocabulary (and labels) of this prepared dataset or"
-                                  " run workdir: for evaluation and test splits.")
+_DATA = flags.DEFINE_string(
+  "data", None, "KIND:PATH[SLICE] (several joined by commas): the corpus to tokenise."
+)
+_OUT = flags.DEFINE_string(
+  "out", None, "Directory to write the prepared dataset into (must not exist, or be empty)."
+)
+_TOKENIZER = flags.DEFINE_enum(
+  "tokenizer", "char", list(KINDS), "Tokenizer (as the trainer's --tokenizer)."
+)
+_VOCAB_SIZE = flags.DEFINE_integer(
+  "vocab_size", 0, "Keep the most frequent tokens (specials included); 0: all."
+)
+_VOCAB_FROM = flags.DEFINE_string(
+  "vocab_from",
+  "",
+  "Use the vocabulary (and labels) of this prepared dataset or"
+  " run workdir: for evaluation and test splits.",
+)
 _LABELS = flags.DEFINE_bool("labels", False, "Read and store class labels (per-sequence data).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 0, "With --labels and class ids: the class count (0: 1 + the largest).")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", max(1, min(os.cpu_count() or 1, 8)),
-                                    "Processes that tokenise (1: in this process).")
-_SHARD_MB = flags.DEFINE_integer("shard_mb", 256, "Approximate size of each ArrayRecord file, in MiB.")
-_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "jsonl/csv/tsv/parquet/tfds: the text field.")
-_LABEL_FIELD = flags.DEFINE_string("label_field", "label", "jsonl/csv/tsv/parquet/tfds: the label field.")
+_NUM_CLASSES = flags.DEFINE_integer(
+  "num_classes", 0, "With --labels and class ids: the class count (0: 1 + the largest)."
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+  "num_workers",
+  max(1, min(os.cpu_count() or 1, 8)),
+  "Processes that tokenise (1: in this process).",
+)
+_SHARD_MB = flags.DEFINE_integer(
+  "shard_mb", 256, "Approximate size of each ArrayRecord file, in MiB."
+)
+_TEXT_FIELD = flags.DEFINE_string(
+  "text_field", "text", "jsonl/csv/tsv/parquet/tfds: the text field."
+)
+_LABEL_FIELD = flags.DEFINE_string(
+  "label_field", "label", "jsonl/csv/tsv/parquet/tfds: the label field."
+)
 _ENCODING = flags.DEFINE_string("encoding", "utf-8", "Text encoding of the data files.")
-_UTF8_ERRORS = flags.DEFINE_enum("utf8_errors", "strict", ["strict", "replace"], "Undecodable bytes: refuse or replace.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "For tfds: sources: the TFDS data directory.")
+_UTF8_ERRORS = flags.DEFINE_enum(
+  "utf8_errors", "strict", ["strict", "replace"], "Undecodable bytes: refuse or replace."
+)
+_TFDS_DATA_DIR = flags.DEFINE_string(
+  "tfds_data_dir", "", "For tfds: sources: the TFDS data directory."
+)
 # The TFDS text export.
 _NAME = flags.DEFINE_string("name", None, "TFDS export: the dataset name (snake_case).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS export: the TFDS data directory to write into.")
-_SPLITS = flags.DEFINE_multi_string("split", [], "TFDS export: SPLIT=KIND:PATH[SLICE], once per split.")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "TFDS export: the TFDS data directory to write into."
+)
+_SPLITS = flags.DEFINE_multi_string(
+  "split", [], "TFDS export: SPLIT=KIND:PATH[SLICE], once per split."
+)
 
 
 def _prepare_from_flags() -> str:
   if _DATA.value is None or _OUT.value is None:
-    raise DataError("give --data=KIND:PATH[SLICE] and --out=DIR (or, for a TFDS text dataset, --name, --data_dir"
-                    " and --split)")
+    raise DataError(
+      "give --data=KIND:PATH[SLICE] and --out=DIR (or, for a TFDS text dataset, --name, --data_dir"
+      " and --split)"
+    )
   for flag in (_NUM_WORKERS, _SHARD_MB):
     if flag.value < 1:
       raise DataError(f"--{flag.name}: must be positive, got {flag.value}")
-  read_options = dict(text_field=_TEXT_FIELD.value, label_field=_LABEL_FIELD.value,
-                      tfds_data_dir=absolute(_TFDS_DATA_DIR.value) or None, utf8_errors=_UTF8_ERRORS.value,
-                      encoding=_ENCODING.value)
+  read_options = dict(
+    text_field=_TEXT_FIELD.value,
+    label_field=_LABEL_FIELD.value,
+    tfds_data_dir=absolute(_TFDS_DATA_DIR.value) or None,
+    utf8_errors=_UTF8_ERRORS.value,
+    encoding=_ENCODING.value,
+  )
   out = absolute(_OUT.value)
-  meta = prepare_corpus(sources.with_absolute_path(_DATA.value), out, tokenizer=_TOKENIZER.value,
-                        vocab_size=_VOCAB_SIZE.value, vocab_from=absolute(_VOCAB_FROM.value),
-                        with_labels=_LABELS.value, num_classes=_NUM_CLASSES.value, num_workers=_NUM_WORKERS.value,
-                        shard_bytes=_SHARD_MB.value << 20, read_options=read_options)
-  print(f"{out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens, {meta['vocab_tokens']:,}"
-        f" {meta['tokenizer']} tokens in the vocabulary, {len(meta['shards'])} shard(s)", file=sys.stderr)
+  meta = prepare_corpus(
+    sources.with_absolute_path(_DATA.value),
+    out,
+    tokenizer=_TOKENIZER.value,
+    vocab_size=_VOCAB_SIZE.value,
+    vocab_from=absolute(_VOCAB_FROM.value),
+    with_labels=_LABELS.value,
+    num_classes=_NUM_CLASSES.value,
+    num_workers=_NUM_WORKERS.value,
+    shard_bytes=_SHARD_MB.value << 20,
+    read_options=read_options,
+  )
+  print(
+    f"{out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens, {meta['vocab_tokens']:,}"
+    f" {meta['tokenizer']} tokens in the vocabulary, {len(meta['shards'])} shard(s)",
+    file=sys.stderr,
+  )
   return out
 
 
@@ -86,7 +134,9 @@ def _tfds_from_flags() -> str:
     splits[split] = sources.read_examples(spec, with_labels=_LABELS.value)
   if not splits:
     raise DataError("--split: give at least one SPLIT=KIND:PATH[SLICE]")
-  return write_tfds_dataset(_NAME.value, splits, data_dir=absolute(_DATA_DIR.value), with_labels=_LABELS.value)
+  return write_tfds_dataset(
+    _NAME.value, splits, data_dir=absolute(_DATA_DIR.value), with_labels=_LABELS.value
+  )
 
 
 def main(argv):

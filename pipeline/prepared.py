@@ -61,6 +61,7 @@ def decode_record(record: bytes) -> np.ndarray:
 class _Shard:
   """One file's part of the records (the shape `ArrayRecordDataSource` reads without opening
   every file at start-up to count its records)."""
+
   filename: str
   skip: int
   take: int
@@ -85,16 +86,22 @@ class PreparedDataset:
     self.what = what  # the flag that named it, for errors
     meta_path = self.directory / META_FILE
     if not meta_path.exists():
-      hint = (" (it is being written, or its prepare was interrupted)" if self.directory.exists() else "")
-      raise DataError(f"{what}: {directory} is not a prepared dataset: no {META_FILE}{hint};"
-                      " make one with python -m pipeline.prepare --out=DIR")
+      hint = (
+        " (it is being written, or its prepare was interrupted)" if self.directory.exists() else ""
+      )
+      raise DataError(
+        f"{what}: {directory} is not a prepared dataset: no {META_FILE}{hint};"
+        " make one with python -m pipeline.prepare --out=DIR"
+      )
     try:
       self.meta = json.loads(meta_path.read_text())
     except ValueError as e:
       raise DataError(f"{meta_path}: unreadable ({e})") from None
     if self.meta.get("format") != FORMAT_VERSION:
-      raise DataError(f"{meta_path}: format {self.meta.get('format')!r}; this version reads format"
-                      f" {FORMAT_VERSION}: prepare the corpus again")
+      raise DataError(
+        f"{meta_path}: format {self.meta.get('format')!r}; this version reads format"
+        f" {FORMAT_VERSION}: prepare the corpus again"
+      )
     self.vocab = Vocabulary.load(str(self.directory / VOCAB_FILE))
     self.labels = Labels.load(str(self.directory / LABELS_FILE)) if self.labelled else None
     index = self.directory / INDEX_DIR
@@ -119,9 +126,12 @@ class PreparedDataset:
     if self._source is None:  # opened on first read: many processes open only what they read
       from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-      self._source = ArrayRecordDataSource([
+      self._source = ArrayRecordDataSource(
+        [
           _Shard(str(self.directory / shard["file"]), 0, shard["records"], shard["records"])
-          for shard in self.meta["shards"]])
+          for shard in self.meta["shards"]
+        ]
+      )
     return self._source
 
   def read(self, records: Sequence[int]) -> list[np.ndarray]:
@@ -147,7 +157,9 @@ class PreparedDataset:
     starts = self.document_records()
     documents = slice_range(slice_text, len(starts) - 1, f"{self.what}={spec}")
     if not documents:
-      raise DataError(f"{self.what}={spec}: the slice selects none of the {len(starts) - 1} documents")
+      raise DataError(
+        f"{self.what}={spec}: the slice selects none of the {len(starts) - 1} documents"
+      )
     return PreparedView(self, np.arange(starts[documents.start], starts[documents.stop]))
 
   def documents_view(self, documents: np.ndarray) -> "PreparedView":
@@ -164,8 +176,14 @@ class PreparedDataset:
 class PreparedView:
   """Some records of a prepared dataset, as per-sequence examples or as one token stream."""
 
-  def __init__(self, dataset: PreparedDataset, records: np.ndarray, token_range: tuple[int, int] | None = None):
-    self.dataset, self.records, self._token_range = dataset, np.asarray(records, np.int64), token_range
+  def __init__(
+    self, dataset: PreparedDataset, records: np.ndarray, token_range: tuple[int, int] | None = None
+  ):
+    self.dataset, self.records, self._token_range = (
+      dataset,
+      np.asarray(records, np.int64),
+      token_range,
+    )
 
   def __len__(self):
     return len(self.records)
@@ -173,8 +191,10 @@ class PreparedView:
   # Per sequence.
   def sequences(self) -> "PreparedSequences":
     if not self.dataset.labelled:
-      raise DataError(f"{self.dataset.what}: {self.dataset.directory} was prepared without labels;"
-                      " prepare it again with --labels for --task=classify")
+      raise DataError(
+        f"{self.dataset.what}: {self.dataset.directory} was prepared without labels;"
+        " prepare it again with --labels for --task=classify"
+      )
     return PreparedSequences(self.dataset, self.records)
 
   def label_ids(self) -> np.ndarray:
@@ -214,13 +234,20 @@ class PreparedStream:
   model waited on its data.
   """
 
-  def __init__(self, dataset: PreparedDataset, records: np.ndarray, token_range: tuple[int, int] | None,
-               cache_bytes: int = 64 << 20):
+  def __init__(
+    self,
+    dataset: PreparedDataset,
+    records: np.ndarray,
+    token_range: tuple[int, int] | None,
+    cache_bytes: int = 64 << 20,
+  ):
     self._dataset, self._records = dataset, records
     ends = np.asarray(dataset.ends_document[records], bool)
     sizes = np.asarray(dataset.lengths[records], np.int64) + ends
     self._ends = ends
-    self._offsets = np.concatenate([[0], np.cumsum(sizes)])  # record k covers [offsets[k], offsets[k+1])
+    self._offsets = np.concatenate(
+      [[0], np.cumsum(sizes)]
+    )  # record k covers [offsets[k], offsets[k+1])
     self._start, self._stop = token_range or (0, int(self._offsets[-1]))
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._cache_bytes, self._cached_bytes = cache_bytes, 0
@@ -238,10 +265,14 @@ class PreparedStream:
     if not ranges:
       return []
     starts, stops = np.asarray(ranges, np.int64).reshape(-1, 2).T
-    return [np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-            for pieces in self._pieces(starts, stops)]
+    return [
+      np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+      for pieces in self._pieces(starts, stops)
+    ]
 
-  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  def read_block(
+    self, starts: Sequence[int], width: int, pad: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """`read_many` of `[start, start + width)` for each start, as rows of a [len(starts), width]
     array padded with `pad`, and where each row is real."""
     starts = np.asarray(starts, np.int64)
@@ -250,7 +281,7 @@ class PreparedStream:
     for row, pieces in enumerate(self._pieces(starts, starts + width)):
       filled = 0
       for piece in pieces:  # written in place: no concatenation per row
-        tokens[row, filled:filled + len(piece)] = piece
+        tokens[row, filled : filled + len(piece)] = piece
         filled += len(piece)
       real[row, :filled] = True
     return tokens, real
@@ -262,17 +293,24 @@ class PreparedStream:
     starts = np.maximum(starts, 0) + self._start
     stops = np.maximum(np.minimum(stops + self._start, self._stop), starts)
     firsts = np.searchsorted(self._offsets, starts, side="right") - 1
-    lasts = np.where(stops > starts, np.searchsorted(self._offsets, stops, side="left"), firsts)  # exclusive
-    fetched = self._fetch(sorted({k for first, last in zip(firsts.tolist(), lasts.tolist())
-                                  for k in range(first, last)}))
+    lasts = np.where(
+      stops > starts, np.searchsorted(self._offsets, stops, side="left"), firsts
+    )  # exclusive
+    fetched = self._fetch(
+      sorted(
+        {k for first, last in zip(firsts.tolist(), lasts.tolist()) for k in range(first, last)}
+      )
+    )
     out = []
-    for start, stop, first, last in zip(starts.tolist(), stops.tolist(), firsts.tolist(), lasts.tolist()):
+    for start, stop, first, last in zip(
+      starts.tolist(), stops.tolist(), firsts.tolist(), lasts.tolist()
+    ):
       pieces = []
       for k in range(first, last):
         # Only the part of record k (its tokens, then <eos> if it ends a document) in the range.
         base, record = int(self._offsets[k]), fetched[k]
         lo, hi = max(start - base, 0), min(stop - base, len(record) + int(self._ends[k]))
-        pieces.append(record[lo:min(hi, len(record))])
+        pieces.append(record[lo : min(hi, len(record))])
         if hi > len(record):
           pieces.append(EOS_PIECE)
       out.append(pieces)
@@ -307,12 +345,14 @@ class ArrayStream:
     return len(self._tokens)
 
   def read(self, start: int, stop: int) -> np.ndarray:
-    return self._tokens[max(start, 0):max(stop, 0)]
+    return self._tokens[max(start, 0) : max(stop, 0)]
 
   def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     return [self.read(start, stop) for start, stop in ranges]
 
-  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  def read_block(
+    self, starts: Sequence[int], width: int, pad: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """As `PreparedStream.read_block`, by one gather: a small model's step is a few milliseconds,
     and a row-by-row copy took a tenth of a millisecond per 10 rows of it."""
     positions = np.asarray(starts, np.int64)[:, None] + np.arange(width)

@@ -33,9 +33,21 @@ CHUNK_CHARS = 1 << 21
 PIECE_CHARS = 1 << 20
 
 
-def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: int = 0, vocab_from: str = "",
-                   with_labels: bool = False, num_classes: int = 0, num_workers: int = 1, shard_bytes: int = 256 << 20,
-                   read_options: dict | None = None, flag: str = "data", holdout: str = "") -> dict:
+def prepare_corpus(
+  data: str,
+  out: str,
+  *,
+  tokenizer: str = "char",
+  vocab_size: int = 0,
+  vocab_from: str = "",
+  with_labels: bool = False,
+  num_classes: int = 0,
+  num_workers: int = 1,
+  shard_bytes: int = 256 << 20,
+  read_options: dict | None = None,
+  flag: str = "data",
+  holdout: str = "",
+) -> dict:
   """Writes the prepared dataset of `data` (specs) to `out`; returns its metadata.
 
   `holdout` (`holdout:P%`): the vocabulary and labels are fixed without the documents that a
@@ -44,14 +56,17 @@ def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: 
   read_options = read_options or {}
   out_path = epath.Path(out)
   if (out_path / prepared.META_FILE).exists():
-    raise DataError(f"--out={out}: already holds a prepared dataset; remove it or choose another --out")
+    raise DataError(
+      f"--out={out}: already holds a prepared dataset; remove it or choose another --out"
+    )
   if out_path.exists() and any(out_path.iterdir()):
     raise DataError(f"--out={out}: exists and is not empty; choose another --out")
   specs = [sources.parse_spec(spec, flag) for spec in data.split(",")]
   if any(spec.kind == sources.PREPARED for spec in specs):
     raise DataError(f"--{flag}={data}: already prepared; give the trainer prepared:DIR directly")
   examples = lambda: itertools.chain.from_iterable(
-      sources.iter_examples(spec, with_labels=with_labels, **read_options) for spec in specs)
+    sources.iter_examples(spec, with_labels=with_labels, **read_options) for spec in specs
+  )
   slice_unit = "tokens" if all(spec.kind == "text" for spec in specs) else "examples"
 
   vocab, labels = _fixed_vocabulary(vocab_from, tokenizer, with_labels)
@@ -60,8 +75,9 @@ def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: 
     if holdout:
       held = sources.holdout_mask(sum(1 for _ in examples()), holdout, "eval_data")
       training_examples = (e for e, is_held in zip(examples(), held) if not is_held)
-    counts, labels_seen = _first_pass(training_examples, tokenizer if vocab is None else None, with_labels,
-                                      num_workers)
+    counts, labels_seen = _first_pass(
+      training_examples, tokenizer if vocab is None else None, with_labels, num_workers
+    )
     if vocab is None:
       vocab = Vocabulary.from_counts(counts, tokenizer, vocab_size or None)
     if with_labels and labels is None:
@@ -73,11 +89,27 @@ def prepare_corpus(data: str, out: str, *, tokenizer: str = "char", vocab_size: 
     tmp.rmtree()
   (tmp / prepared.INDEX_DIR).mkdir(parents=True)
   try:
-    meta = _write_records(examples(), vocab, labels, tmp, num_workers=num_workers, shard_bytes=shard_bytes,
-                          split_documents=not with_labels, flag=flag)
-    meta.update(format=prepared.FORMAT_VERSION, tokenizer=vocab.kind, vocab_size=vocab_size or 0,
-                vocab_tokens=len(vocab), labelled=with_labels, num_classes=labels.num_classes if labels else 0,
-                slice_unit=slice_unit, sources=[str(spec) for spec in specs], vocab_from=vocab_from)
+    meta = _write_records(
+      examples(),
+      vocab,
+      labels,
+      tmp,
+      num_workers=num_workers,
+      shard_bytes=shard_bytes,
+      split_documents=not with_labels,
+      flag=flag,
+    )
+    meta.update(
+      format=prepared.FORMAT_VERSION,
+      tokenizer=vocab.kind,
+      vocab_size=vocab_size or 0,
+      vocab_tokens=len(vocab),
+      labelled=with_labels,
+      num_classes=labels.num_classes if labels else 0,
+      slice_unit=slice_unit,
+      sources=[str(spec) for spec in specs],
+      vocab_from=vocab_from,
+    )
     vocab.save(str(tmp / prepared.VOCAB_FILE))
     if labels is not None:
       labels.save(str(tmp / prepared.LABELS_FILE))
@@ -109,14 +141,20 @@ def remove_dead_temporaries(out_path: epath.Path) -> None:
   for entry in out_path.parent.iterdir():
     if not entry.name.startswith(prefix):
       continue
-    host, _, pid = entry.name[len(prefix):].rpartition("-")
+    host, _, pid = entry.name[len(prefix) :].rpartition("-")
     if not pid.isdigit():
       continue
     if host and host != here:
-      logging.warning("%s: left by a prepare on %s (process %s); remove it if that prepare is no longer running",
-                      entry, host, pid)
+      logging.warning(
+        "%s: left by a prepare on %s (process %s); remove it if that prepare is no longer running",
+        entry,
+        host,
+        pid,
+      )
     elif not _process_alive(int(pid)):
-      logging.warning("%s: removing what a prepare that died (process %s) left half written", entry, pid)
+      logging.warning(
+        "%s: removing what a prepare that died (process %s) left half written", entry, pid
+      )
       entry.rmtree(missing_ok=True)
 
 
@@ -134,12 +172,16 @@ def _fixed_vocabulary(vocab_from: str, tokenizer: str, with_labels: bool):
   """(vocabulary, labels) of `--vocab_from` (either may be None: fixed from this data)."""
   if not vocab_from:
     if tokenizer not in KINDS:
-      raise DataError(f"--tokenizer={tokenizer!r}: unknown tokenizer; expected one of {', '.join(KINDS)}")
+      raise DataError(
+        f"--tokenizer={tokenizer!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
+      )
     return None, None
   directory = epath.Path(vocab_from)
   if not (directory / prepared.VOCAB_FILE).exists():
-    raise DataError(f"--vocab_from={vocab_from}: no {prepared.VOCAB_FILE} there (give a prepared dataset or"
-                    " a training run's workdir)")
+    raise DataError(
+      f"--vocab_from={vocab_from}: no {prepared.VOCAB_FILE} there (give a prepared dataset or"
+      " a training run's workdir)"
+    )
   vocab = Vocabulary.load(str(directory / prepared.VOCAB_FILE))
   labels_path = directory / prepared.LABELS_FILE
   labels = Labels.load(str(labels_path)) if with_labels and labels_path.exists() else None
@@ -153,7 +195,9 @@ def _pieces(example: dict, split_documents: bool) -> list[str]:
     return [text]
   pieces, start = [], 0
   while len(text) - start > PIECE_CHARS:
-    cut = max(text.rfind(" ", start, start + PIECE_CHARS), text.rfind("\n", start, start + PIECE_CHARS))
+    cut = max(
+      text.rfind(" ", start, start + PIECE_CHARS), text.rfind("\n", start, start + PIECE_CHARS)
+    )
     cut = cut + 1 if cut > start else start + PIECE_CHARS  # no whitespace at all: cut anyway
     pieces.append(text[start:cut])
     start = cut
@@ -161,7 +205,9 @@ def _pieces(example: dict, split_documents: bool) -> list[str]:
   return pieces
 
 
-def _chunks(examples: Iterable[dict], split_documents: bool) -> Iterator[tuple[list[str], list[dict], list[bool]]]:
+def _chunks(
+  examples: Iterable[dict], split_documents: bool
+) -> Iterator[tuple[list[str], list[dict], list[bool]]]:
   """(texts, their examples, ends_document) of about CHUNK_CHARS characters each."""
   texts, owners, ends, size = [], [], [], 0
   for example in examples:
@@ -183,7 +229,9 @@ def _pool(num_workers: int, kind: str, tokens: list[str] | None):
   if num_workers <= 1:
     prepare_workers.start(kind, tokens)
     return None
-  return multiprocessing.get_context("spawn").Pool(num_workers, prepare_workers.start, (kind, tokens))
+  return multiprocessing.get_context("spawn").Pool(
+    num_workers, prepare_workers.start, (kind, tokens)
+  )
 
 
 def _mapped(pool, function, items: Iterable, num_workers: int) -> Iterator:
@@ -223,7 +271,9 @@ def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, n
   pool = _pool(num_workers if kind else 1, kind or "char", None)  # (no tokenising: no workers)
   with _progress("counting tokens" if kind else "reading labels") as bar:
     try:
-      for chunk_counts in _mapped(pool, prepare_workers.count_tokens, texts_of(chunks), num_workers):
+      for chunk_counts in _mapped(
+        pool, prepare_workers.count_tokens, texts_of(chunks), num_workers
+      ):
         counts.update(chunk_counts)
     finally:
       if pool is not None:
@@ -267,8 +317,17 @@ class _ShardWriter:
     return self.shards
 
 
-def _write_records(examples: Iterable[dict], vocab: Vocabulary, labels: Labels | None, directory: epath.Path, *,
-                   num_workers: int, shard_bytes: int, split_documents: bool, flag: str) -> dict:
+def _write_records(
+  examples: Iterable[dict],
+  vocab: Vocabulary,
+  labels: Labels | None,
+  directory: epath.Path,
+  *,
+  num_workers: int,
+  shard_bytes: int,
+  split_documents: bool,
+  flag: str,
+) -> dict:
   lengths, ends, label_ids = [], [], []
   writer = _ShardWriter(directory, shard_bytes)
   chunks = _chunks(examples, split_documents)
@@ -283,14 +342,18 @@ def _write_records(examples: Iterable[dict], vocab: Vocabulary, labels: Labels |
   documents = 0
   with _progress("writing records") as bar:
     try:
-      for records, chunk_lengths in _mapped(pool, prepare_workers.encode_texts, texts_of(chunks), num_workers):
+      for records, chunk_lengths in _mapped(
+        pool, prepare_workers.encode_texts, texts_of(chunks), num_workers
+      ):
         owners, chunk_ends = pending.pop(0)
         for record in records:
           writer.write(record)
         lengths.append(chunk_lengths)
         ends.append(np.array(chunk_ends, bool))
         if labels is not None:
-          label_ids.append(labels.ids(owners, f"--{flag}"))  # a label this run does not know fails here
+          label_ids.append(
+            labels.ids(owners, f"--{flag}")
+          )  # a label this run does not know fails here
         documents += int(sum(chunk_ends))
         bar.update(len(records))
     finally:
@@ -301,9 +364,16 @@ def _write_records(examples: Iterable[dict], vocab: Vocabulary, labels: Labels |
     raise DataError(f"--{flag}: no examples")
   lengths = np.concatenate(lengths)
   index = directory / prepared.INDEX_DIR
-  for name, array in (("lengths", lengths), ("ends_document", np.concatenate(ends)),
-                      *((("labels", np.concatenate(label_ids)),) if labels is not None else ())):
+  for name, array in (
+    ("lengths", lengths),
+    ("ends_document", np.concatenate(ends)),
+    *((("labels", np.concatenate(label_ids)),) if labels is not None else ()),
+  ):
     with (index / f"{name}.npy").open("wb") as f:
       np.save(f, array)
-  return {"num_records": int(len(lengths)), "num_documents": documents,
-          "num_tokens": int(lengths.sum(dtype=np.int64)), "shards": shards}
+  return {
+    "num_records": int(len(lengths)),
+    "num_documents": documents,
+    "num_tokens": int(lengths.sum(dtype=np.int64)),
+    "shards": shards,
+  }

@@ -27,6 +27,7 @@ from pipeline.errors import DataError
 from pipeline.prepared import InMemorySequences
 from pipeline.tokenizers import UNK, Vocabulary
 
+
 def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
   """Token ids of every example; an example with no tokens is read as one `<unk>`."""
   encoded = []
@@ -40,6 +41,7 @@ def encode_all(examples: Sequence[dict], vocab: Vocabulary) -> list[np.ndarray]:
 class EpochPlanner:
   """epoch -> that epoch's plan, and how many batches every epoch has where that is known
   without planning (pad, bucket; a packing plan's size changes with its shuffle)."""
+
   plan: Callable[[int], list]
   batches_per_epoch: int | None = None
 
@@ -55,8 +57,17 @@ class PlannedBatches:
   resumed far in pays that at its start).
   """
 
-  def __init__(self, sequences, labels: np.ndarray, plan_for_epoch: Callable[[int], list],
-               *, repeat: bool, segments_per_row: int, shard_index: int, shard_count: int):
+  def __init__(
+    self,
+    sequences,
+    labels: np.ndarray,
+    plan_for_epoch: Callable[[int], list],
+    *,
+    repeat: bool,
+    segments_per_row: int,
+    shard_index: int,
+    shard_count: int,
+  ):
     # (a list of token-id arrays is read as in-memory sequences)
     self._sequences = InMemorySequences(sequences) if isinstance(sequences, list) else sequences
     self._labels = labels
@@ -66,10 +77,14 @@ class PlannedBatches:
     self._lock = threading.Lock()
     self._plans: dict[int, concurrent.futures.Future] = {}
     self._epoch_starts = [0]  # index of each planned epoch's first batch
-    self._epoch_size = plan_for_epoch.batches_per_epoch if isinstance(plan_for_epoch, EpochPlanner) else None
+    self._epoch_size = (
+      plan_for_epoch.batches_per_epoch if isinstance(plan_for_epoch, EpochPlanner) else None
+    )
     # Training plans the next epoch in the background while this one is read, so the trainer
     # does not wait at an epoch boundary (a packing plan takes about 0.05 s per IMDB epoch).
-    self._planner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plan-ahead") if repeat else None
+    self._planner = (
+      concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plan-ahead") if repeat else None
+    )
 
   def __len__(self):
     return sys.maxsize if self._repeat else len(self._plan(0))
@@ -117,7 +132,7 @@ class PlannedBatches:
       raise IndexError(index)
     epoch, position = self._locate(index)
     planned = self._plan(epoch)[position]
-    return self._build(planned.width, planned.rows[self._shard_index::self._shard_count])
+    return self._build(planned.width, planned.rows[self._shard_index :: self._shard_count])
 
   def _build(self, width: int, rows: Sequence[tuple[int, ...]]) -> dict:
     size, segments = len(rows), self._segments
@@ -126,42 +141,94 @@ class PlannedBatches:
     segment_ends = np.zeros((size, segments), np.int32)
     labels = np.zeros((size, segments), np.int32)
     example_mask = np.zeros((size, segments), bool)
-    fetched = iter(self._sequences.get([example for row in rows for example in row]))  # one batched read
+    fetched = iter(
+      self._sequences.get([example for row in rows for example in row])
+    )  # one batched read
     for r, row in enumerate(rows):
       position = 0
       for s, example in enumerate(row):
-        ids = next(fetched)[:width - position]  # truncated to what fits
-        inputs[r, position:position + len(ids)] = ids
-        segment_ids[r, position:position + len(ids)] = s + 1
+        ids = next(fetched)[: width - position]  # truncated to what fits
+        inputs[r, position : position + len(ids)] = ids
+        segment_ids[r, position : position + len(ids)] = s + 1
         position += len(ids)
-        segment_ends[r, s], labels[r, s], example_mask[r, s] = position - 1, self._labels[example], True
-    return {"inputs": inputs, "mask": segment_ids > 0, "segment_ids": segment_ids,
-            "segment_ends": segment_ends, "labels": labels, "example_mask": example_mask}
+        segment_ends[r, s], labels[r, s], example_mask[r, s] = (
+          position - 1,
+          self._labels[example],
+          True,
+        )
+    return {
+      "inputs": inputs,
+      "mask": segment_ids > 0,
+      "segment_ids": segment_ids,
+      "segment_ends": segment_ends,
+      "labels": labels,
+      "example_mask": example_mask,
+    }
 
 
-def make_plan_function(lengths: np.ndarray, *, batching: str, batch_size: int, seq_len: int, seed: int,
-                       shuffle: bool, boundaries: list[int], batch_tokens: int, max_segments: int,
-                       row_multiple: int) -> tuple[EpochPlanner, int]:
+def make_plan_function(
+  lengths: np.ndarray,
+  *,
+  batching: str,
+  batch_size: int,
+  seq_len: int,
+  seed: int,
+  shuffle: bool,
+  boundaries: list[int],
+  batch_tokens: int,
+  max_segments: int,
+  row_multiple: int,
+) -> tuple[EpochPlanner, int]:
   """(epoch -> plan, sequences per row) for a batching mode."""
   if batching == "pad":
-    return EpochPlanner(lambda epoch: batch_plans.pad_plan(len(lengths), batch_size=batch_size, seq_len=seq_len,
-                                                           seed=seed, epoch=epoch, shuffle=shuffle),
-                        batch_plans.pad_plan_size(len(lengths), batch_size)), 1
+    return EpochPlanner(
+      lambda epoch: batch_plans.pad_plan(
+        len(lengths),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+      ),
+      batch_plans.pad_plan_size(len(lengths), batch_size),
+    ), 1
   if batching == "bucket":
     sizes = batch_plans.bucket_batch_sizes(boundaries, batch_size, batch_tokens, row_multiple)
-    return EpochPlanner(lambda epoch: batch_plans.bucket_plan(lengths, boundaries=boundaries, batch_sizes=sizes,
-                                                              seed=seed, epoch=epoch, shuffle=shuffle),
-                        batch_plans.bucket_plan_size(lengths, boundaries=boundaries, batch_sizes=sizes)), 1
+    return EpochPlanner(
+      lambda epoch: batch_plans.bucket_plan(
+        lengths, boundaries=boundaries, batch_sizes=sizes, seed=seed, epoch=epoch, shuffle=shuffle
+      ),
+      batch_plans.bucket_plan_size(lengths, boundaries=boundaries, batch_sizes=sizes),
+    ), 1
   if batching == "pack":
-    return EpochPlanner(lambda epoch: batch_plans.pack_plan(lengths, batch_size=batch_size, seq_len=seq_len,
-                                                            max_segments=max_segments, seed=seed, epoch=epoch,
-                                                            shuffle=shuffle)), max_segments
-  raise DataError(f"--batching={batching!r}: unknown; expected one of {', '.join(batch_plans.BATCHINGS)}")
+    return EpochPlanner(
+      lambda epoch: batch_plans.pack_plan(
+        lengths,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        max_segments=max_segments,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+      )
+    ), max_segments
+  raise DataError(
+    f"--batching={batching!r}: unknown; expected one of {', '.join(batch_plans.BATCHINGS)}"
+  )
 
 
-def sequence_batches(sequences, labels: np.ndarray, plan_for_epoch, *, train: bool,
-                     segments_per_row: int, shard_index: int = 0, shard_count: int = 1,
-                     num_threads: int = 2, start: int = 0) -> grain.IterDataset:
+def sequence_batches(
+  sequences,
+  labels: np.ndarray,
+  plan_for_epoch,
+  *,
+  train: bool,
+  segments_per_row: int,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  num_threads: int = 2,
+  start: int = 0,
+) -> grain.IterDataset:
   """This process's batches: training repeats epochs (each planned anew), evaluation is one epoch.
 
   `sequences`: the examples' token ids, read only for this process's rows
@@ -170,7 +237,15 @@ def sequence_batches(sequences, labels: np.ndarray, plan_for_epoch, *, train: bo
   `start`: the global index of the first batch (a resumed run's step). The plan fixes every
   global batch, so the position is the same number for any process count (elastic resume).
   """
-  source = PlannedBatches(sequences, labels, plan_for_epoch, repeat=train, segments_per_row=segments_per_row,
-                          shard_index=shard_index, shard_count=shard_count)
+  source = PlannedBatches(
+    sequences,
+    labels,
+    plan_for_epoch,
+    repeat=train,
+    segments_per_row=segments_per_row,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
   return grain.MapDataset.source(source)[start:].to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads)))
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads))
+  )

@@ -13,8 +13,9 @@ def parse_slice(text: str, what: str) -> tuple[str | None, str | None]:
   match = _SLICE_RE.match(text.replace(" ", ""))
   if not match:
     raise DataError(
-        f"{what}: bad slice {text!r}; expected [START:STOP] with integers or percentages,"
-        " e.g. [:90%], [90%:], [:1000]")
+      f"{what}: bad slice {text!r}; expected [START:STOP] with integers or percentages,"
+      " e.g. [:90%], [90%:], [:1000]"
+    )
   for bound in match.groups():
     if bound and bound.endswith("%") and not -100 <= int(bound[:-1]) <= 100:
       raise DataError(f"{what}: percentage out of range in slice {text!r}")

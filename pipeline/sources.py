@@ -66,14 +66,20 @@ def parse_spec(spec: str, flag: str) -> SourceSpec:
   """Parses `KIND:PATH[SLICE]`; `flag` names where the spec came from."""
   kind, sep, rest = spec.partition(":")
   if not sep or not rest:
-    raise DataError(f"--{flag}={spec!r}: expected KIND:PATH[SLICE] with KIND one of {', '.join(KINDS)}")
+    raise DataError(
+      f"--{flag}={spec!r}: expected KIND:PATH[SLICE] with KIND one of {', '.join(KINDS)}"
+    )
   if kind not in KINDS:
-    raise DataError(f"--{flag}={spec!r}: unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise DataError(
+      f"--{flag}={spec!r}: unknown data kind {kind!r}; expected one of {', '.join(KINDS)}"
+    )
   path, slice_text = _PATH_AND_SLICE.match(rest).groups()
   if not path:
     raise DataError(f"--{flag}={spec!r}: missing path or name after {kind}:")
   if kind == "synthetic" and not synthetic.is_task(path):
-    raise DataError(f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASK_NAMES)}")
+    raise DataError(
+      f"--{flag}={spec!r}: unknown synthetic task {path!r}; expected one of {', '.join(synthetic.TASK_NAMES)}"
+    )
   return SourceSpec(kind, path, slice_text, flag)
 
 
@@ -117,21 +123,30 @@ def holdout_split(examples: Sequence[dict], spec: str, flag: str) -> tuple[list[
 
 def holdout_mask(num_examples: int, spec: str, flag: str) -> np.ndarray:
   """bool [num_examples]: the examples `holdout:P%` holds out (a fixed random P%)."""
-  text = spec[len(HOLDOUT):]
+  text = spec[len(HOLDOUT) :]
   if not re.fullmatch(r"\d+(\.\d+)?%", text) or not 0 < float(text[:-1]) < 100:
     raise DataError(f"--{flag}={spec!r}: expected holdout:P% with 0 < P < 100, e.g. holdout:10%")
   count = int(num_examples * float(text[:-1]) / 100)
   if count < 1 or count >= num_examples:
-    raise DataError(f"--{flag}={spec!r}: {text} of {num_examples} training examples leaves no"
-                    " dev or no training example (a text: file is one example: slice it instead)")
+    raise DataError(
+      f"--{flag}={spec!r}: {text} of {num_examples} training examples leaves no"
+      " dev or no training example (a text: file is one example: slice it instead)"
+    )
   held = np.zeros(num_examples, bool)
   held[np.random.default_rng(_HOLDOUT_SEED).permutation(num_examples)[:count]] = True
   return held
 
 
-def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text",
-                  label_field: str = "label", tfds_data_dir: str | None = None,
-                  utf8_errors: str = "strict", encoding: str = "utf-8") -> Sequence[dict]:
+def read_examples(
+  spec: SourceSpec,
+  *,
+  with_labels: bool,
+  text_field: str = "text",
+  label_field: str = "label",
+  tfds_data_dir: str | None = None,
+  utf8_errors: str = "strict",
+  encoding: str = "utf-8",
+) -> Sequence[dict]:
   """Reads the examples a spec names (a list, or a lazy random-access view for TFDS).
 
   File examples carry `where` (`FILE:LINE`) so that later checks can name their line.
@@ -139,22 +154,28 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   into U+FFFD with a warning, `"strict"` refuses them.
   """
   if spec.kind == PREPARED:
-    raise DataError(f"--{spec.flag}={spec}: a prepared dataset holds token ids, not text; the trainer"
-                    " reads it directly (it cannot be joined with other specs or prepared again)")
+    raise DataError(
+      f"--{spec.flag}={spec}: a prepared dataset holds token ids, not text; the trainer"
+      " reads it directly (it cannot be joined with other specs or prepared again)"
+    )
   if spec.kind == "tfds":
     return _tfds_examples(spec, with_labels, text_field, label_field, tfds_data_dir)
   if spec.kind == "synthetic":
     examples = synthetic.generate(spec.path)
     if with_labels and "label" not in examples[0]:
-      raise DataError(f"--{spec.flag}={spec}: synthetic task {spec.path!r} has no labels; use it with --task=lm")
+      raise DataError(
+        f"--{spec.flag}={spec}: synthetic task {spec.path!r} has no labels; use it with --task=lm"
+      )
   elif spec.kind == "text":
     if with_labels:
-      raise DataError(f"--{spec.flag}={spec}: a text: source is one unlabelled document; use lines: or jsonl: for --task=classify")
+      raise DataError(
+        f"--{spec.flag}={spec}: a text: source is one unlabelled document; use lines: or jsonl: for --task=classify"
+      )
     text = _read_text(spec, utf8_errors, encoding)
     chars = slice_range(spec.slice, len(text), f"--{spec.flag}")
     if not chars:
       raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(text)} characters")
-    return [{"text": text[chars.start:chars.stop]}]
+    return [{"text": text[chars.start : chars.stop]}]
   elif spec.kind == "lines":
     examples = _lines_examples(spec, with_labels, utf8_errors, encoding)
   elif spec.kind in ("csv", "tsv"):
@@ -166,7 +187,7 @@ def read_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "tex
   selected = slice_range(spec.slice, len(examples), f"--{spec.flag}")
   if not selected:
     raise DataError(f"--{spec.flag}={spec}: the slice selects none of the {len(examples)} examples")
-  return examples[selected.start:selected.stop]
+  return examples[selected.start : selected.stop]
 
 
 def _check_file(spec: SourceSpec) -> None:
@@ -187,20 +208,24 @@ def _open_binary(path: str):
       yield f
 
 
-def _decode(data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8", line: int | None = None) -> str:
+def _decode(
+  data: bytes, path: str, utf8_errors: str, encoding: str = "utf-8", line: int | None = None
+) -> str:
   """`data` decoded: the whole file, or its line number `line` (errors then name that line)."""
   try:
     return data.decode(encoding)
   except LookupError:
     raise DataError(f"--encoding={encoding}: unknown text encoding") from None
   except UnicodeDecodeError as e:
-    number = line if line is not None else data[:e.start].count(b"\n") + 1
+    number = line if line is not None else data[: e.start].count(b"\n") + 1
     position = f"column {e.start + 1}" if line is not None else f"offset {e.start}"
     name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     where = f"{path}:{number}: not valid {name} (byte {data[e.start]:#04x} at {position})"
     if utf8_errors != "replace":
-      raise DataError(f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
-                      " or --utf8_errors=replace to replace such bytes") from None
+      raise DataError(
+        f"{where}; pass --encoding if the file is in another encoding (e.g. latin-1),"
+        " or --utf8_errors=replace to replace such bytes"
+      ) from None
     text = data.decode(encoding, errors="replace")
     logging.warning("%s; replaced %d such characters with U+FFFD", where, text.count("\ufffd"))
     return text
@@ -228,7 +253,9 @@ def _numbered_lines(spec: SourceSpec, utf8_errors: str, encoding: str):
 def _parse_label(value, where: str) -> int | str:
   """A class id (int >= 0) or a class name (a non-empty string that is not an integer)."""
   if isinstance(value, bool) or not isinstance(value, (int, str)):
-    raise DataError(f"{where}: label {value!r} is neither a class id (integer) nor a class name (string)")
+    raise DataError(
+      f"{where}: label {value!r} is neither a class id (integer) nor a class name (string)"
+    )
   if isinstance(value, str):
     value = value.strip()
     if not re.fullmatch(r"[+-]?\d+", value):
@@ -251,8 +278,9 @@ def _lines_records(spec: SourceSpec, with_labels: bool, numbered_lines) -> Itera
     yield {"text": text, "label": _parse_label(label, where), "where": where}
 
 
-def _jsonl_records(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
-                   numbered_lines) -> Iterator[dict]:
+def _jsonl_records(
+  spec: SourceSpec, with_labels: bool, text_field: str, label_field: str, numbered_lines
+) -> Iterator[dict]:
   for number, line in numbered_lines:
     where = f"{spec.path}:{number}"
     try:
@@ -269,12 +297,22 @@ def _jsonl_records(spec: SourceSpec, with_labels: bool, text_field: str, label_f
     yield example
 
 
-def _lines_examples(spec: SourceSpec, with_labels: bool, utf8_errors: str, encoding: str) -> list[dict]:
-  return _nonempty(list(_lines_records(spec, with_labels, _numbered_lines(spec, utf8_errors, encoding))), spec)
+def _lines_examples(
+  spec: SourceSpec, with_labels: bool, utf8_errors: str, encoding: str
+) -> list[dict]:
+  return _nonempty(
+    list(_lines_records(spec, with_labels, _numbered_lines(spec, utf8_errors, encoding))), spec
+  )
 
 
-def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str,
-                    utf8_errors: str, encoding: str) -> list[dict]:
+def _jsonl_examples(
+  spec: SourceSpec,
+  with_labels: bool,
+  text_field: str,
+  label_field: str,
+  utf8_errors: str,
+  encoding: str,
+) -> list[dict]:
   numbered = _numbered_lines(spec, utf8_errors, encoding)
   return _nonempty(list(_jsonl_records(spec, with_labels, text_field, label_field, numbered)), spec)
 
@@ -283,19 +321,40 @@ def _jsonl_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_
 _LINE_SAFE_ENCODINGS = ("utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "ascii", "cp1252")
 
 
-def iter_examples(spec: SourceSpec, *, with_labels: bool, text_field: str = "text", label_field: str = "label",
-                  tfds_data_dir: str | None = None, utf8_errors: str = "strict",
-                  encoding: str = "utf-8") -> Iterator[dict]:
+def iter_examples(
+  spec: SourceSpec,
+  *,
+  with_labels: bool,
+  text_field: str = "text",
+  label_field: str = "label",
+  tfds_data_dir: str | None = None,
+  utf8_errors: str = "strict",
+  encoding: str = "utf-8",
+) -> Iterator[dict]:
   """The examples of `spec` one by one (what `read_examples` returns), reading `lines:` and
   `jsonl:` files as a stream, so that a corpus larger than memory can be prepared; other kinds,
   and sliced files (a percentage needs the count), are read whole first."""
-  if spec.kind not in ("lines", "jsonl") or spec.slice or encoding.lower().replace("_", "-") not in _LINE_SAFE_ENCODINGS:
-    yield from read_examples(spec, with_labels=with_labels, text_field=text_field, label_field=label_field,
-                             tfds_data_dir=tfds_data_dir, utf8_errors=utf8_errors, encoding=encoding)
+  if (
+    spec.kind not in ("lines", "jsonl")
+    or spec.slice
+    or encoding.lower().replace("_", "-") not in _LINE_SAFE_ENCODINGS
+  ):
+    yield from read_examples(
+      spec,
+      with_labels=with_labels,
+      text_field=text_field,
+      label_field=label_field,
+      tfds_data_dir=tfds_data_dir,
+      utf8_errors=utf8_errors,
+      encoding=encoding,
+    )
     return
   numbered = _streamed_lines(spec, utf8_errors, encoding)
-  records = (_lines_records(spec, with_labels, numbered) if spec.kind == "lines"
-             else _jsonl_records(spec, with_labels, text_field, label_field, numbered))
+  records = (
+    _lines_records(spec, with_labels, numbered)
+    if spec.kind == "lines"
+    else _jsonl_records(spec, with_labels, text_field, label_field, numbered)
+  )
   empty = True
   for example in records:
     empty = False
@@ -309,14 +368,20 @@ def _streamed_lines(spec: SourceSpec, utf8_errors: str, encoding: str) -> Iterat
   try:
     with _open_binary(spec.path) as f:
       for number, data in enumerate(f, start=1):
-        line = _decode(data, spec.path, utf8_errors, encoding, line=number).rstrip("\n").removesuffix("\r")
+        line = (
+          _decode(data, spec.path, utf8_errors, encoding, line=number)
+          .rstrip("\n")
+          .removesuffix("\r")
+        )
         if line.strip():
           yield number, line
   except (OSError, EOFError) as e:  # e.g. a truncated or corrupt .gz file
     raise DataError(f"{spec.path}: cannot read ({e})") from None
 
 
-def _record_example(record: dict, where: str, with_labels: bool, text_field: str, label_field: str) -> dict:
+def _record_example(
+  record: dict, where: str, with_labels: bool, text_field: str, label_field: str
+) -> dict:
   """An example from one table record (csv, tsv, parquet), whose columns were checked."""
   text = record[text_field]
   if not isinstance(text, str):
@@ -327,25 +392,39 @@ def _record_example(record: dict, where: str, with_labels: bool, text_field: str
   return example
 
 
-def _check_columns(columns, spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> None:
+def _check_columns(
+  columns, spec: SourceSpec, with_labels: bool, text_field: str, label_field: str
+) -> None:
   needed = [text_field] + ([label_field] if with_labels else [])
   missing = [name for name in needed if name not in columns]
   if missing:
     flags = {text_field: "--text_field", label_field: "--label_field"}
-    raise DataError(f"{spec.path}: no column {missing[0]!r} (see {flags[missing[0]]}); the columns are"
-                    f" {', '.join(map(repr, columns))}")
+    raise DataError(
+      f"{spec.path}: no column {missing[0]!r} (see {flags[missing[0]]}); the columns are"
+      f" {', '.join(map(repr, columns))}"
+    )
 
 
-def _csv_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str, utf8_errors: str,
-                  encoding: str) -> list[dict]:
+def _csv_examples(
+  spec: SourceSpec,
+  with_labels: bool,
+  text_field: str,
+  label_field: str,
+  utf8_errors: str,
+  encoding: str,
+) -> list[dict]:
   text = _read_text(spec, utf8_errors, encoding)
-  reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if spec.kind == "tsv" else ",")
+  reader = csv.DictReader(
+    io.StringIO(text, newline=""), delimiter="\t" if spec.kind == "tsv" else ","
+  )
   try:
     _check_columns(reader.fieldnames or [], spec, with_labels, text_field, label_field)
     examples = []
     start = reader.line_num + 1
     for record in reader:
-      where = f"{spec.path}:{start}"  # the line the record starts on (a quoted field may span lines)
+      where = (
+        f"{spec.path}:{start}"  # the line the record starts on (a quoted field may span lines)
+      )
       start = reader.line_num + 1
       extra = record.pop(None, None)  # fields beyond the header's; missing ones read as None
       if extra is not None or None in record.values():
@@ -359,7 +438,9 @@ def _csv_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_fi
   return _nonempty(examples, spec)
 
 
-def _parquet_examples(spec: SourceSpec, with_labels: bool, text_field: str, label_field: str) -> list[dict]:
+def _parquet_examples(
+  spec: SourceSpec, with_labels: bool, text_field: str, label_field: str
+) -> list[dict]:
   import pyarrow.parquet as pq  # Installed with TFDS; imported only for this kind.
 
   _check_file(spec)
@@ -373,9 +454,13 @@ def _parquet_examples(spec: SourceSpec, with_labels: bool, text_field: str, labe
   except DataError:
     raise
   except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-    raise DataError(f"{spec.path}: cannot read as Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-  examples = [_record_example(record, f"{spec.path} row {index + 1}", with_labels, text_field, label_field)
-              for index, record in enumerate(records)]
+    raise DataError(
+      f"{spec.path}: cannot read as Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    ) from None
+  examples = [
+    _record_example(record, f"{spec.path} row {index + 1}", with_labels, text_field, label_field)
+    for index, record in enumerate(records)
+  ]
   return _nonempty(examples, spec)
 
 
@@ -402,10 +487,14 @@ class _TfdsExamples(Sequence):
       raise IndexError(index)
     record = self._source[index % len(self)]
     text = record[self._text_field]
-    example = {"text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text),
-               "where": f"{self._where} record {index}"}
+    example = {
+      "text": text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text),
+      "where": f"{self._where} record {index}",
+    }
     if self._with_labels:
-      example["label"] = _parse_label(int(record[self._label_field]), f"{self._where} record {index}")
+      example["label"] = _parse_label(
+        int(record[self._label_field]), f"{self._where} record {index}"
+      )
     return example
 
 
@@ -421,13 +510,17 @@ def _tfds_examples(spec, with_labels, text_field, label_field, data_dir) -> Sequ
     source = builder.as_data_source(split=split + (spec.slice or ""))
   except Exception as e:  # TFDS raises many types; the user needs the name and the reason.
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise DataError(f"--{spec.flag}={spec}: cannot open TFDS dataset {name!r} split {split!r}"
-                    f" in {data_dir or 'the default data dir'}: {reason}") from None
+    raise DataError(
+      f"--{spec.flag}={spec}: cannot open TFDS dataset {name!r} split {split!r}"
+      f" in {data_dir or 'the default data dir'}: {reason}"
+    ) from None
   features = builder.info.features
   for field in [text_field] + ([label_field] if with_labels else []):
     if field not in features:
-      raise DataError(f"--{spec.flag}={spec}: TFDS dataset {name!r} has no field {field!r};"
-                      f" it has {', '.join(features.keys())}")
+      raise DataError(
+        f"--{spec.flag}={spec}: TFDS dataset {name!r} has no field {field!r};"
+        f" it has {', '.join(features.keys())}"
+      )
   if len(source) == 0:
     raise DataError(f"--{spec.flag}={spec}: no examples")
   return _TfdsExamples(source, with_labels, text_field, label_field, str(spec))

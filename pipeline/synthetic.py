@@ -40,12 +40,18 @@ def copy_documents(num_documents: int = 40_000) -> list[dict]:
   documents = []
   for _ in range(num_documents):
     word = _random_letters(rng, b"abcdefgh", rng.integers(4, 13))
-    documents.append({"text": f"{word}={word}", "where": f"synthetic:copy document {len(documents)}"})
+    documents.append(
+      {"text": f"{word}={word}", "where": f"synthetic:copy document {len(documents)}"}
+    )
   return documents
 
 
-def recall_examples(num_examples: int = 20_000, num_classes: int = 3, noise_lengths: tuple[int, int] = (9, 40),
-                    name: str = "recall") -> list[dict]:
+def recall_examples(
+  num_examples: int = 20_000,
+  num_classes: int = 3,
+  noise_lengths: tuple[int, int] = (9, 40),
+  name: str = "recall",
+) -> list[dict]:
   """`noise_lengths`: the letters after the first, from low to high (exclusive)."""
   rng = np.random.default_rng(_SEED + 1)
   letters = b"abcdefghij"
@@ -53,8 +59,13 @@ def recall_examples(num_examples: int = 20_000, num_classes: int = 3, noise_leng
   for _ in range(num_examples):
     label = int(rng.integers(num_classes))
     noise = _random_letters(rng, letters, rng.integers(*noise_lengths))
-    examples.append({"text": chr(letters[label]) + noise, "label": label,
-                     "where": f"synthetic:{name} example {len(examples)}"})
+    examples.append(
+      {
+        "text": chr(letters[label]) + noise,
+        "label": label,
+        "where": f"synthetic:{name} example {len(examples)}",
+      }
+    )
   return examples
 
 
@@ -73,5 +84,7 @@ def generate(name: str) -> tuple[dict, ...]:
   match = _AT_DISTANCE.match(name)
   if match:
     distance = int(match.group(1))
-    return tuple(recall_examples(num_examples=5_000, noise_lengths=(distance, distance + 1), name=name))
+    return tuple(
+      recall_examples(num_examples=5_000, noise_lengths=(distance, distance + 1), name=name)
+    )
   return tuple(TASKS[name]())

@@ -16,13 +16,21 @@ from pipeline.errors import DataError
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def write_tfds_dataset(name: str, splits: Mapping[str, Sequence[dict]], *, data_dir: str, with_labels: bool,
-            version: str = "1.0.0") -> str:
+def write_tfds_dataset(
+  name: str,
+  splits: Mapping[str, Sequence[dict]],
+  *,
+  data_dir: str,
+  with_labels: bool,
+  version: str = "1.0.0",
+) -> str:
   """Writes `splits` (split name -> examples) as TFDS dataset `name`; returns its directory."""
   import tensorflow_datasets as tfds  # Slow to import; only this command needs it.
 
   if not _NAME_RE.match(name):
-    raise DataError(f"--name={name!r}: use lower-case letters, digits and underscores, starting with a letter")
+    raise DataError(
+      f"--name={name!r}: use lower-case letters, digits and underscores, starting with a letter"
+    )
   features = {"text": tfds.features.Text()}
   if with_labels:
     features["label"] = np.int64

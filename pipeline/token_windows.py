@@ -47,7 +47,9 @@ class ReversedStream:
   def __len__(self):
     return self._size
 
-  def read_block(self, starts: Sequence[int], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  def read_block(
+    self, starts: Sequence[int], width: int, pad: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     starts = np.asarray(starts, np.int64)
     stops = np.clip(starts + width, 0, self._size)
     lengths = np.maximum(stops - np.maximum(starts, 0), 0)
@@ -68,16 +70,27 @@ class LaneWindows:
   touches only its share of a prepared corpus.
   """
 
-  def __init__(self, stream, *, num_lanes: int, seq_len: int, lanes: range, carry_state: bool, what: str,
-               reverse: bool = False):
+  def __init__(
+    self,
+    stream,
+    *,
+    num_lanes: int,
+    seq_len: int,
+    lanes: range,
+    carry_state: bool,
+    what: str,
+    reverse: bool = False,
+  ):
     self._stream = ArrayStream(stream) if isinstance(stream, np.ndarray) else stream
     if reverse:
       self._stream = ReversedStream(self._stream)
     self._size = len(self._stream)
     self._lane_length = math.ceil(self._size / num_lanes)
     if self._lane_length < 2:
-      raise DataError(f"{what}: {self._size} tokens cannot fill {num_lanes} lanes of at least"
-                      f" 2 tokens; use more data or a smaller --batch_size")
+      raise DataError(
+        f"{what}: {self._size} tokens cannot fill {num_lanes} lanes of at least"
+        f" 2 tokens; use more data or a smaller --batch_size"
+      )
     self._lanes, self._seq_len, self._carry_state = lanes, seq_len, carry_state
     # Each lane's last token is a target only, so a lane of L tokens has L-1 targets; the
     # last window is padded (masked) rather than dropped, so that every token is scored.
@@ -97,17 +110,27 @@ class LaneWindows:
       real = np.pad(real, ((0, 0), (0, self._seq_len + 1 - width)))
     rows = len(self._lanes)
     return {
-        "inputs": chunk[:, :-1],
-        "targets": chunk[:, 1:],
-        "mask": real[:, 1:],
-        "resets": np.full(rows, window == 0 or not self._carry_state),
+      "inputs": chunk[:, :-1],
+      "targets": chunk[:, 1:],
+      "mask": real[:, 1:],
+      "resets": np.full(rows, window == 0 or not self._carry_state),
     }
 
 
-def window_batches(tokens, *, batch_size: int, seq_len: int, train: bool,
-                   carry_state: bool, shard_index: int = 0, shard_count: int = 1,
-                   num_threads: int = 2, what: str = "data", start: int = 0,
-                   reverse: bool = False) -> grain.IterDataset:
+def window_batches(
+  tokens,
+  *,
+  batch_size: int,
+  seq_len: int,
+  train: bool,
+  carry_state: bool,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  num_threads: int = 2,
+  what: str = "data",
+  start: int = 0,
+  reverse: bool = False,
+) -> grain.IterDataset:
   """Batches of windows; `batch_size` is global (the number of lanes), split over processes.
 
   Training data repeats forever, each epoch starting again from zero states; evaluation data
@@ -117,10 +140,19 @@ def window_batches(tokens, *, batch_size: int, seq_len: int, train: bool,
   """
   rows = batch_size // shard_count
   lanes = range(shard_index * rows, (shard_index + 1) * rows)
-  dataset = grain.MapDataset.source(LaneWindows(tokens, num_lanes=batch_size, seq_len=seq_len,
-                                                lanes=lanes, carry_state=carry_state, what=what,
-                                                reverse=reverse))
+  dataset = grain.MapDataset.source(
+    LaneWindows(
+      tokens,
+      num_lanes=batch_size,
+      seq_len=seq_len,
+      lanes=lanes,
+      carry_state=carry_state,
+      what=what,
+      reverse=reverse,
+    )
+  )
   if train:
     dataset = dataset.repeat()
-  return dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=max(2, 2 * num_threads)))
+  return dataset[start:].to_iter_dataset(
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2, 2 * num_threads))
+  )

@@ -48,8 +48,10 @@ class Vocabulary:
 
   def __init__(self, kind: str, tokens: list[str]):
     if kind not in KINDS:
-      raise DataError(f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}")
-    if tuple(tokens[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+      raise DataError(
+        f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
+      )
+    if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
       raise ValueError(f"a vocabulary starts with {SPECIAL_TOKENS}")
     self.kind = kind
     self.tokens = list(tokens)
@@ -65,26 +67,33 @@ class Vocabulary:
   def build(cls, texts: Iterable[str], kind: str, max_size: int | None = None) -> "Vocabulary":
     """Counts the tokens of `texts`; keeps the `max_size` most frequent (specials included)."""
     if kind not in KINDS:
-      raise DataError(f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}")
+      raise DataError(
+        f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
+      )
     counts = collections.Counter()
     for text in texts:
       counts.update(split_tokens(text, kind))
     return cls.from_counts(counts, kind, max_size)
 
   @classmethod
-  def from_counts(cls, counts: collections.Counter, kind: str, max_size: int | None = None) -> "Vocabulary":
+  def from_counts(
+    cls, counts: collections.Counter, kind: str, max_size: int | None = None
+  ) -> "Vocabulary":
     """The vocabulary of these token counts (as `build` makes it from the texts)."""
     if kind not in KINDS:
-      raise DataError(f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}")
+      raise DataError(
+        f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
+      )
     ranked = sorted(counts, key=lambda token: (-counts[token], token))
     if max_size is not None:
-      ranked = ranked[:max(max_size - len(SPECIAL_TOKENS), 0)]
+      ranked = ranked[: max(max_size - len(SPECIAL_TOKENS), 0)]
     return cls(kind, list(SPECIAL_TOKENS) + ranked)
 
   def encode(self, text: str) -> np.ndarray:
     """Token ids [N] (int32) of `text`; unknown tokens become `<unk>`."""
-    return np.fromiter((self._ids.get(token, UNK) for token in split_tokens(text, self.kind)),
-                       dtype=np.int32)
+    return np.fromiter(
+      (self._ids.get(token, UNK) for token in split_tokens(text, self.kind)), dtype=np.int32
+    )
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of `ids`, without padding; words are joined by single spaces."""
@@ -93,7 +102,9 @@ class Vocabulary:
 
   def save(self, path: str) -> None:
     # Atomic: a crash never leaves half a vocabulary.
-    paths.write_text(path, json.dumps({"kind": self.kind, "tokens": self.tokens}, ensure_ascii=False, indent=0))
+    paths.write_text(
+      path, json.dumps({"kind": self.kind, "tokens": self.tokens}, ensure_ascii=False, indent=0)
+    )
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":

@@ -22,7 +22,9 @@ def onednn_promise() -> str | None:
     return None
   if jax.default_backend() != "cpu":
     return None
-  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+  compiler = (
+    os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+  )
   if not compiler:
     return None
   return f"Linux x86-64, a CPU backend and the C++ compiler {compiler}"
@@ -34,7 +36,9 @@ def require_onednn() -> None:
     return
   promise = onednn_promise()
   if promise:
-    pytest.fail(f"oneDNN's LSTM must run here ({promise}) but is unavailable: {onednn.why_unavailable()}")
+    pytest.fail(
+      f"oneDNN's LSTM must run here ({promise}) but is unavailable: {onednn.why_unavailable()}"
+    )
   pytest.skip(f"oneDNN's LSTM is not promised here and is unavailable: {onednn.why_unavailable()}")
 
 

@@ -23,13 +23,13 @@ def reference_step(cell, p, h, c, x):
     return np.tanh(x @ p["W_x"] + p["b"] + h @ p["W_h"]), c
   if cell == "lstm":
     z = x @ p["W_x"] + p["b"] + h @ p["W_h"]
-    i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    i, f, g, o = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
     c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
     return sigmoid(o) * np.tanh(c), c
   xp, hp = x @ p["W_x"] + p["b"], h @ p["W_h"] + p["b_h"]
   r = sigmoid(xp[:, :H] + hp[:, :H])
-  z = sigmoid(xp[:, H:2 * H] + hp[:, H:2 * H])
-  n = np.tanh(xp[:, 2 * H:] + r * hp[:, 2 * H:])
+  z = sigmoid(xp[:, H : 2 * H] + hp[:, H : 2 * H])
+  n = np.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
   return (1 - z) * n + z * h, c
 
 
@@ -40,8 +40,10 @@ def init_layer(cell, seed=0):
   mask = jnp.ones((B, T), bool)
   params = layer.init(jax.random.PRNGKey(seed), inputs, mask, carry)["params"]
   # Random biases, so that the test also checks where each bias enters.
-  params = {k: (v + jax.random.normal(jax.random.PRNGKey(seed + 2), v.shape) if k.startswith("b") else v)
-            for k, v in params.items()}
+  params = {
+    k: (v + jax.random.normal(jax.random.PRNGKey(seed + 2), v.shape) if k.startswith("b") else v)
+    for k, v in params.items()
+  }
   return layer, params, inputs, carry
 
 
@@ -72,19 +74,29 @@ def test_gradients_match_finite_differences(cell):
     params64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
 
     def loss(params, inputs):
-      outputs, final = layer.apply({"params": params}, inputs, mask, jnp.zeros(carry.shape, jnp.float64))
-      return jnp.sum(jnp.sin(outputs)) + jnp.sum(final ** 2)
+      outputs, final = layer.apply(
+        {"params": params}, inputs, mask, jnp.zeros(carry.shape, jnp.float64)
+      )
+      return jnp.sum(jnp.sin(outputs)) + jnp.sum(final**2)
 
-    check_grads(loss, (params64, jnp.asarray(inputs, jnp.float64)), order=1, modes=["rev"],
-                eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(
+      loss,
+      (params64, jnp.asarray(inputs, jnp.float64)),
+      order=1,
+      modes=["rev"],
+      eps=1e-6,
+      atol=1e-6,
+      rtol=1e-6,
+    )
 
 
 def test_lstm_starts_with_forget_bias_one_and_others_zero():
   _, params, _, _ = init_layer("lstm")
-  bias = RecurrentLayer("lstm", H).init(jax.random.PRNGKey(0), jnp.zeros((1, 1, D)), jnp.ones((1, 1), bool),
-                                        jnp.zeros((2, 1, H)))["params"]["b"]
-  np.testing.assert_array_equal(bias[H:2 * H], 1.0)
-  np.testing.assert_array_equal(jnp.concatenate([bias[:H], bias[2 * H:]]), 0.0)
+  bias = RecurrentLayer("lstm", H).init(
+    jax.random.PRNGKey(0), jnp.zeros((1, 1, D)), jnp.ones((1, 1), bool), jnp.zeros((2, 1, H))
+  )["params"]["b"]
+  np.testing.assert_array_equal(bias[H : 2 * H], 1.0)
+  np.testing.assert_array_equal(jnp.concatenate([bias[:H], bias[2 * H :]]), 0.0)
   assert params["W_h"].shape == (H, 4 * H) and params["W_x"].shape == (D, 4 * H)  # one fused matmul
 
 
@@ -94,8 +106,12 @@ CHRONO = 100  # --chrono_init: dependencies up to 100 steps
 def chrono_layer_params(cell, hidden_size, seed=0):
   num_states = CELLS[cell].num_states
   layer = RecurrentLayer(cell, hidden_size, chrono_max_length=CHRONO)
-  return layer.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, D)), jnp.ones((1, 1), bool),
-                    jnp.zeros((num_states, 1, hidden_size)))["params"]
+  return layer.init(
+    jax.random.PRNGKey(seed),
+    jnp.zeros((1, 1, D)),
+    jnp.ones((1, 1), bool),
+    jnp.zeros((num_states, 1, hidden_size)),
+  )["params"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -155,8 +171,12 @@ def test_masked_steps_leave_state_and_output_untouched(cell):
   mask = jnp.arange(T)[None, :] < lengths[:, None]
   outputs, final = layer.apply({"params": params}, inputs, mask, carry)
   for row, length in enumerate(lengths.tolist()):
-    alone, alone_final = layer.apply({"params": params}, inputs[row:row + 1, :length],
-                                     jnp.ones((1, length), bool), carry[:, row:row + 1])
+    alone, alone_final = layer.apply(
+      {"params": params},
+      inputs[row : row + 1, :length],
+      jnp.ones((1, length), bool),
+      carry[:, row : row + 1],
+    )
     np.testing.assert_allclose(outputs[row, :length], alone[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(outputs[row, length:], 0.0)
     np.testing.assert_allclose(final[:, row], alone_final[:, 0], rtol=1e-6, atol=1e-6)

@@ -16,15 +16,20 @@ import pytest
 
 from tests.test_faults import snapshot
 from training.bookkeeping.abandoned_reads import silence_abandoned_reads
-from training.bookkeeping.checkpoints import CheckpointError, Checkpointer
+from training.bookkeeping.checkpoints import Checkpointer, CheckpointError
 from training.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_state(step: int) -> TrainState:
-  return TrainState(step=jnp.int32(step), params={"w": jnp.arange(4.0) * step}, opt_state={},
-                    rng=jnp.zeros(2, jnp.uint32), carry=None)
+  return TrainState(
+    step=jnp.int32(step),
+    params={"w": jnp.arange(4.0) * step},
+    opt_state={},
+    rng=jnp.zeros(2, jnp.uint32),
+    carry=None,
+  )
 
 
 def save_and_wait(checkpointer: Checkpointer, step: int) -> None:
@@ -33,7 +38,8 @@ def save_and_wait(checkpointer: Checkpointer, step: int) -> None:
 
 
 def test_a_save_that_fails_in_the_background_stops_with_one_line_and_keeps_earlier_ones(
-    tmp_path, monkeypatch, capfd, caplog):
+  tmp_path, monkeypatch, capfd, caplog
+):
   directory = tmp_path / "checkpoints"
   good = Checkpointer(str(directory), max_to_keep=3, async_save=True)
   save_and_wait(good, 10)
@@ -66,7 +72,9 @@ def test_check_save_reports_a_background_failure_once_the_save_has_ended(tmp_pat
   monkeypatch.chdir(tmp_path)
   checkpointer = Checkpointer("checkpoints", max_to_keep=3, async_save=True)
   checkpointer.save(tiny_state(5))
-  with pytest.raises(CheckpointError, match=r"checkpoints/5 could not be saved: .*earlier checkpoints \(none\)"):
+  with pytest.raises(
+    CheckpointError, match=r"checkpoints/5 could not be saved: .*earlier checkpoints \(none\)"
+  ):
     deadline = time.time() + 60
     while time.time() < deadline:  # what the train loop does after every step
       checkpointer.check_save()
@@ -177,8 +185,13 @@ report_each_way(lambda: ValueError("a failure of our own"), None)
 
 def test_each_of_the_five_ways_an_abandoned_read_is_reported_is_dropped_and_nothing_else():
   """In a process of its own: the hooks are process-wide."""
-  result = subprocess.run([sys.executable, "-W", "always", "-c", ALL_CHANNELS], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-W", "always", "-c", ALL_CHANNELS],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   abandoned, ours = result.stderr.split("--- abandoned reads")[1].split("--- our own failures")
   assert abandoned.strip() == "", abandoned

@@ -11,16 +11,39 @@ from launch import local
 from tests.promises import needs_onednn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
-         "--dropout=0.1", "--num_steps=20", "--log_every=5", "--eval_every=10", "--eval_steps=3",
-         "--checkpoint_every=10"]
+FLAGS = [
+  "--hidden_size=16",
+  "--embed_size=8",
+  "--head_widths=8",
+  "--batch_size=8",
+  "--seq_len=16",
+  "--dropout=0.1",
+  "--num_steps=20",
+  "--log_every=5",
+  "--eval_every=10",
+  "--eval_steps=3",
+  "--checkpoint_every=10",
+]
 
 
 def train(workdir, task, devices, *extra):
   env = local.process_env(devices, dict(os.environ))
-  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={workdir}",
-                           f"--task={task}", *FLAGS, *extra], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "training.train",
+      f"--workdir={workdir}",
+      f"--task={task}",
+      *FLAGS,
+      *extra,
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -36,7 +59,9 @@ def test_four_devices_match_one_device(tmp_path, task):
 
 
 @needs_onednn
-@pytest.mark.parametrize("task", ["lm"])  # (classifier batches through the kernel: tests/test_kernels.py)
+@pytest.mark.parametrize(
+  "task", ["lm"]
+)  # (classifier batches through the kernel: tests/test_kernels.py)
 def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, task):
   """Under shard_map every device runs oneDNN's LSTM on its own rows (each with its own dropout
   masks, so the reference is the scan under shard_map on as many devices)."""
@@ -57,8 +82,15 @@ def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, ta
 
 def test_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path):
   env = local.process_env(4, dict(os.environ))
-  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--batch_size=6"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--batch_size=6"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: --batch_size: the global batch of 6 does not divide by the 4 devices; use a multiple of 4")
+    "error: --batch_size: the global batch of 6 does not divide by the 4 devices; use a multiple of 4"
+  )

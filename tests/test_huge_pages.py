@@ -10,25 +10,44 @@ import pytest
 from launch import huge_pages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden_size=8", "--embed_size=8", "--head_widths=8", "--batch_size=4", "--seq_len=8", "--num_steps=2",
-        "--eval_every=0", "--log_every=1"]
+TINY = [
+  "--hidden_size=8",
+  "--embed_size=8",
+  "--head_widths=8",
+  "--batch_size=4",
+  "--seq_len=8",
+  "--num_steps=2",
+  "--eval_every=0",
+  "--log_every=1",
+]
 LINE = "Large buffers on transparent huge pages"
 
 
 def test_the_tunable_joins_the_users_own_and_is_not_wanted_twice_or_when_turned_off():
   assert huge_pages.with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "b"}) == {
-      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "A": "b"}
+    "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1",
+    "A": "b",
+  }
   assert huge_pages.with_tunable({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-  assert not huge_pages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})  # the user's choice stands
+  assert not huge_pages.wanted(
+    {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+  )  # the user's choice stands
   assert not huge_pages.wanted({huge_pages.OPT_OUT: "0"})
   # What the PyTorch peer gets: the user's other tunables, without this one.
-  assert huge_pages.without_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}) == {
-      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  assert huge_pages.without_tunable(
+    {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+  ) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
 
 
 def run_trainer(workdir, **env):
-  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={workdir}", *TINY], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "training.train", f"--workdir={workdir}", *TINY],
+    cwd=ROOT,
+    env={**os.environ, **env},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
@@ -62,15 +81,21 @@ def test_the_trainer_runs_on_huge_pages_unless_turned_off(tmp_path):
   if huge_pages_allowed() is None:
     pytest.skip("huge pages are not allowed here (Linux, glibc >= 2.35, transparent huge pages on)")
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}
-  assert f"{LINE} (GLIBC_TUNABLES=glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1;" in run_trainer(tmp_path / "on", **env)
+  assert f"{LINE} (GLIBC_TUNABLES=glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1;" in run_trainer(
+    tmp_path / "on", **env
+  )
   assert LINE not in run_trainer(tmp_path / "off", **env, **{huge_pages.OPT_OUT: "0"})
 
 
 def test_the_trainer_starts_itself_again_before_importing_jax():
   # Whatever the first process imports is imported again after the restart: JAX (about two
   # seconds on two cores) must wait for the process that trains.
-  probe = ("import sys\n"
-           "import training.train\n"
-           "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))[:5]\n")
-  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  probe = (
+    "import sys\n"
+    "import training.train\n"
+    "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))[:5]\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-3000:]

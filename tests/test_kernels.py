@@ -12,14 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.promises import needs_onednn, onednn_promise
 from training.config import Config, ConfigError
+from training.loop.trainer import train_and_evaluate
 from training.model.kernels import onednn
 from training.model.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
 from training.model.models import RecurrentLayer, SequenceClassifier
 from training.model.recurrence import scan_layer
-from training.loop.trainer import train_and_evaluate
-
-from tests.promises import needs_onednn, onednn_promise
 
 T, B, D, H = 9, 3, 5, 4
 
@@ -31,16 +30,25 @@ def close(a, b, tol=2e-5):
 
 def random_lstm(seed=0):
   keys = jax.random.split(jax.random.PRNGKey(seed), 6)
-  return (jax.random.normal(keys[0], (T, B, D)), 0.5 * jax.random.normal(keys[1], (D, 4 * H)),
-          0.5 * jax.random.normal(keys[2], (H, 4 * H)), 0.5 * jax.random.normal(keys[3], (4 * H,)),
-          jax.random.normal(keys[4], (B, H)), jax.random.normal(keys[5], (B, H)))
+  return (
+    jax.random.normal(keys[0], (T, B, D)),
+    0.5 * jax.random.normal(keys[1], (D, 4 * H)),
+    0.5 * jax.random.normal(keys[2], (H, 4 * H)),
+    0.5 * jax.random.normal(keys[3], (4 * H,)),
+    jax.random.normal(keys[4], (B, H)),
+    jax.random.normal(keys[5], (B, H)),
+  )
 
 
 def scan_lstm(x, w_x, w_h, b, h0, c0):
   """The portable layer's time loop, with the input projection the layer hoists before it."""
-  x_gates = tuple(jnp.einsum("tbd,dh->tbh", x, w) + bias
-                  for w, bias in zip(jnp.split(w_x, 4, axis=-1), jnp.split(b, 4)))
-  outputs, final = scan_layer("lstm", 1, False, {"W_h": w_h}, x_gates, None, None, jnp.stack([h0, c0]))
+  x_gates = tuple(
+    jnp.einsum("tbd,dh->tbh", x, w) + bias
+    for w, bias in zip(jnp.split(w_x, 4, axis=-1), jnp.split(b, 4))
+  )
+  outputs, final = scan_layer(
+    "lstm", 1, False, {"W_h": w_h}, x_gates, None, None, jnp.stack([h0, c0])
+  )
   return outputs, final[0], final[1]
 
 
@@ -49,8 +57,11 @@ def weighted_sum(fn):
 
   def loss(*args):
     outputs, h, c = fn(*args)
-    return (jnp.sin(jnp.arange(outputs.size)).reshape(outputs.shape) * outputs).sum() + \
-        (jnp.cos(jnp.arange(h.size)).reshape(h.shape) * h).sum() + (c ** 2).sum()
+    return (
+      (jnp.sin(jnp.arange(outputs.size)).reshape(outputs.shape) * outputs).sum()
+      + (jnp.cos(jnp.arange(h.size)).reshape(h.shape) * h).sum()
+      + (c**2).sum()
+    )
 
   return loss
 
@@ -69,7 +80,9 @@ def test_kernel_outputs_states_and_every_gradient_equal_the_scans():
 @needs_onednn
 @pytest.mark.parametrize("rows_split", [True, False])
 @pytest.mark.parametrize("threads", ["1", "2", "3", "5"])
-def test_every_split_of_the_batch_across_threads_gives_the_scans_results(monkeypatch, threads, rows_split):
+def test_every_split_of_the_batch_across_threads_gives_the_scans_results(
+  monkeypatch, threads, rows_split
+):
   """Small weights: a call splits the batch's rows into one group per thread (here 3 rows:
   groups of 3, 2 + 1, 1 + 1 + 1, and more threads than rows); each group's strided rows,
   workspace slice and summed weight gradients give what the scan gives. Large weights: one
@@ -81,8 +94,10 @@ def test_every_split_of_the_batch_across_threads_gives_the_scans_results(monkeyp
   args = random_lstm(seed=2)
   kernel = lambda *a: onednn.lstm(*a)  # a new function: traced (and split) afresh
   close(jax.jit(kernel)(*args), scan_lstm(*args))
-  close(jax.jit(jax.grad(weighted_sum(kernel), argnums=range(6)))(*args),
-        jax.grad(weighted_sum(scan_lstm), argnums=range(6))(*args))
+  close(
+    jax.jit(jax.grad(weighted_sum(kernel), argnums=range(6)))(*args),
+    jax.grad(weighted_sum(scan_lstm), argnums=range(6))(*args),
+  )
 
 
 def test_a_bad_thread_count_is_refused_by_name(monkeypatch):
@@ -109,16 +124,20 @@ def test_kernel_gradient_matches_finite_differences():
 
 
 MASKS = {
-    "full": (jnp.ones((T, B), bool), None),
-    "first-step resets": (jnp.ones((T, B), bool), jnp.zeros((T, B), bool).at[0, 1].set(True)),
-    "right-padded": (jnp.arange(T)[:, None] < jnp.array([T, 4, 0])[None, :], None),
-    "packed": (jnp.arange(T)[:, None] < jnp.array([T, 7, 5])[None, :],
-               jnp.zeros((T, B), bool).at[3, 0].set(True).at[2, 1].set(True)),
+  "full": (jnp.ones((T, B), bool), None),
+  "first-step resets": (jnp.ones((T, B), bool), jnp.zeros((T, B), bool).at[0, 1].set(True)),
+  "right-padded": (jnp.arange(T)[:, None] < jnp.array([T, 4, 0])[None, :], None),
+  "packed": (
+    jnp.arange(T)[:, None] < jnp.array([T, 7, 5])[None, :],
+    jnp.zeros((T, B), bool).at[3, 0].set(True).at[2, 1].set(True),
+  ),
 }
 
 
 def layer_loss(kernel, final_carry_used, mask, resets):
-  layer = RecurrentLayer("lstm", H, time_major=True, kernel=kernel, final_carry_used=final_carry_used)
+  layer = RecurrentLayer(
+    "lstm", H, time_major=True, kernel=kernel, final_carry_used=final_carry_used
+  )
 
   def loss(params, inputs, carry):
     outputs, final = layer.apply({"params": params}, inputs, mask, carry, resets)
@@ -137,20 +156,25 @@ def test_layer_with_the_kernel_computes_what_the_scan_computes(case, final_carry
   mask, resets = MASKS[case]
   inputs = jax.random.normal(jax.random.PRNGKey(0), (T, B, D))
   carry = jax.random.normal(jax.random.PRNGKey(1), (2, B, H))
-  params = RecurrentLayer("lstm", H, time_major=True).init(jax.random.PRNGKey(2), inputs, mask, carry)["params"]
+  params = RecurrentLayer("lstm", H, time_major=True).init(
+    jax.random.PRNGKey(2), inputs, mask, carry
+  )["params"]
   results = {}
   for kernel in ("onednn", "scan"):
     loss = layer_loss(kernel, final_carry_used, mask, resets)
-    (_, (outputs, final)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-        params, inputs, carry)
+    (_, (outputs, final)), grads = jax.jit(
+      jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    )(params, inputs, carry)
     results[kernel] = (outputs, final if final_carry_used else None, grads)
   close(results["onednn"], results["scan"])
   if not final_carry_used and case == "right-padded":
     # The kernel's own path ran (its final carry differs from the masked scan's for padded rows).
-    _, final_kernel = RecurrentLayer("lstm", H, time_major=True, kernel="onednn", final_carry_used=False).apply(
-        {"params": params}, inputs, mask, carry, resets)
+    _, final_kernel = RecurrentLayer(
+      "lstm", H, time_major=True, kernel="onednn", final_carry_used=False
+    ).apply({"params": params}, inputs, mask, carry, resets)
     _, final_scan = RecurrentLayer("lstm", H, time_major=True, path="general").apply(
-        {"params": params}, inputs, mask, carry, resets)
+      {"params": params}, inputs, mask, carry, resets
+    )
     assert not np.allclose(final_kernel[:, 1:], final_scan[:, 1:])
 
 
@@ -160,25 +184,50 @@ def test_classifier_on_bucketed_and_packed_batches_matches_the_scan():
   lengths = np.array([12, 5, 9, 1])
   tokens = np.where(np.arange(12)[None, :] < lengths[:, None], rng.integers(3, 30, (4, 12)), 0)
   mask = tokens > 0
-  unpacked = (jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(mask.astype(np.int32)),
-              jnp.asarray(lengths[:, None] - 1))
+  unpacked = (
+    jnp.asarray(tokens),
+    jnp.asarray(mask),
+    jnp.asarray(mask.astype(np.int32)),
+    jnp.asarray(lengths[:, None] - 1),
+  )
   segment_ids = np.where(mask, 1 + (np.arange(12)[None, :] >= 6), 0).astype(np.int32)
   ends = np.array([[5, 11], [4, -1], [5, 8], [0, -1]])
   packed = (jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(segment_ids), jnp.asarray(ends))
   for pooling in ("last", "max"):
-    models = {kernel: SequenceClassifier(30, 8, 16, 2, "lstm", 2, pooling=pooling, kernel=kernel)
-              for kernel in ("onednn", "scan")}
+    models = {
+      kernel: SequenceClassifier(30, 8, 16, 2, "lstm", 2, pooling=pooling, kernel=kernel)
+      for kernel in ("onednn", "scan")
+    }
     params = models["scan"].init(jax.random.PRNGKey(0), *unpacked, train=False)["params"]
     for batch in (unpacked, packed):
-      grads = {kernel: jax.jit(jax.grad(lambda p, m=model: m.apply({"params": p}, *batch, train=False).sum()))(params)
-               for kernel, model in models.items()}
-      outputs = {kernel: model.apply({"params": params}, *batch, train=False) for kernel, model in models.items()}
+      grads = {
+        kernel: jax.jit(
+          jax.grad(lambda p, m=model: m.apply({"params": p}, *batch, train=False).sum())
+        )(params)
+        for kernel, model in models.items()
+      }
+      outputs = {
+        kernel: model.apply({"params": params}, *batch, train=False)
+        for kernel, model in models.items()
+      }
       close(outputs["onednn"], outputs["scan"])
       close(grads["onednn"], grads["scan"])
 
 
-SMALL = Config(model="lstm", hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=16, dropout=0.1,
-               num_steps=30, log_every=5, eval_every=10, eval_steps=2, checkpoint_every=10)
+SMALL = Config(
+  model="lstm",
+  hidden_size=16,
+  embed_size=8,
+  head_widths=(8,),
+  batch_size=8,
+  seq_len=16,
+  dropout=0.1,
+  num_steps=30,
+  log_every=5,
+  eval_every=10,
+  eval_steps=2,
+  checkpoint_every=10,
+)
 
 
 @needs_onednn
@@ -186,7 +235,9 @@ SMALL = Config(model="lstm", hidden_size=16, embed_size=8, head_widths=(8,), bat
 def test_training_with_the_kernel_follows_the_scan_and_resumes_exactly(tmp_path, task):
   config = dataclasses.replace(SMALL, task=task, recurrent_kernel="onednn")
   kernel = train_and_evaluate(config, str(tmp_path / "kernel"))
-  scan = train_and_evaluate(dataclasses.replace(config, recurrent_kernel="scan"), str(tmp_path / "scan"))
+  scan = train_and_evaluate(
+    dataclasses.replace(config, recurrent_kernel="scan"), str(tmp_path / "scan")
+  )
   # The run says which loop it ran, and the kernel's own call counts show it did: each training
   # forward call with its backward call, evaluations with inference calls.
   assert kernel["time_loop"]["layers"] == {"encoder/layer_0": "onednn"}
@@ -204,7 +255,12 @@ def test_training_with_the_kernel_follows_the_scan_and_resumes_exactly(tmp_path,
 def test_each_configuration_gets_the_time_loop_that_applies():
   big = Config(model="lstm", hidden_size=512, batch_size=64)
   assert recurrent_kernel(dataclasses.replace(big, recurrent_kernel="scan"), 1) == "scan"
-  for reason in (dict(model="gru"), dict(model="rnn"), dict(remat=True), dict(recurrent_backward="autodiff")):
+  for reason in (
+    dict(model="gru"),
+    dict(model="rnn"),
+    dict(remat=True),
+    dict(recurrent_backward="autodiff"),
+  ):
     assert recurrent_kernel(dataclasses.replace(big, **reason), 1) == "scan"
     with pytest.raises(ConfigError, match="--recurrent_kernel=onednn: not available"):
       recurrent_kernel(dataclasses.replace(big, recurrent_kernel="onednn", **reason), 1)
@@ -218,7 +274,7 @@ def test_each_configuration_gets_the_time_loop_that_applies():
   assert recurrent_kernel(dataclasses.replace(big, parallelism="shard_map"), 4) == expected
   # Small steps stay on the scan under "auto"; asked for, the kernel runs them anyway.
   small = dataclasses.replace(big, hidden_size=64, batch_size=16)
-  assert 16 * 4 * 64 ** 2 < MIN_STEP_WORK <= 32 * 4 * 128 ** 2
+  assert 16 * 4 * 64**2 < MIN_STEP_WORK <= 32 * 4 * 128**2
   assert recurrent_kernel(small, 1) == "scan"
   if onednn.available():
     assert recurrent_kernel(dataclasses.replace(small, recurrent_kernel="onednn"), 1) == "onednn"
@@ -227,15 +283,19 @@ def test_each_configuration_gets_the_time_loop_that_applies():
 @needs_onednn
 def test_auto_leaves_a_small_model_to_the_scan_and_says_why(tmp_path):
   summary = train_and_evaluate(dataclasses.replace(SMALL, num_steps=4, eval_every=0), str(tmp_path))
-  assert summary["time_loop"] == {"layers": {"encoder/layer_0": "scan"},
-                                  "why_not_onednn": "8 rows x 16 units per step is small (the scan is faster)"}
+  assert summary["time_loop"] == {
+    "layers": {"encoder/layer_0": "scan"},
+    "why_not_onednn": "8 rows x 16 units per step is small (the scan is faster)",
+  }
 
 
 def test_the_kernel_is_available_where_it_is_promised():
   """Fails, not skips, where the package promises the kernel (tests/promises.py)."""
   promise = onednn_promise()
   if promise is None:
-    pytest.skip("oneDNN's LSTM is not promised here (not Linux x86-64 on a CPU backend with a C++ compiler)")
+    pytest.skip(
+      "oneDNN's LSTM is not promised here (not Linux x86-64 on a CPU backend with a C++ compiler)"
+    )
   assert onednn.available(), f"{promise}: {onednn.why_unavailable()}"
 
 
@@ -244,5 +304,7 @@ def test_a_non_cpu_backend_gets_the_scan_and_onednn_is_refused_with_the_reason(m
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert not onednn.available()
   assert recurrent_kernel(big, 1) == "scan"
-  with pytest.raises(ConfigError, match="--recurrent_kernel=onednn: not available here: the backend is gpu, not cpu"):
+  with pytest.raises(
+    ConfigError, match="--recurrent_kernel=onednn: not available here: the backend is gpu, not cpu"
+  ):
     recurrent_kernel(dataclasses.replace(big, recurrent_kernel="onednn"), 1)

@@ -45,7 +45,9 @@ def import_graph() -> dict[str, set[str]]:
         imported |= {resolve(alias.name) for alias in node.names}
       elif isinstance(node, ast.ImportFrom):
         assert node.level == 0, f"{path}: relative import"
-        imported |= {resolve(f"{node.module}.{alias.name}") or resolve(node.module) for alias in node.names}
+        imported |= {
+          resolve(f"{node.module}.{alias.name}") or resolve(node.module) for alias in node.names
+        }
     graph[module] = {name for name in imported if name and name != module}
   return graph
 
@@ -95,7 +97,9 @@ def test_no_two_top_level_folders_import_each_other_and_the_pipeline_knows_no_mo
       if pair[0] != pair[1]:
         pairs.setdefault(pair, []).append(f"{module} -> {other}")
   for (a, b), examples in pairs.items():
-    assert (b, a) not in pairs, f"{a} and {b} import each other: {examples[:3]} and {pairs[(b, a)][:3]}"
+    assert (b, a) not in pairs, (
+      f"{a} and {b} import each other: {examples[:3]} and {pairs[(b, a)][:3]}"
+    )
   assert ("pipeline", "training") not in pairs, pairs.get(("pipeline", "training"))
 
 
@@ -122,7 +126,9 @@ assert not loop, loop
 """
   out = os.path.join(ROOT, ".test-layout-export.msgpack")
   try:
-    result = subprocess.run([sys.executable, "-c", probe, out], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+      [sys.executable, "-c", probe, out], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
   finally:
     if os.path.exists(out):
       os.remove(out)

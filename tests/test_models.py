@@ -7,11 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.model.cells import CELLS
 from training.config import Config, ConfigError, validate
-from training.model.models import Encoder, LanguageModel, SequenceClassifier, pool, reversal_index, starts_of, zero_carry
 from training.loop.objectives import classify_loss, lm_loss
 from training.model.build import build_model
+from training.model.cells import CELLS
+from training.model.models import (
+  Encoder,
+  LanguageModel,
+  SequenceClassifier,
+  pool,
+  reversal_index,
+  starts_of,
+  zero_carry,
+)
 from training.state import initial_state_fn, make_optimizer_for
 
 V, E, H, L = 11, 6, 8, 2
@@ -27,30 +35,47 @@ def test_classifier_padded_batch_equals_each_sequence_alone():
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 9), 3, V)
   lengths = jnp.array([9, 5, 2])
   mask = jnp.arange(9)[None, :] < lengths[:, None]
-  params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
-  padded = model.apply({"params": params}, jnp.where(mask, tokens, 0), mask, *one_segment(mask), train=False)
+  params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)[
+    "params"
+  ]
+  padded = model.apply(
+    {"params": params}, jnp.where(mask, tokens, 0), mask, *one_segment(mask), train=False
+  )
   for row, length in enumerate(lengths.tolist()):
     alone_mask = jnp.ones((1, length), bool)
-    alone = model.apply({"params": params}, tokens[row:row + 1, :length], alone_mask, *one_segment(alone_mask),
-                        train=False)
+    alone = model.apply(
+      {"params": params},
+      tokens[row : row + 1, :length],
+      alone_mask,
+      *one_segment(alone_mask),
+      train=False,
+    )
     np.testing.assert_allclose(padded[row], alone[0], rtol=1e-5, atol=1e-6)
 
 
 # Which way a classifier reads: forward, both ways (--bidirectional), or backward (--read_backward).
-READING = {"forward": {}, "bidirectional": {"bidirectional": True}, "backward": {"read_backward": True}}
+READING = {
+  "forward": {},
+  "bidirectional": {"bidirectional": True},
+  "backward": {"read_backward": True},
+}
 
 
 @pytest.mark.parametrize("reading", READING)
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, reading):
-  model = SequenceClassifier(V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling, **READING[reading])
+  model = SequenceClassifier(
+    V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling, **READING[reading]
+  )
   lengths = [4, 2, 3, 5, 1]
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   # Unpacked: one sequence per row, padded to 5.
   tokens = jnp.stack([jnp.pad(s, (0, 5 - len(s))) for s in sequences])
   mask = jnp.arange(5)[None, :] < jnp.array(lengths)[:, None]
-  params = model.init(jax.random.PRNGKey(9), tokens, mask, *one_segment(mask), train=False)["params"]
+  params = model.init(jax.random.PRNGKey(9), tokens, mask, *one_segment(mask), train=False)[
+    "params"
+  ]
   unpacked = model.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)[:, 0]
   # Packed: rows [4, 2, 3 | padding] and [5, 1 | padding], width 10, up to 3 sequences a row.
   rows, ids, ends = [], [], []
@@ -59,11 +84,16 @@ def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, reading):
     segment = jnp.concatenate([jnp.full(lengths[i], k + 1) for k, i in enumerate(members)])
     rows.append(jnp.pad(row, (0, 10 - len(row))))
     ids.append(jnp.pad(segment, (0, 10 - len(segment))))
-    ends.append(jnp.pad(jnp.cumsum(jnp.array([lengths[i] for i in members])) - 1, (0, 3 - len(members))))
+    ends.append(
+      jnp.pad(jnp.cumsum(jnp.array([lengths[i] for i in members])) - 1, (0, 3 - len(members)))
+    )
   segment_ids = jnp.stack(ids)
-  packed = model.apply({"params": params}, jnp.stack(rows), segment_ids > 0, segment_ids, jnp.stack(ends),
-                       train=False)
-  np.testing.assert_allclose(jnp.concatenate([packed[0, :3], packed[1, :2]]), unpacked, rtol=1e-5, atol=1e-6)
+  packed = model.apply(
+    {"params": params}, jnp.stack(rows), segment_ids > 0, segment_ids, jnp.stack(ends), train=False
+  )
+  np.testing.assert_allclose(
+    jnp.concatenate([packed[0, :3], packed[1, :2]]), unpacked, rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("reading", READING)
@@ -72,10 +102,14 @@ def test_classifier_features_ignore_what_follows_the_sequence(pooling, reading):
   model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, **READING[reading])
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 3, V)
   mask = jnp.array([[1, 1, 1, 0, 0, 0]] * 2, bool)
-  params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
+  params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)[
+    "params"
+  ]
   other_tail = tokens.at[:, 3:].set(4)  # different tokens where the mask is off
-  np.testing.assert_allclose(model.apply({"params": params}, tokens, mask, *one_segment(mask), train=False),
-                             model.apply({"params": params}, other_tail, mask, *one_segment(mask), train=False))
+  np.testing.assert_allclose(
+    model.apply({"params": params}, tokens, mask, *one_segment(mask), train=False),
+    model.apply({"params": params}, other_tail, mask, *one_segment(mask), train=False),
+  )
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -101,8 +135,9 @@ def test_dropout_is_active_only_in_training():
   mask = jnp.ones((2, 5), bool)
   carry = zero_carry("lstm", 1, 2, H)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
-  run = lambda seed, train: model.apply({"params": params}, tokens, mask, carry, train=train,
-                                        rngs={"dropout": jax.random.PRNGKey(seed)})[0]
+  run = lambda seed, train: model.apply(
+    {"params": params}, tokens, mask, carry, train=train, rngs={"dropout": jax.random.PRNGKey(seed)}
+  )[0]
   np.testing.assert_array_equal(run(0, False), run(1, False))
   assert not np.allclose(run(0, True), run(1, True))
   np.testing.assert_array_equal(run(0, True), run(0, True))
@@ -114,11 +149,22 @@ def test_word_dropout_drops_whole_token_embeddings_in_training_only():
   mask = jnp.ones(tokens.shape, bool)
   carry = zero_carry("lstm", 1, 16, H)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
-  embedded = params["encoder"]["embed"]["embedding"][tokens.T]  # [T, B, E], time-major as the encoder
+  embedded = params["encoder"]["embed"]["embedding"][
+    tokens.T
+  ]  # [T, B, E], time-major as the encoder
+
   def dropped(train):
-    _, state = model.apply({"params": params}, tokens, mask, carry, train=train, capture_intermediates=True,
-                           rngs={"dropout": jax.random.PRNGKey(2)})
+    _, state = model.apply(
+      {"params": params},
+      tokens,
+      mask,
+      carry,
+      train=train,
+      capture_intermediates=True,
+      rngs={"dropout": jax.random.PRNGKey(2)},
+    )
     return state["intermediates"]["encoder"]["word_dropout"]["__call__"][0]
+
   out = dropped(train=True)
   kept = np.all(out != 0, axis=-1)
   # A token is dropped whole (every unit zero) or kept whole, scaled by 1 / (1 - rate).
@@ -135,10 +181,20 @@ def test_variational_dropout_drops_the_same_units_at_every_time_step(variational
   mask = jnp.ones(tokens.shape, bool)
   carry = zero_carry("lstm", 2, 4, H)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
-  _, state = model.apply({"params": params}, tokens, mask, carry, train=True, capture_intermediates=True,
-                         rngs={"dropout": jax.random.PRNGKey(2)})
+  _, state = model.apply(
+    {"params": params},
+    tokens,
+    mask,
+    carry,
+    train=True,
+    capture_intermediates=True,
+    rngs={"dropout": jax.random.PRNGKey(2)},
+  )
   drops = state["intermediates"]["encoder"]
-  for name in ("Dropout_0", "Dropout_1"):  # on the embeddings, and after the first layer ([T, B, F])
+  for name in (
+    "Dropout_0",
+    "Dropout_1",
+  ):  # on the embeddings, and after the first layer ([T, B, F])
     dropped = np.asarray(drops[name]["__call__"][0]) == 0
     assert 0.3 < dropped.mean() < 0.7
     assert np.array_equal(dropped, np.broadcast_to(dropped[:1], dropped.shape)) == variational
@@ -151,7 +207,9 @@ def test_reversal_index_reverses_each_packed_sequence_in_place():
   np.testing.assert_array_equal(starts, [[0, 3], [0, 0]])
   index = reversal_index(segment_ids, starts, segment_ends)
   np.testing.assert_array_equal(index, [[2, 1, 0, 4, 3, 5], [5, 4, 3, 2, 1, 0]])
-  np.testing.assert_array_equal(jnp.take_along_axis(index, index, axis=1), jnp.broadcast_to(jnp.arange(6), (2, 6)))
+  np.testing.assert_array_equal(
+    jnp.take_along_axis(index, index, axis=1), jnp.broadcast_to(jnp.arange(6), (2, 6))
+  )
 
 
 def test_backward_stack_reads_each_sequence_from_its_end():
@@ -163,12 +221,20 @@ def test_backward_stack_reads_each_sequence_from_its_end():
   segment_ids, segment_ends = one_segment(mask)
   reversal = reversal_index(segment_ids, starts_of(segment_ids, segment_ends), segment_ends)
   carry = zero_carry("gru", L, 1, H)
-  params = encoder.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False, reversal=reversal)["params"]
-  outputs, _ = encoder.apply({"params": params}, tokens, mask, carry, train=False, reversal=reversal)
-  backward_params = {"embed": params["embed"], **{f"layer_{i}": params[f"backward_layer_{i}"] for i in range(L)}}
+  params = encoder.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False, reversal=reversal)[
+    "params"
+  ]
+  outputs, _ = encoder.apply(
+    {"params": params}, tokens, mask, carry, train=False, reversal=reversal
+  )
+  backward_params = {
+    "embed": params["embed"],
+    **{f"layer_{i}": params[f"backward_layer_{i}"] for i in range(L)},
+  }
   reversed_tokens = tokens[:, :5][:, ::-1]
-  alone, _ = Encoder(V, E, H, L, "gru").apply({"params": backward_params}, reversed_tokens,
-                                               jnp.ones((1, 5), bool), carry, train=False)
+  alone, _ = Encoder(V, E, H, L, "gru").apply(
+    {"params": backward_params}, reversed_tokens, jnp.ones((1, 5), bool), carry, train=False
+  )
   np.testing.assert_allclose(outputs[0, :5, H:], alone[0, ::-1], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(outputs[0, 5:], 0.0)  # padding outputs stay zero
 
@@ -177,20 +243,29 @@ def test_backward_stack_reads_each_sequence_from_its_end():
 def test_a_backward_reading_classifier_is_a_forward_one_on_each_sequence_reversed(pooling):
   """`read_backward`: the same parameters, fed each sequence with its real tokens in reverse
   order, give a forward classifier the same logits (padded rows of different lengths)."""
-  backward = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling,
-                                read_backward=True)
+  backward = SequenceClassifier(
+    V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling, read_backward=True
+  )
   forward = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling)
   lengths = jnp.array([7, 4, 1])
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 7), 3, V)
   mask = jnp.arange(7)[None, :] < lengths[:, None]
   tokens = jnp.where(mask, tokens, 0)
-  params = backward.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)["params"]
-  reversed_tokens = jnp.stack([jnp.concatenate([row[:n][::-1], row[n:]]) for row, n in zip(tokens, lengths.tolist())])
+  params = backward.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)[
+    "params"
+  ]
+  reversed_tokens = jnp.stack(
+    [jnp.concatenate([row[:n][::-1], row[n:]]) for row, n in zip(tokens, lengths.tolist())]
+  )
   read_backward = backward.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)
-  read_forward = forward.apply({"params": params}, reversed_tokens, mask, *one_segment(mask), train=False)
+  read_forward = forward.apply(
+    {"params": params}, reversed_tokens, mask, *one_segment(mask), train=False
+  )
   np.testing.assert_allclose(read_backward, read_forward, rtol=1e-5, atol=1e-6)
   plain = forward.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)
-  assert not np.allclose(read_backward[:2], plain[:2])  # (a sequence of one token reads alike both ways)
+  assert not np.allclose(
+    read_backward[:2], plain[:2]
+  )  # (a sequence of one token reads alike both ways)
 
 
 def test_max_pooling_is_the_elementwise_maximum_over_each_sequence():
@@ -209,18 +284,39 @@ def test_concat_pooling_is_last_max_and_mean_side_by_side(bidirectional):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 7), 3, V)
   segment_ids = jnp.array([[1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
   segment_ends, mask = jnp.array([[2, 4], [6, 0]]), segment_ids > 0
-  models = {pooling: SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, head_widths=(), pooling=pooling,
-                                        bidirectional=bidirectional) for pooling in ("last", "max", "mean", "concat")}
-  params = models["concat"].init(jax.random.PRNGKey(1), tokens, mask, segment_ids, segment_ends, train=False)["params"]
+  models = {
+    pooling: SequenceClassifier(
+      V,
+      E,
+      H,
+      1,
+      "lstm",
+      num_classes=2,
+      head_widths=(),
+      pooling=pooling,
+      bidirectional=bidirectional,
+    )
+    for pooling in ("last", "max", "mean", "concat")
+  }
+  params = models["concat"].init(
+    jax.random.PRNGKey(1), tokens, mask, segment_ids, segment_ends, train=False
+  )["params"]
   width = H * (2 if bidirectional else 1)
   assert params["head_out"]["kernel"].shape == (3 * width, 2)
-  logits = models["concat"].apply({"params": params}, tokens, mask, segment_ids, segment_ends, train=False)
+  logits = models["concat"].apply(
+    {"params": params}, tokens, mask, segment_ids, segment_ends, train=False
+  )
   # The head is linear: its logits are the sum of what each pooled third contributes.
   kernel, bias = params["head_out"]["kernel"], params["head_out"]["bias"]
   expected = bias
   for third, pooling in enumerate(("last", "max", "mean")):
-    part = {**params, "head_out": {"kernel": kernel[third * width:(third + 1) * width], "bias": jnp.zeros(2)}}
-    expected = expected + models[pooling].apply({"params": part}, tokens, mask, segment_ids, segment_ends, train=False)
+    part = {
+      **params,
+      "head_out": {"kernel": kernel[third * width : (third + 1) * width], "bias": jnp.zeros(2)},
+    }
+    expected = expected + models[pooling].apply(
+      {"params": part}, tokens, mask, segment_ids, segment_ends, train=False
+    )
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -250,20 +346,34 @@ def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   row = jnp.pad(jnp.concatenate(sequences), (0, width - 7))[None]
   segment_ids = jnp.pad(jnp.array([1] * 4 + [2] * 3), (0, width - 7))[None]
-  batch = {"inputs": row, "mask": segment_ids > 0, "segment_ids": segment_ids, "segment_ends": jnp.array([[3, 6]]),
-           "labels": jnp.array([[0, 1]]), "example_mask": jnp.array([[True, True]])}
-  params = classifier.init(jax.random.PRNGKey(1), row, batch["mask"], segment_ids, batch["segment_ends"],
-                           train=False)["params"]
+  batch = {
+    "inputs": row,
+    "mask": segment_ids > 0,
+    "segment_ids": segment_ids,
+    "segment_ends": jnp.array([[3, 6]]),
+    "labels": jnp.array([[0, 1]]),
+    "example_mask": jnp.array([[True, True]]),
+  }
+  params = classifier.init(
+    jax.random.PRNGKey(1), row, batch["mask"], segment_ids, batch["segment_ends"], train=False
+  )["params"]
   sums, _ = classify_loss(classifier, params, batch, None, {}, False)
   lm = LanguageModel(V, E, H, L, "lstm")
   lm_params = {"encoder": params["encoder"], "lm_head": params["lm_head"]}
   expected_sum, expected_weight = 0.0, 0.0
   for sequence in sequences:
     tokens = sequence[None]
-    lm_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": jnp.ones((1, len(sequence) - 1), bool),
-                "resets": jnp.ones((1,), bool)}
+    lm_batch = {
+      "inputs": tokens[:, :-1],
+      "targets": tokens[:, 1:],
+      "mask": jnp.ones((1, len(sequence) - 1), bool),
+      "resets": jnp.ones((1,), bool),
+    }
     alone, _ = lm_loss(lm, lm_params, lm_batch, zero_carry("lstm", L, 1, H), {}, False)
-    expected_sum, expected_weight = expected_sum + alone["loss_sum"], expected_weight + alone["weight"]
+    expected_sum, expected_weight = (
+      expected_sum + alone["loss_sum"],
+      expected_weight + alone["weight"],
+    )
   assert float(sums["lm_weight"]) == expected_weight == 5.0
   np.testing.assert_allclose(sums["lm_loss_sum"], expected_sum, rtol=1e-5)
 
@@ -279,13 +389,22 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 5), 0, V)
   mask, carry = jnp.ones((2, 5), bool), zero_carry("lstm", 1, 2, H)
   params = small.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
-  assert params["encoder"]["embed"]["embedding"].shape == (V, E) and params["lm_head"]["bias"].shape == (K,)
+  assert params["encoder"]["embed"]["embedding"].shape == (V, E) and params["lm_head"][
+    "bias"
+  ].shape == (K,)
   full_params = full.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
   full_params = jax.tree.map(lambda x: x, full_params)
   full_params["encoder"] = params["encoder"]
-  for name, value in params["lm_head"].items():  # the full head with the small one's first K outputs
-    is_output = name in ("bias", "kernel")  # (a tied head's projection to the embedding width is not)
-    full_params["lm_head"][name] = full_params["lm_head"][name].at[..., :K].set(value) if is_output else value
+  for name, value in params[
+    "lm_head"
+  ].items():  # the full head with the small one's first K outputs
+    is_output = name in (
+      "bias",
+      "kernel",
+    )  # (a tied head's projection to the embedding width is not)
+    full_params["lm_head"][name] = (
+      full_params["lm_head"][name].at[..., :K].set(value) if is_output else value
+    )
   logits, _ = small.apply({"params": params}, tokens, mask, carry, train=False)
   full_logits, _ = full.apply({"params": full_params}, tokens, mask, carry, train=False)
   assert logits.shape == (2, 5, K)
@@ -298,15 +417,29 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
   np.testing.assert_allclose(sums["loss_sum"], -log_probs[..., 1].sum(), rtol=1e-5)  # <unk> is id 1
 
 
-@pytest.mark.parametrize("task, cell, bidirectional", [("lm", "lstm", False), ("classify", "gru", True)])
+@pytest.mark.parametrize(
+  "task, cell, bidirectional", [("lm", "lstm", False), ("classify", "gru", True)]
+)
 def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell, bidirectional):
   """--chrono_init=N: each layer of both stacks draws its own keep-gate biases in [0, log(N - 1)]."""
-  config = Config(task=task, model=cell, num_layers=2, hidden_size=32, embed_size=8, batch_size=4, seq_len=8,
-                  bidirectional=bidirectional, chrono_init=50)
+  config = Config(
+    task=task,
+    model=cell,
+    num_layers=2,
+    hidden_size=32,
+    embed_size=8,
+    batch_size=4,
+    seq_len=8,
+    bidirectional=bidirectional,
+    chrono_init=50,
+  )
   plain = dataclasses.replace(config, chrono_init=0)
   params, plain_params = (
-      jax.jit(initial_state_fn(c, build_model(c, V, 3), make_optimizer_for(c)))(jax.random.PRNGKey(0)).params
-      for c in (config, plain))
+    jax.jit(initial_state_fn(c, build_model(c, V, 3), make_optimizer_for(c)))(
+      jax.random.PRNGKey(0)
+    ).params
+    for c in (config, plain)
+  )
   encoder = params["encoder"]
   layers = [name for name in encoder if "layer_" in name]
   assert len(layers) == (4 if bidirectional else 2)
@@ -321,10 +454,16 @@ def test_chrono_init_reaches_every_recurrent_layer_the_trainer_builds(task, cell
   assert len({keep.tobytes() for keep in keeps}) == len(keeps)  # each layer draws its own
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (dict(chrono_init=2), "--chrono_init: must be 0 .* at least 3 steps, got 2"),
-    (dict(chrono_init=100, model="rnn"), "--chrono_init: sets the gates' biases: --model=rnn has no gates"),
-])
+    (
+      dict(chrono_init=100, model="rnn"),
+      "--chrono_init: sets the gates' biases: --model=rnn has no gates",
+    ),
+  ],
+)
 def test_chrono_init_is_refused_where_it_cannot_apply(flags, message):
   with pytest.raises(ConfigError, match=message):
     validate(Config(**flags))

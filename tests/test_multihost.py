@@ -18,8 +18,17 @@ from launch import distributed, local
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No dropout here: under shard_map each device draws its own dropout mask, so only the
 # dropout-free computation is the same in both modes.
-TINY = ["--hidden_size=16", "--embed_size=8", "--head_widths=8", "--batch_size=8", "--seq_len=16",
-        "--log_every=5", "--eval_every=15", "--eval_steps=3", "--checkpoint_every=10"]
+TINY = [
+  "--hidden_size=16",
+  "--embed_size=8",
+  "--head_widths=8",
+  "--batch_size=8",
+  "--seq_len=16",
+  "--log_every=5",
+  "--eval_every=15",
+  "--eval_steps=3",
+  "--checkpoint_every=10",
+]
 
 
 def trainer(workdir, *flags):
@@ -29,12 +38,30 @@ def trainer(workdir, *flags):
 def run_job(workdir, processes, devices, *flags, timeout=300):
   """Runs the trainer as `processes` x `devices`; returns its train and eval rows."""
   if processes == 1:
-    result = subprocess.run(trainer(workdir, *flags), cwd=ROOT, env=local.process_env(devices, dict(os.environ)),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+      trainer(workdir, *flags),
+      cwd=ROOT,
+      env=local.process_env(devices, dict(os.environ)),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
   else:
-    result = subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
-                             f"--devices_per_process={devices}", "--", *trainer(workdir, *flags)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "launch.local",
+        f"--num_processes={processes}",
+        f"--devices_per_process={devices}",
+        "--",
+        *trainer(workdir, *flags),
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -46,16 +73,31 @@ def run_job(workdir, processes, devices, *flags, timeout=300):
 def test_two_processes_and_both_modes_train_like_one_process(tmp_path, task):
   reference, _ = run_job(tmp_path / "1x4_jit", 1, 4, f"--task={task}", "--num_steps=30")
   # The 2 x 2 jobs run 5 steps per call (stacked global batches, in both modes).
-  for name, processes, devices, mode, steps_per_call in [("2x2_jit", 2, 2, "jit", 5),
-                                                         ("2x2_shard_map", 2, 2, "shard_map", 5),
-                                                         ("1x4_shard_map", 1, 4, "shard_map", 1)]:
-    rows, output = run_job(tmp_path / name, processes, devices, f"--task={task}", "--num_steps=30",
-                           f"--parallelism={mode}", f"--steps_per_call={steps_per_call}")
-    assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in reference], name
+  for name, processes, devices, mode, steps_per_call in [
+    ("2x2_jit", 2, 2, "jit", 5),
+    ("2x2_shard_map", 2, 2, "shard_map", 5),
+    ("1x4_shard_map", 1, 4, "shard_map", 1),
+  ]:
+    rows, output = run_job(
+      tmp_path / name,
+      processes,
+      devices,
+      f"--task={task}",
+      "--num_steps=30",
+      f"--parallelism={mode}",
+      f"--steps_per_call={steps_per_call}",
+    )
+    assert [(r["step"], r["split"]) for r in rows] == [
+      (r["step"], r["split"]) for r in reference
+    ], name
     for ours, theirs in zip(rows, reference):
       assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4), (name, ours, theirs)
       if ours["split"] == "train":  # the gradient's scale too, which clipping or Adam may hide
-        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4), (name, ours, theirs)
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4), (
+          name,
+          ours,
+          theirs,
+        )
     if processes == 2:
       assert "[0] " in output and "[1] " in output
       # One item, the same for any process count: the data position is the step (elastic resume).
@@ -74,19 +116,35 @@ def test_sigterm_stops_every_process_at_one_step_and_the_resumed_run_matches(tmp
     uninterrupted = json.load(f)["param_fingerprint"]
 
   workdir = tmp_path / "preempted"
-  launcher = subprocess.Popen([sys.executable, "-m", "launch.local", "--num_processes=2",
-                               "--devices_per_process=2", "--", *trainer(workdir, *flags)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  launcher = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "launch.local",
+      "--num_processes=2",
+      "--devices_per_process=2",
+      "--",
+      *trainer(workdir, *flags),
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   deadline = time.time() + 120
   while time.time() < deadline:
-    if (workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text().count("\n") >= 14:
+    if (workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text().count(
+      "\n"
+    ) >= 14:
       break
     time.sleep(0.05)
   launcher.send_signal(signal.SIGTERM)
   output, _ = launcher.communicate(timeout=120)
   assert launcher.returncode == 0, output[-3000:]
   stops = set(re.findall(r"\[(\d)\] .*Stopped at step (\d+); checkpoint saved", output))
-  assert {process for process, _ in stops} == {"0", "1"} and len({step for _, step in stops}) == 1, output[-3000:]
+  assert {process for process, _ in stops} == {"0", "1"} and len(
+    {step for _, step in stops}
+  ) == 1, output[-3000:]
   step = int(next(iter(stops))[1])
   assert step < 150 and str(step) in os.listdir(workdir / "checkpoints")
 
@@ -101,25 +159,49 @@ def test_two_checkpointers_in_one_job_save_side_by_side(tmp_path):
   # the job. Orbax's barriers once had the same names in both, and a save that began while the
   # other's background save was finishing failed ("Barrier ... is already ongoing") and hung
   # the job (the old code failed this test 3 runs in 3; the preemption test one run in a few).
-  result = subprocess.run([sys.executable, "-m", "launch.local", "--num_processes=2", "--", sys.executable,
-                           "-m", "tests.two_checkpointers", f"--workdir={tmp_path}", "--steps=60"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.local",
+      "--num_processes=2",
+      "--",
+      sys.executable,
+      "-m",
+      "tests.two_checkpointers",
+      f"--workdir={tmp_path}",
+      "--steps=60",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-3000:]
   for process in (0, 1):
     found = re.search(rf"\[{process}\] steps: (.*)", output)
-    assert found and json.loads(found.group(1)) == {"latest": [59, 60], "best": [60]}, output[-3000:]
+    assert found and json.loads(found.group(1)) == {"latest": [59, 60], "best": [60]}, output[
+      -3000:
+    ]
 
 
 def test_launcher_fails_fast_when_one_process_dies(tmp_path):
   script = tmp_path / "worker.py"
-  script.write_text("import sys, time\n"
-                    "process_id = [a for a in sys.argv if a.startswith('--process_id=')][0]\n"
-                    "print('hello from', process_id, flush=True)\n"
-                    "sys.exit(3) if process_id.endswith('=1') else time.sleep(120)\n")
+  script.write_text(
+    "import sys, time\n"
+    "process_id = [a for a in sys.argv if a.startswith('--process_id=')][0]\n"
+    "print('hello from', process_id, flush=True)\n"
+    "sys.exit(3) if process_id.endswith('=1') else time.sleep(120)\n"
+  )
   start = time.time()
-  result = subprocess.run([sys.executable, "-m", "launch.local", "--num_processes=3", "--", sys.executable,
-                           str(script)], cwd=ROOT, capture_output=True, text=True, timeout=100)
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.local", "--num_processes=3", "--", sys.executable, str(script)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=100,
+  )
   assert result.returncode == 3 and time.time() - start < 60
   assert "[1] hello from --process_id=1" in result.stdout
   assert "process 1 exited with status 3; stopping the others" in result.stderr
@@ -129,40 +211,55 @@ def test_each_launch_gets_its_own_port_and_process_ids():
   commands = local.process_commands(["python", "-m", "training.train"], 3, local.free_port())
   assert [c[-1] for c in commands] == ["--process_id=0", "--process_id=1", "--process_id=2"]
   assert len({c[-3] for c in commands}) == 1 and commands[0][-2] == "--num_processes=3"
-  env = local.process_env(4, {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=9"})
+  env = local.process_env(
+    4, {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=9"}
+  )
   assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4"
   # Processes on one machine share its cores among the kernel's threads; the user's choice stands.
   assert "RNN_KERNEL_THREADS" not in env
   cores = len(os.sched_getaffinity(0))
   assert local.process_env(1, {}, num_processes=2)["RNN_KERNEL_THREADS"] == str(max(1, cores // 2))
   assert local.process_env(1, {}, num_processes=64)["RNN_KERNEL_THREADS"] == "1"
-  assert local.process_env(1, {"RNN_KERNEL_THREADS": "3"}, num_processes=2)["RNN_KERNEL_THREADS"] == "3"
+  assert (
+    local.process_env(1, {"RNN_KERNEL_THREADS": "3"}, num_processes=2)["RNN_KERNEL_THREADS"] == "3"
+  )
 
 
-@pytest.mark.parametrize("env, cluster", [
+@pytest.mark.parametrize(
+  "env, cluster",
+  [
     ({}, None),
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "SLURM"),
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "3"}, "Kubernetes"),
     ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "Cloud TPU"),
     ({"TPU_WORKER_HOSTNAMES": "t0"}, None),
-])
+  ],
+)
 def test_cluster_environment_detection(env, cluster):
   assert distributed.detect_cluster(env) == cluster
 
 
 def test_partial_distributed_flags_are_refused_in_one_line(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--num_processes=2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "training.train", f"--workdir={tmp_path}", "--num_processes=2"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: --coordinator_address, --process_id: needed with the other distributed flags")
+    "error: --coordinator_address, --process_id: needed with the other distributed flags"
+  )
 
 
 def _trainer_flags():
   from training import train  # defines the flags
+
   del train
   from absl import flags
+
   return set(flags.FLAGS) | {"flagfile"}
 
 
@@ -184,7 +281,9 @@ def test_jobset_manifest_is_valid_and_passes_the_right_flags():
   name, job_name = manifest["metadata"]["name"], replicated["name"]
   assert f"--coordinator_address={name}-{job_name}-0-0.{name}:1234" in args
   assert "--process_id=$(PROCESS_ID)" in args
-  assert [e["name"] for e in container["env"]] == ["PROCESS_ID"]  # declared, so Kubernetes expands it
+  assert [e["name"] for e in container["env"]] == [
+    "PROCESS_ID"
+  ]  # declared, so Kubernetes expands it
   assert any(a.startswith("--workdir=/checkpoints") for a in args)
   assert container["volumeMounts"][0]["mountPath"] == "/checkpoints"
 
@@ -196,7 +295,7 @@ def test_shell_launchers_are_valid_and_pass_the_right_flags(script):
   text = open(path).read()
   command = next(line for line in text.splitlines() if "-m training.train" in line)
   trainer_words = shlex.split(command.replace("$", ""), posix=True)
-  trainer_words = trainer_words[trainer_words.index("training.train") + 1:]
+  trainer_words = trainer_words[trainer_words.index("training.train") + 1 :]
   assert _flags_in(trainer_words) <= _trainer_flags()
   assert "--workdir=" in command and "--flagfile=" in command
   if script == "slurm.sbatch":
@@ -207,14 +306,18 @@ def test_shell_launchers_are_valid_and_pass_the_right_flags(script):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, flags, layouts", [
+@pytest.mark.parametrize(
+  "task, flags, layouts",
+  [
     ("lm", [], [(1, 4), (1, 1), (4, 1)]),  # the carried state too
     ("classify", ["--batching=pad"], [(1, 4), (1, 1)]),
     ("classify", ["--batching=bucket", "--bucket_boundaries=6,10,16"], [(1, 4), (1, 1)]),
     ("classify", ["--batching=pack"], [(1, 4), (1, 1)]),
-])
-def test_a_checkpoint_from_2x2_resumes_on_other_topologies_with_the_uninterrupted_losses(tmp_path, task, flags,
-                                                                                       layouts):
+  ],
+)
+def test_a_checkpoint_from_2x2_resumes_on_other_topologies_with_the_uninterrupted_losses(
+  tmp_path, task, flags, layouts
+):
   import shutil
 
   common = [f"--task={task}", *flags, "--eval_every=0", "--eval_steps=2", "--num_steps=30"]
@@ -236,9 +339,16 @@ def test_a_checkpoint_from_2x2_resumes_on_other_topologies_with_the_uninterrupte
     # 3 devices cannot split a global batch of 8: refused in one line that says what changed.
     workdir = tmp_path / "1x3"
     shutil.copytree(tmp_path / "2x2", workdir)
-    result = subprocess.run(trainer(workdir, *common, "--restore_step=20"), cwd=ROOT, capture_output=True, text=True,
-                            env=local.process_env(3, dict(os.environ)), timeout=300)
+    result = subprocess.run(
+      trainer(workdir, *common, "--restore_step=20"),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=local.process_env(3, dict(os.environ)),
+      timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: --batch_size=8: the run in {workdir} was trained by 2 process(es) x 2 device(s); this job has 3"
-        " devices, which do not divide the global batch of 8: resume on 1, 2, 4, 8 devices (any divisor of 8)")
+      f"error: --batch_size=8: the run in {workdir} was trained by 2 process(es) x 2 device(s); this job has 3"
+      " devices, which do not divide the global batch of 8: resume on 1, 2, 4, 8 devices (any divisor of 8)"
+    )

@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training.loop.objectives import (combine_sums, finalize_metrics, no_sums, sequence_cross_entropy,
-                                 token_cross_entropy)
+from training.loop.objectives import (
+  combine_sums,
+  finalize_metrics,
+  no_sums,
+  sequence_cross_entropy,
+  token_cross_entropy,
+)
 
 
 def test_token_loss_averages_over_real_tokens_only():
@@ -40,14 +45,23 @@ def test_sums_from_two_halves_give_the_mean_of_the_whole():
   targets = jnp.asarray(rng.integers(0, 5, size=(4, 6)))
   mask = jnp.asarray(rng.random((4, 6)) < 0.7)
   whole = token_cross_entropy(logits, targets, mask)
-  halves = [token_cross_entropy(logits[i:i + 2], targets[i:i + 2], mask[i:i + 2]) for i in (0, 2)]
+  halves = [
+    token_cross_entropy(logits[i : i + 2], targets[i : i + 2], mask[i : i + 2]) for i in (0, 2)
+  ]
   combined = {k: halves[0][k] + halves[1][k] for k in whole}
-  assert finalize_metrics(combined)["loss"] == pytest.approx(finalize_metrics(whole)["loss"], rel=1e-6)
+  assert finalize_metrics(combined)["loss"] == pytest.approx(
+    finalize_metrics(whole)["loss"], rel=1e-6
+  )
 
 
 def test_no_sums_is_what_any_steps_sums_combine_with_unchanged():
-  step = {"loss_sum": jnp.float32(2.5), "weight": jnp.float32(-1.0), "steps": jnp.int32(1),
-          "first_nonfinite_step_min": jnp.int32(7), "grad_norm_min": jnp.float32(-3.0)}
+  step = {
+    "loss_sum": jnp.float32(2.5),
+    "weight": jnp.float32(-1.0),
+    "steps": jnp.int32(1),
+    "first_nonfinite_step_min": jnp.int32(7),
+    "grad_norm_min": jnp.float32(-3.0),
+  }
   empty = no_sums(jax.eval_shape(lambda: step))
   assert jax.tree.map(lambda x: x.dtype, empty) == jax.tree.map(lambda x: x.dtype, step)
   assert combine_sums(empty, step) == step

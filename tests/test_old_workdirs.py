@@ -15,9 +15,19 @@ from flax import serialization
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD = os.path.join(ROOT, "tests", "data", "workdirs_2026_12")
 BIN = os.path.dirname(sys.executable)
-SMALL = ["--tokenizer=word", "--hidden_size=8", "--embed_size=8", "--batch_size=4", "--seq_len=8", "--log_every=3",
-         "--eval_every=3", "--eval_steps=2", "--checkpoint_every=3", "--keep_checkpoints=1",
-         "--async_checkpointing=false"]
+SMALL = [
+  "--tokenizer=word",
+  "--hidden_size=8",
+  "--embed_size=8",
+  "--batch_size=4",
+  "--seq_len=8",
+  "--log_every=3",
+  "--eval_every=3",
+  "--eval_steps=2",
+  "--checkpoint_every=3",
+  "--keep_checkpoints=1",
+  "--async_checkpointing=false",
+]
 
 
 def expected() -> dict:
@@ -26,8 +36,14 @@ def expected() -> dict:
 
 
 def tool(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-  result = subprocess.run([os.path.join(BIN, name), *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [os.path.join(BIN, name), *args],
+    cwd=ROOT,
+    input=stdin,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -70,14 +86,24 @@ def test_an_old_workdir_exports_the_parameters_the_old_code_exported(old, tmp_pa
 
 def test_an_old_classifier_predicts_as_it_did(old):
   want = expected()
-  output = tool("rnn-predict", f"--workdir={old / 'classifier'}", "--input=-", stdin=want["predict_input"] + "\n")
+  output = tool(
+    "rnn-predict",
+    f"--workdir={old / 'classifier'}",
+    "--input=-",
+    stdin=want["predict_input"] + "\n",
+  )
   got = json.loads(output.stdout.strip().splitlines()[-1])
   assert got["label"] == want["predict_output"]["label"]
   for name, probability in want["predict_output"]["probabilities"].items():
     assert got["probabilities"][name] == pytest.approx(probability, abs=1e-5)
   # --step reads the latest checkpoint instead of the best.
-  latest = tool("rnn-predict", f"--workdir={old / 'classifier'}", "--input=-",
-                f"--step={want['classifier_latest_step']}", stdin=want["predict_input"] + "\n")
+  latest = tool(
+    "rnn-predict",
+    f"--workdir={old / 'classifier'}",
+    "--input=-",
+    f"--step={want['classifier_latest_step']}",
+    stdin=want["predict_input"] + "\n",
+  )
   assert json.loads(latest.stdout.strip().splitlines()[-1])["probabilities"] != got["probabilities"]
 
 
@@ -85,22 +111,46 @@ def test_an_old_language_model_generates_from_its_vocabulary(old):
   with open(old / "lm" / "vocab.json") as f:
     vocabulary = set(json.load(f)["tokens"])
   prompt = expected()["generate_prompt"]
-  output = tool("rnn-generate", f"--workdir={old / 'lm'}", f"--prompt={prompt}", "--length=12", "--seed=0")
+  output = tool(
+    "rnn-generate", f"--workdir={old / 'lm'}", f"--prompt={prompt}", "--length=12", "--seed=0"
+  )
   text = output.stdout.strip().splitlines()[-1]
   assert text.startswith(prompt)
-  words = text[len(prompt):].split()
+  words = text[len(prompt) :].split()
   assert len(words) == 12 and set(words) <= vocabulary | {"."}, words
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", ["lm", "classifier"])
 def test_an_old_run_resumes_from_its_last_checkpoint(old, run):
-  data = (["--train_data=text:tests/data/workdirs_2026_12/text.txt[:90%]",
-           "--eval_data=text:tests/data/workdirs_2026_12/text.txt[90%:]"] if run == "lm" else
-          ["--task=classify", "--head_widths=8", "--train_data=csv:tests/data/workdirs_2026_12/reviews.csv[:80%]",
-           "--eval_data=csv:tests/data/workdirs_2026_12/reviews.csv[80%:]"])
-  result = subprocess.run([sys.executable, "-m", "training.train", f"--workdir={old / run}", *data, *SMALL,
-                           "--num_steps=9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  data = (
+    [
+      "--train_data=text:tests/data/workdirs_2026_12/text.txt[:90%]",
+      "--eval_data=text:tests/data/workdirs_2026_12/text.txt[90%:]",
+    ]
+    if run == "lm"
+    else [
+      "--task=classify",
+      "--head_widths=8",
+      "--train_data=csv:tests/data/workdirs_2026_12/reviews.csv[:80%]",
+      "--eval_data=csv:tests/data/workdirs_2026_12/reviews.csv[80%:]",
+    ]
+  )
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "training.train",
+      f"--workdir={old / run}",
+      *data,
+      *SMALL,
+      "--num_steps=9",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Resumed from the checkpoint at step 6 in {old / run}" in result.stderr
   with open(old / run / "summary.json") as f:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from pipeline import prepared_writer as prepare, sources
+from pipeline import prepared_writer as prepare
+from pipeline import sources
 from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
 from pipeline.prepared import ArrayStream, PreparedDataset, PreparedStream
@@ -32,7 +33,9 @@ def make_jsonl(path, count, seed=0, labels=("neg", "pos"), gz=False):
   with opener(path, "wt", encoding="utf-8") as f:
     for i in range(count):
       text = " ".join(rng.choice(WORDS, size=int(rng.integers(0, 30))))  # some empty
-      f.write(json.dumps({"text": text.capitalize() + ".", "label": labels[i % len(labels)]}) + "\n")
+      f.write(
+        json.dumps({"text": text.capitalize() + ".", "label": labels[i % len(labels)]}) + "\n"
+      )
   return str(path)
 
 
@@ -46,7 +49,9 @@ def records_of(dataset):
 
 def test_prepared_records_and_index_equal_the_in_memory_encoding(tmp_path):
   path = make_jsonl(tmp_path / "train.jsonl.gz", 300, gz=True)
-  meta = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "out"), tokenizer="word", with_labels=True)
+  meta = prepare.prepare_corpus(
+    f"jsonl:{path}", str(tmp_path / "out"), tokenizer="word", with_labels=True
+  )
   dataset = PreparedDataset(str(tmp_path / "out"))
   examples = read_all(f"jsonl:{path}", True)
   vocab = Vocabulary.build((e["text"] for e in examples), "word")
@@ -62,9 +67,17 @@ def test_prepared_records_and_index_equal_the_in_memory_encoding(tmp_path):
 
 def test_workers_and_shards_change_nothing_in_what_is_read(tmp_path):
   path = make_jsonl(tmp_path / "train.jsonl", 400)
-  one = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "one"), tokenizer="char", vocab_size=20)
-  many = prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / "many"), tokenizer="char", vocab_size=20,
-                                num_workers=2, shard_bytes=4096)
+  one = prepare.prepare_corpus(
+    f"jsonl:{path}", str(tmp_path / "one"), tokenizer="char", vocab_size=20
+  )
+  many = prepare.prepare_corpus(
+    f"jsonl:{path}",
+    str(tmp_path / "many"),
+    tokenizer="char",
+    vocab_size=20,
+    num_workers=2,
+    shard_bytes=4096,
+  )
   assert len(one["shards"]) == 1 and len(many["shards"]) > 3
   a, b = PreparedDataset(str(tmp_path / "one")), PreparedDataset(str(tmp_path / "many"))
   assert a.vocab == b.vocab and len(a.vocab) == 20
@@ -86,22 +99,29 @@ def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(tmp_pat
   dataset = PreparedDataset(str(tmp_path / "out"))
   assert dataset.num_records > 20 and dataset.ends_document.sum() == 2
   vocab = dataset.vocab
-  whole = token_stream(read_all(f"text:{tmp_path / 'book.txt'}", False) + read_all(f"text:{tmp_path / 'other.txt'}", False),
-                       vocab)
+  whole = token_stream(
+    read_all(f"text:{tmp_path / 'book.txt'}", False)
+    + read_all(f"text:{tmp_path / 'other.txt'}", False),
+    vocab,
+  )
   stream = dataset.view(None, spec).stream()
   assert len(stream) == len(whole)
   starts = dataset.document_records()  # two documents: the book's many records, then one
   assert dataset.documents_view(np.array([1, 0])).records.tolist() == (
-      list(range(starts[1], starts[2])) + list(range(starts[0], starts[1])))
+    list(range(starts[1], starts[2])) + list(range(starts[0], starts[1]))
+  )
   assert stream.read(0, len(whole)).tolist() == whole.tolist()
   rng = np.random.default_rng(0)
   ranges = [tuple(sorted(rng.integers(-3, len(whole) + 3, size=2))) for _ in range(50)]
   for (start, stop), got in zip(ranges, stream.read_many(ranges)):
-    assert got.tolist() == whole[max(start, 0):max(stop, 0)].tolist(), (start, stop)
+    assert got.tolist() == whole[max(start, 0) : max(stop, 0)].tolist(), (start, stop)
   # Windows as rows of one padded array: from the prepared records, and by the in-memory gather.
   starts, width = rng.integers(0, len(whole) + 3, size=20), 7
   expected = ArrayStream(whole).read_many([(start, start + width) for start in starts])
-  for blocks in (stream.read_block(starts, width, -1), ArrayStream(whole).read_block(starts, width, -1)):
+  for blocks in (
+    stream.read_block(starts, width, -1),
+    ArrayStream(whole).read_block(starts, width, -1),
+  ):
     tokens, real = blocks
     assert tokens.shape == real.shape == (20, width) and tokens.dtype == np.int32
     for row, piece in enumerate(expected):
@@ -132,10 +152,28 @@ def test_slices_select_tokens_of_text_and_documents_of_the_rest(tmp_path):
 
 def sequence_batch_list(sequences, labels, lengths, batching, shard_index=0, shard_count=1):
   plan, segments = make_plan_function(
-      lengths, batching=batching, batch_size=8, seq_len=12, seed=3, shuffle=True,
-      boundaries=optimal_boundaries(lengths, 3, 12), batch_tokens=0, max_segments=3, row_multiple=1)
-  iterator = iter(sequence_batches(sequences, labels, plan, train=True, segments_per_row=segments,
-                                   shard_index=shard_index, shard_count=shard_count))
+    lengths,
+    batching=batching,
+    batch_size=8,
+    seq_len=12,
+    seed=3,
+    shuffle=True,
+    boundaries=optimal_boundaries(lengths, 3, 12),
+    batch_tokens=0,
+    max_segments=3,
+    row_multiple=1,
+  )
+  iterator = iter(
+    sequence_batches(
+      sequences,
+      labels,
+      plan,
+      train=True,
+      segments_per_row=segments,
+      shard_index=shard_index,
+      shard_count=shard_count,
+    )
+  )
   return [next(iterator) for _ in range(2 * len(plan(0)) + 1)]  # past an epoch boundary
 
 
@@ -148,7 +186,9 @@ def test_sequence_batches_from_a_prepared_dataset_equal_in_memory_ones(tmp_path,
   in_memory = encode_all(examples, dataset.vocab)
   lengths = np.array([len(ids) for ids in in_memory])
   sequences = dataset.view(None, "x").sequences()
-  assert sequences.lengths.tolist() == lengths.tolist()  # empty texts read as one <unk>, as in memory
+  assert (
+    sequences.lengths.tolist() == lengths.tolist()
+  )  # empty texts read as one <unk>, as in memory
   labels = dataset.view(None, "x").label_ids()
   for shard in range(2):
     expected = sequence_batch_list(in_memory, labels, lengths, batching, shard, 2)
@@ -164,7 +204,9 @@ def test_window_batches_from_a_prepared_stream_equal_in_memory_ones(tmp_path):
   tokens = token_stream(read_all(f"jsonl:{path}", False), dataset.vocab)
   stream = dataset.view(None, "x").stream()
   for shard in range(2):
-    args = dict(batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2)
+    args = dict(
+      batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2
+    )
     expected, got = iter(window_batches(tokens, **args)), iter(window_batches(stream, **args))
     for _ in range(2 * len(tokens) // (6 * 16) + 3):  # past the end of an epoch
       a, b = next(expected), next(got)
@@ -181,7 +223,9 @@ def test_a_reversed_stream_reads_the_stream_backwards_in_memory_and_prepared(tmp
   tokens = token_stream(read_all(f"jsonl:{path}", False), dataset.vocab)
   for source in (tokens, dataset.view(None, "x").stream()):
     for shard in range(2):
-      args = dict(batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2)
+      args = dict(
+        batch_size=6, seq_len=16, train=True, carry_state=True, shard_index=shard, shard_count=2
+      )
       expected = iter(window_batches(tokens[::-1].copy(), **args))
       got = iter(window_batches(source, reverse=True, **args))
       for _ in range(2 * len(tokens) // (6 * 16) + 3):
@@ -208,8 +252,11 @@ class CountingReads:
 
 @pytest.mark.parametrize("cache_bytes", [0, 400, 64 << 20])
 def test_stream_reads_equal_the_whole_stream_for_any_cache_and_cached_records_are_not_read_again(
-    tmp_path, monkeypatch, cache_bytes):
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)  # a book in many records, some ranges spanning several
+  tmp_path, monkeypatch, cache_bytes
+):
+  monkeypatch.setattr(
+    prepare, "PIECE_CHARS", 50
+  )  # a book in many records, some ranges spanning several
   text = " ".join(np.random.default_rng(2).choice(WORDS, size=300)) + "\n"
   (tmp_path / "book.txt").write_text(text)
   prepare.prepare_corpus(f"text:{tmp_path / 'book.txt'}", str(tmp_path / "out"), tokenizer="word")
@@ -237,10 +284,29 @@ def test_each_process_reads_only_the_records_of_its_own_rows(tmp_path):
     counter = CountingReads(dataset)
     view = dataset.view(None, "x")
     sequences = view.sequences()
-    plan, _ = make_plan_function(sequences.lengths, batching="pad", batch_size=8, seq_len=12, seed=0, shuffle=True,
-                                 boundaries=[], batch_tokens=0, max_segments=1, row_multiple=1)
-    iterator = iter(sequence_batches(sequences, view.label_ids(), plan, train=False, segments_per_row=1,
-                                     shard_index=shard, shard_count=2))
+    plan, _ = make_plan_function(
+      sequences.lengths,
+      batching="pad",
+      batch_size=8,
+      seq_len=12,
+      seed=0,
+      shuffle=True,
+      boundaries=[],
+      batch_tokens=0,
+      max_segments=1,
+      row_multiple=1,
+    )
+    iterator = iter(
+      sequence_batches(
+        sequences,
+        view.label_ids(),
+        plan,
+        train=False,
+        segments_per_row=1,
+        shard_index=shard,
+        shard_count=2,
+      )
+    )
     list(iterator)
     touched.append(counter.read_records)
   assert not touched[0] & touched[1] and len(touched[0]) == len(touched[1]) == 32
@@ -269,8 +335,12 @@ def test_an_error_in_the_write_pass_leaves_nothing(tmp_path, num_workers):
   with open(dev, "a") as f:
     f.write("{not json\n")
   with pytest.raises(DataError, match=r"dev.jsonl:21: malformed JSON"):
-    prepare.prepare_corpus(f"jsonl:{dev}", str(tmp_path / "dev"), vocab_from=str(tmp_path / "train"),
-                           num_workers=num_workers)
+    prepare.prepare_corpus(
+      f"jsonl:{dev}",
+      str(tmp_path / "dev"),
+      vocab_from=str(tmp_path / "train"),
+      num_workers=num_workers,
+    )
   assert sorted(os.listdir(tmp_path)) == ["dev.jsonl", "train", "train.jsonl"]
 
 
@@ -282,8 +352,15 @@ def write_corpus(path, lines: int) -> str:
 
 
 def prepare_command(corpus, out) -> list[str]:
-  return [sys.executable, "-m", "pipeline.prepare", f"--data=lines:{corpus}", f"--out={out}", "--tokenizer=word",
-          "--num_workers=2"]
+  return [
+    sys.executable,
+    "-m",
+    "pipeline.prepare",
+    f"--data=lines:{corpus}",
+    f"--out={out}",
+    "--tokenizer=word",
+    "--num_workers=2",
+  ]
 
 
 @pytest.mark.slow
@@ -291,8 +368,13 @@ def test_a_prepare_killed_while_writing_leaves_no_dataset_and_the_next_one_clean
   corpus = write_corpus(tmp_path / "corpus.txt", 300_000)  # (the write pass takes seconds)
   out = tmp_path / "out"
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  killed = subprocess.Popen(prepare_command(corpus, out), cwd=repo, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  killed = subprocess.Popen(
+    prepare_command(corpus, out),
+    cwd=repo,
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   temporaries = lambda: [name for name in os.listdir(tmp_path) if name.startswith(".out.tmp-")]
   deadline = time.monotonic() + 120
   while not temporaries():  # the write pass has begun
@@ -302,9 +384,13 @@ def test_a_prepare_killed_while_writing_leaves_no_dataset_and_the_next_one_clean
   killed.wait()
   assert not out.exists()
   assert temporaries() == [prepare.temporary_name("out", socket.gethostname(), killed.pid)]
-  again = subprocess.run(prepare_command(corpus, out), cwd=repo, capture_output=True, text=True, timeout=300)
+  again = subprocess.run(
+    prepare_command(corpus, out), cwd=repo, capture_output=True, text=True, timeout=300
+  )
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f"removing what a prepare that died (process {killed.pid}) left half written" in again.stderr
+  assert (
+    f"removing what a prepare that died (process {killed.pid}) left half written" in again.stderr
+  )
   assert temporaries() == []
   assert PreparedDataset(str(out)).num_records == 300_000
 
@@ -314,17 +400,23 @@ def test_temporaries_of_live_processes_and_of_other_machines_are_left(tmp_path, 
   alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     here = socket.gethostname()
-    names = {"live": prepare.temporary_name("out", here, alive.pid),
-             "elsewhere": prepare.temporary_name("out", "another-host.example", 12345),
-             "dead": prepare.temporary_name("out", here, dead_pid()),
-             "old_dead": f".out.tmp-{dead_pid()}",  # as named before the host was part of it
-             "other_dataset": prepare.temporary_name("other", here, dead_pid())}
+    names = {
+      "live": prepare.temporary_name("out", here, alive.pid),
+      "elsewhere": prepare.temporary_name("out", "another-host.example", 12345),
+      "dead": prepare.temporary_name("out", here, dead_pid()),
+      "old_dead": f".out.tmp-{dead_pid()}",  # as named before the host was part of it
+      "other_dataset": prepare.temporary_name("other", here, dead_pid()),
+    }
     for name in names.values():
       (tmp_path / name).mkdir()
     with caplog.at_level(logging.WARNING):
       prepare.remove_dead_temporaries(epath.Path(out))
-    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["elsewhere"], names["other_dataset"]])
-    assert any("left by a prepare on another-host.example (process 12345)" in m for m in caplog.messages)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+      [names["live"], names["elsewhere"], names["other_dataset"]]
+    )
+    assert any(
+      "left by a prepare on another-host.example (process 12345)" in m for m in caplog.messages
+    )
   finally:
     alive.kill()
     alive.wait()
@@ -340,12 +432,22 @@ def dead_pid() -> int:
 def test_eval_split_with_the_training_vocabulary_and_unknown_labels_refused(tmp_path):
   train = make_jsonl(tmp_path / "train.jsonl", 50)
   dev = make_jsonl(tmp_path / "dev.jsonl", 10, seed=1)
-  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "train"), tokenizer="word", with_labels=True)
-  prepare.prepare_corpus(f"jsonl:{dev}", str(tmp_path / "dev"), vocab_from=str(tmp_path / "train"), with_labels=True)
-  assert PreparedDataset(str(tmp_path / "dev")).vocab == PreparedDataset(str(tmp_path / "train")).vocab
+  prepare.prepare_corpus(
+    f"jsonl:{train}", str(tmp_path / "train"), tokenizer="word", with_labels=True
+  )
+  prepare.prepare_corpus(
+    f"jsonl:{dev}", str(tmp_path / "dev"), vocab_from=str(tmp_path / "train"), with_labels=True
+  )
+  assert (
+    PreparedDataset(str(tmp_path / "dev")).vocab == PreparedDataset(str(tmp_path / "train")).vocab
+  )
   odd = make_jsonl(tmp_path / "odd.jsonl", 3, labels=("pos", "other"))
-  with pytest.raises(DataError, match=r"odd.jsonl:2: label 'other' is not one of the training labels"):
-    prepare.prepare_corpus(f"jsonl:{odd}", str(tmp_path / "odd"), vocab_from=str(tmp_path / "train"), with_labels=True)
+  with pytest.raises(
+    DataError, match=r"odd.jsonl:2: label 'other' is not one of the training labels"
+  ):
+    prepare.prepare_corpus(
+      f"jsonl:{odd}", str(tmp_path / "odd"), vocab_from=str(tmp_path / "train"), with_labels=True
+    )
   # (refused in the write pass: nothing of it is left)
   assert sorted(os.listdir(tmp_path)) == ["dev", "dev.jsonl", "odd.jsonl", "train", "train.jsonl"]
 
@@ -354,13 +456,22 @@ def test_streamed_examples_equal_the_examples_read_whole(tmp_path):
   path = make_jsonl(tmp_path / "a.jsonl.gz", 40, gz=True)
   lines = tmp_path / "l.txt"
   lines.write_text("1 good film\n\n0 bad one\r\n2 ok\n")
-  for spec, with_labels in ((f"jsonl:{path}", True), (f"lines:{lines}", True), (f"lines:{lines}", False)):
+  for spec, with_labels in (
+    (f"jsonl:{path}", True),
+    (f"lines:{lines}", True),
+    (f"lines:{lines}", False),
+  ):
     parsed = sources.parse_spec(spec, "data")
     assert list(sources.iter_examples(parsed, with_labels=with_labels)) == list(
-        sources.read_examples(parsed, with_labels=with_labels))
+      sources.read_examples(parsed, with_labels=with_labels)
+    )
   (tmp_path / "bad.txt").write_bytes(b"1 fine\n0 caf\xe9\n")
   with pytest.raises(DataError, match=r"bad.txt:2: not valid UTF-8"):
-    list(sources.iter_examples(sources.parse_spec(f"lines:{tmp_path / 'bad.txt'}", "data"), with_labels=True))
+    list(
+      sources.iter_examples(
+        sources.parse_spec(f"lines:{tmp_path / 'bad.txt'}", "data"), with_labels=True
+      )
+    )
 
 
 def test_not_a_prepared_dataset_is_named(tmp_path):
@@ -372,22 +483,49 @@ def test_prepare_command_with_relative_paths(tmp_path):
   make_jsonl(tmp_path / "train.jsonl", 30)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "PYTHONPATH": repo}
-  run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.prepare", *args], cwd=tmp_path, env=env,
-                                     capture_output=True, text=True, timeout=120)
-  done = run("--data=jsonl:train.jsonl", "--labels", "--tokenizer=word", "--out=data/train", "--num_workers=2")
+  run = lambda *args: subprocess.run(
+    [sys.executable, "-m", "pipeline.prepare", *args],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  done = run(
+    "--data=jsonl:train.jsonl",
+    "--labels",
+    "--tokenizer=word",
+    "--out=data/train",
+    "--num_workers=2",
+  )
   assert done.returncode == 0, done.stderr
   assert done.stdout.strip() == str(tmp_path / "data" / "train")
   assert "30 documents" in done.stderr
   again = run("--data=jsonl:train.jsonl", "--out=data/train")
-  assert again.returncode == 2 and again.stderr.strip().startswith("error: --out=") and "Traceback" not in again.stderr
+  assert (
+    again.returncode == 2
+    and again.stderr.strip().startswith("error: --out=")
+    and "Traceback" not in again.stderr
+  )
 
 
 # The trainer on prepared data.
-TINY = dict(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=16, num_steps=30, log_every=5,
-            eval_every=15, checkpoint_every=10)
+TINY = dict(
+  hidden_size=16,
+  embed_size=8,
+  head_widths=(8,),
+  batch_size=8,
+  seq_len=16,
+  num_steps=30,
+  log_every=5,
+  eval_every=15,
+  checkpoint_every=10,
+)
 
 
-@pytest.mark.parametrize("task,batching", [("classify", "bucket"), ("classify", "pack"), ("lm", "pad")])
+@pytest.mark.parametrize(
+  "task,batching", [("classify", "bucket"), ("classify", "pack"), ("lm", "pad")]
+)
 def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_path, task, batching):
   from training.config import Config
   from training.loop.trainer import train_and_evaluate
@@ -396,23 +534,43 @@ def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_pa
   dev = make_jsonl(tmp_path / "dev.jsonl", 30, seed=1)
   test = make_jsonl(tmp_path / "test.jsonl", 30, seed=2)
   labelled = task == "classify"
-  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "p_train"), tokenizer="word", with_labels=labelled)
+  prepare.prepare_corpus(
+    f"jsonl:{train}", str(tmp_path / "p_train"), tokenizer="word", with_labels=labelled
+  )
   for name, path in (("dev", dev), ("test", test)):
-    prepare.prepare_corpus(f"jsonl:{path}", str(tmp_path / f"p_{name}"), vocab_from=str(tmp_path / "p_train"),
-                           with_labels=labelled)
+    prepare.prepare_corpus(
+      f"jsonl:{path}",
+      str(tmp_path / f"p_{name}"),
+      vocab_from=str(tmp_path / "p_train"),
+      with_labels=labelled,
+    )
   common = dict(TINY, task=task, batching=batching)
-  in_memory = dict(tokenizer="word", train_data=f"jsonl:{train}", eval_data=f"jsonl:{dev}", test_data=f"jsonl:{test}")
+  in_memory = dict(
+    tokenizer="word",
+    train_data=f"jsonl:{train}",
+    eval_data=f"jsonl:{dev}",
+    test_data=f"jsonl:{test}",
+  )
   # The tokenizer comes from the prepared dataset: the flag is left at its default here.
-  from_prepared = dict(train_data=f"prepared:{tmp_path / 'p_train'}", eval_data=f"prepared:{tmp_path / 'p_dev'}",
-                       test_data=f"prepared:{tmp_path / 'p_test'}")
+  from_prepared = dict(
+    train_data=f"prepared:{tmp_path / 'p_train'}",
+    eval_data=f"prepared:{tmp_path / 'p_dev'}",
+    test_data=f"prepared:{tmp_path / 'p_test'}",
+  )
   summaries = []
   for data, workdir in ((in_memory, tmp_path / "a"), (from_prepared, tmp_path / "b")):
-    assert train_and_evaluate(Config(**{**common, "num_steps": 10}, **data), str(workdir))["step"] == 10
+    assert (
+      train_and_evaluate(Config(**{**common, "num_steps": 10}, **data), str(workdir))["step"] == 10
+    )
     summaries.append(train_and_evaluate(Config(**common, **data), str(workdir)))  # resumed at 10
   expected, got = summaries
   assert got["param_fingerprint"] == expected["param_fingerprint"]
-  assert got["best"] == expected["best"] and got["test"] == expected["test"] and got["test"] is not None
-  assert json.loads((tmp_path / "b" / "vocab.json").read_text()) == json.loads((tmp_path / "a" / "vocab.json").read_text())
+  assert (
+    got["best"] == expected["best"] and got["test"] == expected["test"] and got["test"] is not None
+  )
+  assert json.loads((tmp_path / "b" / "vocab.json").read_text()) == json.loads(
+    (tmp_path / "a" / "vocab.json").read_text()
+  )
 
 
 def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
@@ -421,15 +579,24 @@ def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
 
   train = make_jsonl(tmp_path / "train.jsonl", 40)
   prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "lm_data"), tokenizer="word")
-  prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "other_vocab"), tokenizer="word", vocab_size=10)
+  prepare.prepare_corpus(
+    f"jsonl:{train}", str(tmp_path / "other_vocab"), tokenizer="word", vocab_size=10
+  )
   base = dict(TINY, num_steps=2, train_data=f"prepared:{tmp_path / 'lm_data'}")
   with pytest.raises(DataError, match="prepared without labels; prepare it again with --labels"):
     train_and_evaluate(Config(**base, task="classify"), str(tmp_path / "w1"))
-  with pytest.raises(DataError, match=r"--eval_data=prepared:.*another vocabulary than the run's; prepare it with --vocab_from"):
-    train_and_evaluate(Config(**base, eval_data=f"prepared:{tmp_path / 'other_vocab'}"), str(tmp_path / "w2"))
+  with pytest.raises(
+    DataError,
+    match=r"--eval_data=prepared:.*another vocabulary than the run's; prepare it with --vocab_from",
+  ):
+    train_and_evaluate(
+      Config(**base, eval_data=f"prepared:{tmp_path / 'other_vocab'}"), str(tmp_path / "w2")
+    )
   with pytest.raises(DataError, match="cannot be joined"):
-    train_and_evaluate(Config(**{**base, "train_data": f"prepared:{tmp_path / 'lm_data'},jsonl:{train}"}),
-                       str(tmp_path / "w3"))
+    train_and_evaluate(
+      Config(**{**base, "train_data": f"prepared:{tmp_path / 'lm_data'},jsonl:{train}"}),
+      str(tmp_path / "w3"),
+    )
 
 
 def test_holdout_of_a_prepared_dataset_holds_out_the_same_documents_as_in_memory(tmp_path):
@@ -438,13 +605,22 @@ def test_holdout_of_a_prepared_dataset_holds_out_the_same_documents_as_in_memory
 
   train = make_jsonl(tmp_path / "train.jsonl", 60)
   prepare.prepare_corpus(f"jsonl:{train}", str(tmp_path / "p"), tokenizer="char", with_labels=True)
-  config = Config(task="classify", batch_size=4, seq_len=64, train_data=f"prepared:{tmp_path / 'p'}",
-                  eval_data="holdout:10%")
+  config = Config(
+    task="classify",
+    batch_size=4,
+    seq_len=64,
+    train_data=f"prepared:{tmp_path / 'p'}",
+    eval_data="holdout:10%",
+  )
   (tmp_path / "w").mkdir()
   data = prepare_data(config, str(tmp_path / "w"))
   vocab = data.vocab
-  seen = sorted(vocab.decode(row[batch["mask"][r]]) for batch in data.eval_batches()
-                for r, row in enumerate(batch["inputs"]) if batch["example_mask"][r].any())
+  seen = sorted(
+    vocab.decode(row[batch["mask"][r]])
+    for batch in data.eval_batches()
+    for r, row in enumerate(batch["inputs"])
+    if batch["example_mask"][r].any()
+  )
   examples = read_all(f"jsonl:{train}", True)
   _, held = sources.holdout_split(examples, "holdout:10%", "eval_data")
   assert seen == sorted(vocab.decode(vocab.encode(e["text"])[:64]) for e in held) and len(seen) == 6

@@ -13,21 +13,28 @@ from training.model.models import RecurrentLayer
 
 B, T, D, H = 3, 9, 5, 4
 CASES = {
-    "full": (jnp.ones((B, T), bool), None),
-    "padded": (jnp.arange(T)[None, :] < jnp.array([T, 4, 0])[:, None], None),
-    "packed": (jnp.arange(T)[None, :] < jnp.array([T, 7, 5])[:, None],
-               jnp.zeros((B, T), bool).at[0, 3].set(True).at[1, 2].set(True).at[1, 5].set(True)),
+  "full": (jnp.ones((B, T), bool), None),
+  "padded": (jnp.arange(T)[None, :] < jnp.array([T, 4, 0])[:, None], None),
+  "packed": (
+    jnp.arange(T)[None, :] < jnp.array([T, 7, 5])[:, None],
+    jnp.zeros((B, T), bool).at[0, 3].set(True).at[1, 2].set(True).at[1, 5].set(True),
+  ),
 }
 
 
 def setup(cell, seed=0, dtype=jnp.float32):
   inputs = jax.random.normal(jax.random.PRNGKey(seed), (B, T, D), dtype)
   carry = jax.random.normal(jax.random.PRNGKey(seed + 1), (CELLS[cell].num_states, B, H), dtype)
-  params = RecurrentLayer(cell, H).init(jax.random.PRNGKey(seed + 2), inputs, jnp.ones((B, T), bool),
-                                        carry)["params"]
+  params = RecurrentLayer(cell, H).init(
+    jax.random.PRNGKey(seed + 2), inputs, jnp.ones((B, T), bool), carry
+  )["params"]
   # Random biases, so that each bias's gradient is checked where it enters.
-  params = {k: v + jax.random.normal(jax.random.PRNGKey(seed + 3), v.shape, dtype) if k.startswith("b")
-            else v.astype(dtype) for k, v in params.items()}
+  params = {
+    k: v + jax.random.normal(jax.random.PRNGKey(seed + 3), v.shape, dtype)
+    if k.startswith("b")
+    else v.astype(dtype)
+    for k, v in params.items()
+  }
   return params, inputs, carry
 
 
@@ -49,8 +56,12 @@ def loss_fn(cell, backward, mask, resets, remat=False):
 def test_fused_backward_equals_autodiff(cell, case, remat):
   mask, resets = CASES[case]
   params, inputs, carry = setup(cell)
-  fused = jax.value_and_grad(loss_fn(cell, "fused", mask, resets, remat), argnums=(0, 1, 2))(params, inputs, carry)
-  reference = jax.value_and_grad(loss_fn(cell, "autodiff", mask, resets), argnums=(0, 1, 2))(params, inputs, carry)
+  fused = jax.value_and_grad(loss_fn(cell, "fused", mask, resets, remat), argnums=(0, 1, 2))(
+    params, inputs, carry
+  )
+  reference = jax.value_and_grad(loss_fn(cell, "autodiff", mask, resets), argnums=(0, 1, 2))(
+    params, inputs, carry
+  )
   np.testing.assert_allclose(fused[0], reference[0], rtol=1e-6)
   for got, want in zip(jax.tree.leaves(fused[1]), jax.tree.leaves(reference[1])):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
@@ -64,8 +75,15 @@ def test_fused_backward_matches_finite_differences(cell, case):
   mask, resets = CASES[case]
   with jax.enable_x64(True):
     params, inputs, carry = setup(cell, seed=4, dtype=jnp.float64)
-    check_grads(loss_fn(cell, "fused", mask, resets), (params, inputs, carry), order=1, modes=["rev"],
-                eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(
+      loss_fn(cell, "fused", mask, resets),
+      (params, inputs, carry),
+      order=1,
+      modes=["rev"],
+      eps=1e-6,
+      atol=1e-6,
+      rtol=1e-6,
+    )
 
 
 def test_full_batches_take_the_path_without_masking_and_agree_with_the_masked_one():
@@ -77,14 +95,18 @@ def test_full_batches_take_the_path_without_masking_and_agree_with_the_masked_on
   mask = jnp.ones((T, B), bool)
 
   def loss(run_mask):
-    return lambda r, x, c: jnp.sum(jnp.sin(scan_layer("lstm", 1, False, r, x, run_mask, None, c)[0]))
+    return lambda r, x, c: jnp.sum(
+      jnp.sin(scan_layer("lstm", 1, False, r, x, run_mask, None, c)[0])
+    )
 
   unmasked = jax.grad(loss(None), argnums=(0, 1, 2))(recurrent, x_proj, carry)
   masked = jax.grad(loss(mask), argnums=(0, 1, 2))(recurrent, x_proj, carry)
   for a, b in zip(jax.tree.leaves(unmasked), jax.tree.leaves(masked)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # The fast path really drops the masking: its program has fewer select operations.
-  count = lambda run_mask: str(jax.make_jaxpr(jax.grad(loss(run_mask)))(recurrent, x_proj, carry)).count("select_n")
+  count = lambda run_mask: str(
+    jax.make_jaxpr(jax.grad(loss(run_mask)))(recurrent, x_proj, carry)
+  ).count("select_n")
   assert count(None) < count(mask)
 
 

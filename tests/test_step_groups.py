@@ -22,8 +22,18 @@ def test_a_group_holds_batches_of_one_shape_and_keeps_the_batch_that_ended_it():
   widths = [8, 8, 8, 12, 12, 8, 8, 8, 8, 8]
   groups = BatchGroups(iter([batch(w, i) for i, w in enumerate(widths)]))
   taken = [groups.take(4) for _ in range(4)]
-  assert [[int(b["inputs"][0, 0]) for b in g] for g in taken] == [[0, 1, 2], [3, 4], [5, 6, 7, 8], [9]]
-  assert [{b["inputs"].shape for b in g} for g in taken] == [{(2, 8)}, {(2, 12)}, {(2, 8)}, {(2, 8)}]
+  assert [[int(b["inputs"][0, 0]) for b in g] for g in taken] == [
+    [0, 1, 2],
+    [3, 4],
+    [5, 6, 7, 8],
+    [9],
+  ]
+  assert [{b["inputs"].shape for b in g} for g in taken] == [
+    {(2, 8)},
+    {(2, 12)},
+    {(2, 8)},
+    {(2, 8)},
+  ]
 
 
 def test_groups_end_with_the_batches():

@@ -16,7 +16,10 @@ def test_char_round_trip_is_exact():
 
 def test_word_round_trip_normalises_case_and_spacing_only():
   vocab = Vocabulary.build([TEXT], "word")
-  assert vocab.decode(vocab.encode(TEXT)) == "to be , or not to be : that is the question . whether ' tis nobler"
+  assert (
+    vocab.decode(vocab.encode(TEXT))
+    == "to be , or not to be : that is the question . whether ' tis nobler"
+  )
   # An apostrophe inside a word keeps the word whole.
   assert Vocabulary.build(["Don't stop"], "word").tokens[3:] == ["don't", "stop"]
 
@@ -48,8 +51,28 @@ def test_unreadable_vocabulary_and_unknown_kind_are_clear_errors(tmp_path):
 def test_ptb_splits_raw_and_treebank_text_alike():
   raw = "It doesn't work, and it's the director's fault (I can't stand it)."
   treebank = "it does n't work , and it 's the director 's fault -LRB- i ca n't stand it -RRB- ."
-  expected = ["it", "does", "n't", "work", ",", "and", "it", "'s", "the", "director", "'s", "fault",
-              "(", "i", "ca", "n't", "stand", "it", ")", "."]
+  expected = [
+    "it",
+    "does",
+    "n't",
+    "work",
+    ",",
+    "and",
+    "it",
+    "'s",
+    "the",
+    "director",
+    "'s",
+    "fault",
+    "(",
+    "i",
+    "ca",
+    "n't",
+    "stand",
+    "it",
+    ")",
+    ".",
+  ]
   vocab = Vocabulary.build([raw], "ptb")
   assert [vocab.tokens[i] for i in vocab.encode(raw)] == expected
   assert list(vocab.encode(treebank)) == list(vocab.encode(raw))

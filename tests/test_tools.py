@@ -20,13 +20,29 @@ from training.config import Config
 from training.loop.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = Config(hidden_size=16, embed_size=8, head_widths=(8,), batch_size=8, seq_len=24, num_steps=60,
-              log_every=10, eval_every=0, checkpoint_every=30, learning_rate=1e-2)
+TINY = Config(
+  hidden_size=16,
+  embed_size=8,
+  head_widths=(8,),
+  batch_size=8,
+  seq_len=24,
+  num_steps=60,
+  log_every=10,
+  eval_every=0,
+  checkpoint_every=30,
+  learning_rate=1e-2,
+)
 
 
 def command(module, *flags, stdin=None):
-  return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, capture_output=True, text=True,
-                        input=stdin, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", module, *flags],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    input=stdin,
+    timeout=300,
+  )
 
 
 def write_csv(path, rows, delimiter=","):
@@ -57,18 +73,34 @@ def classifier_run(tmp_path_factory):
   write_csv(data / "train.csv", recall_rows(slice(0, 800)))
   write_csv(data / "dev.csv", recall_rows(slice(-100, None)))
   workdir = str(data / "run")
-  config = dataclasses.replace(TINY, task="classify", train_data=f"csv:{data}/train.csv",
-                               eval_data=f"csv:{data}/dev.csv", text_field="review", label_field="sentiment",
-                               hidden_size=32, embed_size=16, batch_size=16, num_steps=300, learning_rate=5e-3)
+  config = dataclasses.replace(
+    TINY,
+    task="classify",
+    train_data=f"csv:{data}/train.csv",
+    eval_data=f"csv:{data}/dev.csv",
+    text_field="review",
+    label_field="sentiment",
+    hidden_size=32,
+    embed_size=16,
+    batch_size=16,
+    num_steps=300,
+    learning_rate=5e-3,
+  )
   summary = train_and_evaluate(config, workdir)
   return workdir, data / "dev.csv", summary
 
 
 def test_generate_is_deterministic_for_a_seed_and_varies_with_it(lm_run):
-  first = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
+  first = command(
+    "training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3"
+  )
   assert first.returncode == 0, first.stderr[-2000:]
-  again = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3")
-  other = command("training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=4")
+  again = command(
+    "training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=3"
+  )
+  other = command(
+    "training.tools.generate", f"--workdir={lm_run}", "--prompt=ab", "--length=30", "--seed=4"
+  )
   assert first.stdout == again.stdout and first.stdout != other.stdout
   assert first.stdout.startswith("ab") and len(first.stdout.strip()) >= 30
   assert "Traceback" not in first.stderr
@@ -76,16 +108,20 @@ def test_generate_is_deterministic_for_a_seed_and_varies_with_it(lm_run):
 
 def test_generate_continues_the_carried_state_exactly_as_the_model_reads_the_text(lm_run):
   """Greedy decoding one step at a time equals the argmax of one pass over the whole text."""
-  from training.tools.inference import sample
   from training.bookkeeping.trained_run import load_run
   from training.model.models import zero_carry
+  from training.tools.inference import sample
 
   run = load_run(lm_run)
   text = sample(run, "abc", 12, temperature=0.0)
   ids = jnp.concatenate([jnp.array([2]), jnp.asarray(run.vocab.encode("abc" + text))])[None]
   carry = zero_carry(run.config.model, run.config.num_layers, 1, run.config.hidden_size)
-  logits, _ = run.model.apply({"params": run.params}, ids, jnp.ones(ids.shape, bool), carry, train=False)
-  greedy = jnp.argmax(logits[0, 3:-1], axis=-1)  # the predictions after "<eos>abc", then after each sample
+  logits, _ = run.model.apply(
+    {"params": run.params}, ids, jnp.ones(ids.shape, bool), carry, train=False
+  )
+  greedy = jnp.argmax(
+    logits[0, 3:-1], axis=-1
+  )  # the predictions after "<eos>abc", then after each sample
   assert run.vocab.decode([int(t) for t in greedy]) == text
 
 
@@ -93,26 +129,40 @@ def test_a_backward_language_model_writes_the_text_before_the_prompt(tmp_path):
   """`--read_backward`: the model reads the prompt from its end, then each token it wrote; what
   it wrote comes out in reading order, before the prompt."""
   from training.bookkeeping.trained_run import load_run
-  from training.tools.inference import sample
   from training.model.models import zero_carry
+  from training.tools.inference import sample
 
   workdir = str(tmp_path / "backward")
   train_and_evaluate(dataclasses.replace(TINY, read_backward=True), workdir)
   run = load_run(workdir)
   text = sample(run, "abc", 12, temperature=0.0)
-  read = jnp.concatenate([jnp.array([2]), jnp.asarray(run.vocab.encode((text + "abc")[::-1]))])[None]
+  read = jnp.concatenate([jnp.array([2]), jnp.asarray(run.vocab.encode((text + "abc")[::-1]))])[
+    None
+  ]
   carry = zero_carry(run.config.model, run.config.num_layers, 1, run.config.hidden_size)
-  logits, _ = run.model.apply({"params": run.params}, read, jnp.ones(read.shape, bool), carry, train=False)
+  logits, _ = run.model.apply(
+    {"params": run.params}, read, jnp.ones(read.shape, bool), carry, train=False
+  )
   greedy = jnp.argmax(logits[0, 3:-1], axis=-1)  # after "<eos>cba", then after each token written
   assert run.vocab.decode([int(t) for t in greedy]) == text[::-1]
-  generated = command("training.tools.generate", f"--workdir={workdir}", "--prompt=abc", "--length=12", "--temperature=0")
+  generated = command(
+    "training.tools.generate",
+    f"--workdir={workdir}",
+    "--prompt=abc",
+    "--length=12",
+    "--temperature=0",
+  )
   assert generated.returncode == 0, generated.stderr[-2000:]
   assert generated.stdout.rstrip("\n") == text + "abc"
 
 
 def test_generate_refuses_a_classifier_and_a_missing_run(classifier_run, tmp_path):
   wrong = command("training.tools.generate", f"--workdir={classifier_run[0]}")
-  assert wrong.returncode == 2 and "needs a language model" in wrong.stderr and "Traceback" not in wrong.stderr
+  assert (
+    wrong.returncode == 2
+    and "needs a language model" in wrong.stderr
+    and "Traceback" not in wrong.stderr
+  )
   missing = command("training.tools.generate", f"--workdir={tmp_path}/nothing")
   assert missing.returncode == 2 and "no trained run there" in missing.stderr
 
@@ -122,8 +172,13 @@ def test_named_labels_are_sorted_saved_and_predict_agrees_with_the_trainers_eval
   with open(os.path.join(workdir, "labels.json")) as f:
     assert json.load(f) == {"num_classes": 3, "names": ["first", "second", "third"]}
   texts, labels = zip(*recall_rows(slice(-100, None)))
-  result = command("training.tools.predict", f"--workdir={workdir}", "--input=-", "--batch_size=7",
-                   stdin="".join(t + "\n" for t in texts))
+  result = command(
+    "training.tools.predict",
+    f"--workdir={workdir}",
+    "--input=-",
+    "--batch_size=7",
+    stdin="".join(t + "\n" for t in texts),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   predictions = [json.loads(line) for line in result.stdout.splitlines()]
   assert len(predictions) == len(texts)
@@ -135,8 +190,8 @@ def test_named_labels_are_sorted_saved_and_predict_agrees_with_the_trainers_eval
 
 
 def test_export_round_trips_to_identical_logits(classifier_run, tmp_path):
-  from training.tools.exported import load_exported
   from training.bookkeeping.trained_run import load_run
+  from training.tools.exported import load_exported
   from training.tools.inference import encode_batch
 
   workdir = classifier_run[0]
@@ -156,9 +211,9 @@ def test_export_round_trips_to_identical_logits(classifier_run, tmp_path):
 def test_a_language_model_exports_at_a_chosen_step_and_other_files_are_refused(lm_run, tmp_path):
   from flax import serialization
 
-  from training.tools.exported import load_exported
   from training.bookkeeping.trained_run import load_run
   from training.model.models import zero_carry
+  from training.tools.exported import load_exported
 
   out = tmp_path / "lm.msgpack"
   result = command("training.tools.export", f"--workdir={lm_run}", f"--out={out}", "--step=30")
@@ -177,16 +232,24 @@ def test_a_language_model_exports_at_a_chosen_step_and_other_files_are_refused(l
   # --step chose the checkpoint: the latest one's parameters differ.
   later, _ = latest.model.apply({"params": latest.params}, tokens, mask, carry, train=False)
   assert not np.allclose(np.asarray(later), np.asarray(exported))
-  missing = command("training.tools.export", f"--workdir={lm_run}", f"--out={tmp_path / 'x.msgpack'}", "--step=45")
+  missing = command(
+    "training.tools.export", f"--workdir={lm_run}", f"--out={tmp_path / 'x.msgpack'}", "--step=45"
+  )
   assert missing.returncode != 0 and "Traceback" not in missing.stderr
-  assert missing.stderr.strip().splitlines()[-1].startswith("error: --step=45: no checkpoint at that step")
+  assert (
+    missing.stderr.strip()
+    .splitlines()[-1]
+    .startswith("error: --step=45: no checkpoint at that step")
+  )
   assert not (tmp_path / "x.msgpack").exists()
   # Anything but an exported model of this format is refused in one line naming the file.
   (tmp_path / "future.msgpack").write_bytes(serialization.msgpack_serialize({"format": 99}))
   (tmp_path / "text.msgpack").write_text("not a model at all")
-  for name, message in [("future.msgpack", "not an exported model of format 1 (its format is 99)"),
-                        ("text.msgpack", "not an exported model (not a msgpack file"),
-                        ("absent.msgpack", "cannot read it")]:
+  for name, message in [
+    ("future.msgpack", "not an exported model of format 1 (its format is 99)"),
+    ("text.msgpack", "not an exported model (not a msgpack file"),
+    ("absent.msgpack", "cannot read it"),
+  ]:
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / name}: {message}")):
       load_exported(str(tmp_path / name))
 
@@ -202,8 +265,8 @@ def read_scalars(directory):
       data = f.read()
     position = 0
     while position < len(data):
-      (length,) = struct.unpack("<Q", data[position:position + 8])
-      event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
+      (length,) = struct.unpack("<Q", data[position : position + 8])
+      event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
       position += 12 + length + 4
       if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
         shown = {key: value for key, value in shown.items() if key[1] < event.step}
@@ -213,7 +276,9 @@ def read_scalars(directory):
   return shown
 
 
-def test_tensorboard_curves_of_a_resumed_run_equal_an_uninterrupted_runs_without_duplicates(tmp_path):
+def test_tensorboard_curves_of_a_resumed_run_equal_an_uninterrupted_runs_without_duplicates(
+  tmp_path,
+):
   import shutil
 
   config = dataclasses.replace(TINY, num_steps=40, checkpoint_every=20, eval_every=20)
@@ -227,27 +292,41 @@ def test_tensorboard_curves_of_a_resumed_run_equal_an_uninterrupted_runs_without
   for key, value in whole.items():
     if key[0] not in skip:
       assert resumed[key] == pytest.approx(value, rel=1e-6), key
-  assert {tag for tag, _ in whole} >= {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss",
-                                        "train/tokens_per_sec", "train/padding_efficiency"}
+  assert {tag for tag, _ in whole} >= {
+    "train/loss",
+    "train/learning_rate",
+    "train/grad_norm",
+    "eval/loss",
+    "train/tokens_per_sec",
+    "train/padding_efficiency",
+  }
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch (the bench extra) not installed")
+@pytest.mark.skipif(
+  importlib.util.find_spec("torch") is None, reason="PyTorch (the bench extra) not installed"
+)
 def test_the_tensorboard_log_leaves_pytorch_unimported_and_importable(tmp_path):
   # tensorboardX imports torch whenever it is installed (2.2 s of every run's start on 2 cores).
-  probe = ("import sys\n"
-           "from training.bookkeeping.tensorboard_log import TensorBoardLog\n"
-           f"log = TensorBoardLog({str(tmp_path)!r}, resume_step=0)\n"
-           "log.write({'step': 1, 'split': 'train', 'loss': 2.0})\n"
-           "log.close()\n"
-           "assert 'torch' not in sys.modules\n"
-           "import torch\n"
-           "print(torch.ones(2).sum().item())\n")
-  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  probe = (
+    "import sys\n"
+    "from training.bookkeeping.tensorboard_log import TensorBoardLog\n"
+    f"log = TensorBoardLog({str(tmp_path)!r}, resume_step=0)\n"
+    "log.write({'step': 1, 'split': 'train', 'loss': 2.0})\n"
+    "log.close()\n"
+    "assert 'torch' not in sys.modules\n"
+    "import torch\n"
+    "print(torch.ones(2).sum().item())\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0 and result.stdout.strip() == "2.0", result.stderr[-3000:]
   assert read_scalars(tmp_path) == {("train/loss", 1): 2.0}
 
 
-def test_plot_draws_several_runs_and_refuses_a_directory_without_metrics(lm_run, classifier_run, tmp_path):
+def test_plot_draws_several_runs_and_refuses_a_directory_without_metrics(
+  lm_run, classifier_run, tmp_path
+):
   out = tmp_path / "curves.png"
   result = command("training.tools.plot", lm_run, classifier_run[0], f"--out={out}")
   assert result.returncode == 0, result.stderr[-2000:]
@@ -263,7 +342,11 @@ def read(spec, **kwargs):
 
 
 def test_csv_and_tsv_read_quoted_fields_with_commas_tabs_and_newlines(tmp_path):
-  rows = [("plain text", "pos"), ('with, comma and "quotes"', "neg"), ("two\nlines\tand a tab", "pos")]
+  rows = [
+    ("plain text", "pos"),
+    ('with, comma and "quotes"', "neg"),
+    ("two\nlines\tand a tab", "pos"),
+  ]
   write_csv(tmp_path / "a.csv", rows)
   write_csv(tmp_path / "a.tsv", rows, delimiter="\t")
   for kind in ("csv", "tsv"):
@@ -275,7 +358,10 @@ def test_csv_and_tsv_read_quoted_fields_with_commas_tabs_and_newlines(tmp_path):
 
 def test_csv_errors_name_the_file_the_line_and_the_columns(tmp_path):
   write_csv(tmp_path / "a.csv", [("fine", "1")])
-  with pytest.raises(DataError, match=r"a.csv: no column 'text' \(see --text_field\); the columns are 'review', 'sentiment'"):
+  with pytest.raises(
+    DataError,
+    match=r"a.csv: no column 'text' \(see --text_field\); the columns are 'review', 'sentiment'",
+  ):
     read(f"csv:{tmp_path}/a.csv")
   (tmp_path / "b.csv").write_text("text,label\nok,1\ntoo,many,fields\n")
   with pytest.raises(DataError, match=r"b.csv:3: 3 fields where the header has 2"):
@@ -289,11 +375,15 @@ def test_parquet_reads_columns_and_names_rows_in_errors(tmp_path):
   import pyarrow as pa
   import pyarrow.parquet as pq
 
-  pq.write_table(pa.table({"review": ["good", "bad"], "sentiment": ["pos", "neg"], "id": [1, 2]}),
-                 tmp_path / "a.parquet")
+  pq.write_table(
+    pa.table({"review": ["good", "bad"], "sentiment": ["pos", "neg"], "id": [1, 2]}),
+    tmp_path / "a.parquet",
+  )
   examples = read(f"parquet:{tmp_path}/a.parquet", text_field="review", label_field="sentiment")
   assert [(e["text"], e["label"], e["where"]) for e in examples] == [
-      ("good", "pos", f"{tmp_path}/a.parquet row 1"), ("bad", "neg", f"{tmp_path}/a.parquet row 2")]
+    ("good", "pos", f"{tmp_path}/a.parquet row 1"),
+    ("bad", "neg", f"{tmp_path}/a.parquet row 2"),
+  ]
   with pytest.raises(DataError, match=r"no column 'text'"):
     read(f"parquet:{tmp_path}/a.parquet")
   (tmp_path / "not.parquet").write_text("hello")
@@ -313,9 +403,17 @@ def test_other_encodings_are_read_with_encoding_and_refused_without_it(tmp_path)
 def test_an_eval_label_the_training_data_lacks_is_named_with_its_line(tmp_path):
   write_csv(tmp_path / "train.csv", [("a", "pos"), ("b", "neg")] * 8)
   write_csv(tmp_path / "dev.csv", [("a", "pos"), ("b", "neutral")])
-  config = dataclasses.replace(TINY, task="classify", train_data=f"csv:{tmp_path}/train.csv",
-                               eval_data=f"csv:{tmp_path}/dev.csv", text_field="review", label_field="sentiment")
-  with pytest.raises(DataError, match=r"dev.csv:3: label 'neutral' is not one of the training labels \(neg, pos\)"):
+  config = dataclasses.replace(
+    TINY,
+    task="classify",
+    train_data=f"csv:{tmp_path}/train.csv",
+    eval_data=f"csv:{tmp_path}/dev.csv",
+    text_field="review",
+    label_field="sentiment",
+  )
+  with pytest.raises(
+    DataError, match=r"dev.csv:3: label 'neutral' is not one of the training labels \(neg, pos\)"
+  ):
     train_and_evaluate(config, str(tmp_path / "run"))
 
 
@@ -324,10 +422,25 @@ def test_every_console_script_runs_and_its_help_lists_the_commands_own_flags():
 
   with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
     scripts = tomllib.load(f)["project"]["scripts"]
-  assert {"rnn-train", "rnn-generate", "rnn-predict", "rnn-ensemble", "rnn-export", "rnn-plot", "rnn-prepare"} <= set(scripts)
-  own_flag = {"rnn-train": "--workdir", "rnn-generate": "--prompt", "rnn-predict": "--input",
-              "rnn-export": "--out", "rnn-plot": "--metrics", "rnn-prepare": "--split", "rnn-ensemble": "--workdirs",
-              "rnn-launch-local": "--devices_per_process"}
+  assert {
+    "rnn-train",
+    "rnn-generate",
+    "rnn-predict",
+    "rnn-ensemble",
+    "rnn-export",
+    "rnn-plot",
+    "rnn-prepare",
+  } <= set(scripts)
+  own_flag = {
+    "rnn-train": "--workdir",
+    "rnn-generate": "--prompt",
+    "rnn-predict": "--input",
+    "rnn-export": "--out",
+    "rnn-plot": "--metrics",
+    "rnn-prepare": "--split",
+    "rnn-ensemble": "--workdirs",
+    "rnn-launch-local": "--devices_per_process",
+  }
   bin_dir = os.path.dirname(sys.executable)
   for name in scripts:
     path = os.path.join(bin_dir, name)

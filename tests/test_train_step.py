@@ -8,25 +8,31 @@ import numpy as np
 import optax
 import pytest
 
-from training.model.kernels import onednn
-from training.model.models import LanguageModel, SequenceClassifier
+from tests.promises import require_onednn
 from training.loop import parallel
 from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, no_sums
 from training.loop.steps import train_step
+from training.model.kernels import onednn
+from training.model.models import LanguageModel, SequenceClassifier
 from training.state import create_train_state
 
-from tests.promises import require_onednn
-
 V, E, H, L, B, T = 13, 6, 8, 2, 3, 7
-KERNELS = ["scan", "onednn"]  # (the kernel's cases fail where it is promised and unavailable: tests/promises.py)
+KERNELS = [
+  "scan",
+  "onednn",
+]  # (the kernel's cases fail where it is promised and unavailable: tests/promises.py)
 
 
 def lm_batch(padded: bool):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (B, T + 1), 1, V)
   lengths = jnp.array([T, T - 3, 2]) if padded else jnp.full((B,), T)
   mask = jnp.arange(T)[None, :] < lengths[:, None]
-  return {"inputs": jnp.where(mask, tokens[:, :-1], 0), "targets": jnp.where(mask, tokens[:, 1:], 0), "mask": mask,
-          "resets": jnp.array([True, False, True])}
+  return {
+    "inputs": jnp.where(mask, tokens[:, :-1], 0),
+    "targets": jnp.where(mask, tokens[:, 1:], 0),
+    "mask": mask,
+    "resets": jnp.array([True, False, True]),
+  }
 
 
 def classify_batch(kind: str):
@@ -39,9 +45,14 @@ def classify_batch(kind: str):
     segment_ids = (jnp.arange(T)[None, :] < lengths[:, None]).astype(jnp.int32)
     segment_ends = jnp.stack([lengths - 1, jnp.full((B,), -1)], axis=1)
   mask = segment_ids > 0
-  return {"inputs": jnp.where(mask, tokens, 0), "mask": mask, "segment_ids": segment_ids,
-          "segment_ends": segment_ends, "labels": jnp.array([[0, 1], [2, 0], [1, 0]]),
-          "example_mask": segment_ends >= 0}
+  return {
+    "inputs": jnp.where(mask, tokens, 0),
+    "mask": mask,
+    "segment_ids": segment_ids,
+    "segment_ends": segment_ends,
+    "labels": jnp.array([[0, 1], [2, 0], [1, 0]]),
+    "example_mask": segment_ends >= 0,
+  }
 
 
 def one_step(task, model, batch, fast_path):
@@ -53,13 +64,27 @@ def one_step(task, model, batch, fast_path):
     carry = None
     init_args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
   state = create_train_state(jax.random.PRNGKey(3), model, optimizer, init_args, carry)
-  step = jax.jit(lambda state, batch: train_step(state, batch, model=model, optimizer=optimizer,
-                                                 objective=OBJECTIVES[task], fast_path=fast_path))
+  step = jax.jit(
+    lambda state, batch: train_step(
+      state,
+      batch,
+      model=model,
+      optimizer=optimizer,
+      objective=OBJECTIVES[task],
+      fast_path=fast_path,
+    )
+  )
   new_state, metrics = step(state, batch)
   return new_state.params, new_state.carry, metrics["loss_sum"]
 
 
-CASES = [("lm", False), ("lm", True), ("classify", "full"), ("classify", "right-padded"), ("classify", "packed")]
+CASES = [
+  ("lm", False),
+  ("lm", True),
+  ("classify", "full"),
+  ("classify", "right-padded"),
+  ("classify", "packed"),
+]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -70,7 +95,9 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
   if task == "lm":
     model, batch = LanguageModel(V, E, H, L, "lstm", kernel=kernel), lm_batch(kind)
   else:
-    model = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel)
+    model = SequenceClassifier(
+      V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel
+    )
     batch = classify_batch(kind)
   applies = bool(FAST_PATHS[task](batch))
   # Which loop the batch gets: the fast one on full batches and on a classifier's right-padded
@@ -88,24 +115,40 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
   # model's final state, a packed row's second sequence): the choice matters.
   if not applies:
     forced = one_step(task, model.clone(path="fast"), batch, None)
-    assert not all(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-                   for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(once)))
+    assert not all(
+      np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+      for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(once))
+    )
 
 
 def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train():
   """`--target_lm_steps`: a classifier's first steps train on the next-token loss alone (the
   encoder and the next-token head move, the classifier's head does not); after them the step is
   the joint one, exactly as with no per-token steps."""
-  model = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max",
-                             next_token_head=True)
+  model = SequenceClassifier(
+    V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", next_token_head=True
+  )
   batch, optimizer = classify_batch("packed"), optax.adam(1e-2)
   init_args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
   state = create_train_state(jax.random.PRNGKey(3), model, optimizer, init_args, None)
-  step = lambda target_lm_steps, lm_loss_weight: jax.jit(lambda state: train_step(
-      state, batch, model=model, optimizer=optimizer, objective=OBJECTIVES["classify"],
-      lm_loss_weight=lm_loss_weight, target_lm_steps=target_lm_steps)[0])
-  moved = lambda before, after: {name: not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))) for name in before}
+  step = lambda target_lm_steps, lm_loss_weight: jax.jit(
+    lambda state: train_step(
+      state,
+      batch,
+      model=model,
+      optimizer=optimizer,
+      objective=OBJECTIVES["classify"],
+      lm_loss_weight=lm_loss_weight,
+      target_lm_steps=target_lm_steps,
+    )[0]
+  )
+  moved = lambda before, after: {
+    name: not all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))
+    )
+    for name in before
+  }
 
   per_token = step(target_lm_steps=1, lm_loss_weight=0.0)(state)  # step 1 of 1 per-token step
   changed = moved(state.params, per_token.params)
@@ -115,8 +158,16 @@ def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train(
   # part is zero gives the same update only if the weights are right, so compare with a
   # classifier step whose labels are all masked out (no per-sequence loss at all).
   no_labels = dict(batch, example_mask=jnp.zeros_like(batch["example_mask"]))
-  lm_only = jax.jit(lambda state: train_step(state, no_labels, model=model, optimizer=optimizer,
-                                             objective=OBJECTIVES["classify"], lm_loss_weight=1.0)[0])(state)
+  lm_only = jax.jit(
+    lambda state: train_step(
+      state,
+      no_labels,
+      model=model,
+      optimizer=optimizer,
+      objective=OBJECTIVES["classify"],
+      lm_loss_weight=1.0,
+    )[0]
+  )(state)
   for a, b in zip(jax.tree.leaves(per_token.params), jax.tree.leaves(lm_only.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
@@ -135,7 +186,11 @@ def test_a_runs_train_step_is_traced_once_for_its_sums_shapes_and_its_compiled_c
   optimizer = optax.adam(1e-2)
   batch = jax.tree.map(np.asarray, lm_batch(padded=False))  # host arrays, as the trainer feeds
   carry = jnp.zeros((L, 2, B, H))
-  init = jax.jit(lambda rng: create_train_state(rng, model, optimizer, (batch["inputs"], batch["mask"], carry), carry))
+  init = jax.jit(
+    lambda rng: create_train_state(
+      rng, model, optimizer, (batch["inputs"], batch["mask"], carry), carry
+    )
+  )
   traces = []
 
   def counted_step(state, batch):
@@ -144,8 +199,12 @@ def test_a_runs_train_step_is_traced_once_for_its_sums_shapes_and_its_compiled_c
 
   mesh = parallel.make_mesh()
   abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
-  compiled, _, sums_shapes = parallel.compile_train_step(counted_step, abstract_state, mesh, "jit", combine_sums)
-  window_sums = jax.jit(lambda: no_sums(sums_shapes(batch)), out_shardings=parallel.replicated(mesh))()
+  compiled, _, sums_shapes = parallel.compile_train_step(
+    counted_step, abstract_state, mesh, "jit", combine_sums
+  )
+  window_sums = jax.jit(
+    lambda: no_sums(sums_shapes(batch)), out_shardings=parallel.replicated(mesh)
+  )()
   shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
   state, window_sums = compiled(state, parallel.train_step_batch(batch, mesh), window_sums)

@@ -12,7 +12,9 @@ from absl import app, flags
 
 from launch import distributed
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "where the two checkpoint directories go", required=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "where the two checkpoint directories go", required=True
+)
 _STEPS = flags.DEFINE_integer("steps", 60, "saves into each directory")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "set by launch.local")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "set by launch.local")
@@ -28,14 +30,24 @@ def main(argv):
   from training.bookkeeping.checkpoints import Checkpointer
   from training.state import TrainState
 
-  replicated = jax.sharding.NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)),
-                                          jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(
+    jax.make_mesh((jax.device_count(),), ("data",)), jax.sharding.PartitionSpec()
+  )
   # Made by a jitted function so that every process holds its part of one global array.
-  make_state = jax.jit(lambda step: TrainState(step=step, params={"w": jnp.ones((512, 512)) * step}, opt_state={},
-                                               rng=jnp.zeros(2, jnp.uint32), carry=None),
-                       out_shardings=replicated)
+  make_state = jax.jit(
+    lambda step: TrainState(
+      step=step,
+      params={"w": jnp.ones((512, 512)) * step},
+      opt_state={},
+      rng=jnp.zeros(2, jnp.uint32),
+      carry=None,
+    ),
+    out_shardings=replicated,
+  )
   latest = Checkpointer(os.path.join(_WORKDIR.value, "checkpoints"), max_to_keep=2, async_save=True)
-  best = Checkpointer(os.path.join(_WORKDIR.value, "best_checkpoint"), max_to_keep=1, async_save=False)
+  best = Checkpointer(
+    os.path.join(_WORKDIR.value, "best_checkpoint"), max_to_keep=1, async_save=False
+  )
   for step in range(1, _STEPS.value + 1):
     state = make_state(jnp.int32(step))
     latest.save(state)

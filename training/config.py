@@ -24,15 +24,32 @@ RECURRENT_KERNELS = ("auto", "scan", "onednn")
 
 # With no data flags each task trains on a generated task that needs memory (pipeline.synthetic).
 DEFAULT_DATA = {
-    "lm": ("synthetic:copy[:90%]", "synthetic:copy[90%:]"),
-    "classify": ("synthetic:recall[:90%]", "synthetic:recall[90%:]"),
+  "lm": ("synthetic:copy[:90%]", "synthetic:copy[90%:]"),
+  "classify": ("synthetic:recall[:90%]", "synthetic:recall[90%:]"),
 }
 
 # The fields that fix the parameters' shapes (and whether an average of them is kept) or what
 # they mean (the direction a language model reads): a resume must not change them.
-MODEL_FIELDS = ("task", "model", "num_layers", "hidden_size", "embed_size", "head_widths",
-                "tokenizer", "vocab_size", "softmax_vocab_size", "num_classes", "pooling", "bidirectional", "tie_embeddings",
-                "read_backward", "backward_embedding", "lm_loss_weight", "target_lm_steps", "ema_decay")
+MODEL_FIELDS = (
+  "task",
+  "model",
+  "num_layers",
+  "hidden_size",
+  "embed_size",
+  "head_widths",
+  "tokenizer",
+  "vocab_size",
+  "softmax_vocab_size",
+  "num_classes",
+  "pooling",
+  "bidirectional",
+  "tie_embeddings",
+  "read_backward",
+  "backward_embedding",
+  "lm_loss_weight",
+  "target_lm_steps",
+  "ema_decay",
+)
 
 
 def config_from_fields(saved: dict) -> "Config":
@@ -58,7 +75,9 @@ class Config:
   embed_size: int = 32
   dropout: float = 0.0
   word_dropout: float = 0.0  # a token's whole embedding, dropped with this probability in training
-  variational_dropout: bool = False  # --dropout's units dropped for a whole window, not per time step
+  variational_dropout: bool = (
+    False  # --dropout's units dropped for a whole window, not per time step
+  )
   head_widths: tuple[int, ...] = (128,)
   pooling: str = "last"
   bidirectional: bool = False  # classify: a backward layer beside each forward one
@@ -163,12 +182,15 @@ class Config:
 
   def with_absolute_paths(self) -> "Config":
     """The same config with every path flag resolved against the working directory."""
-    return dataclasses.replace(self, train_data=with_absolute_path(self.train_data),
-                               eval_data=with_absolute_path(self.eval_data),
-                               test_data=with_absolute_path(self.test_data),
-                               tfds_data_dir=absolute(self.tfds_data_dir),
-                               init_from=absolute(self.init_from),
-                               init_backward_from=absolute(self.init_backward_from))
+    return dataclasses.replace(
+      self,
+      train_data=with_absolute_path(self.train_data),
+      eval_data=with_absolute_path(self.eval_data),
+      test_data=with_absolute_path(self.test_data),
+      tfds_data_dir=absolute(self.tfds_data_dir),
+      init_from=absolute(self.init_from),
+      init_backward_from=absolute(self.init_backward_from),
+    )
 
   def selection_metric(self) -> str:
     """The eval metric that picks the best checkpoint: accuracy for classifiers, loss for LMs."""
@@ -182,87 +204,206 @@ def _require(condition: bool, flag: str, message: str) -> None:
 
 def validate(config: Config, device_count: int = 1) -> None:
   """Raises `ConfigError` naming the first invalid flag."""
-  for flag, allowed in (("task", TASKS), ("model", MODELS), ("pooling", POOLINGS),
-                        ("lr_decay", LR_DECAYS), ("tokenizer", tokenizers.KINDS),
-                        ("batching", BATCHINGS), ("on_nonfinite", ON_NONFINITE),
-                        ("utf8_errors", UTF8_ERRORS), ("parallelism", PARALLELISMS),
-                        ("recurrent_backward", RECURRENT_BACKWARDS), ("recurrent_kernel", RECURRENT_KERNELS)):
+  for flag, allowed in (
+    ("task", TASKS),
+    ("model", MODELS),
+    ("pooling", POOLINGS),
+    ("lr_decay", LR_DECAYS),
+    ("tokenizer", tokenizers.KINDS),
+    ("batching", BATCHINGS),
+    ("on_nonfinite", ON_NONFINITE),
+    ("utf8_errors", UTF8_ERRORS),
+    ("parallelism", PARALLELISMS),
+    ("recurrent_backward", RECURRENT_BACKWARDS),
+    ("recurrent_kernel", RECURRENT_KERNELS),
+  ):
     value = getattr(config, flag)
-    _require(value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
-  for flag in ("num_layers", "hidden_size", "embed_size", "batch_size", "seq_len", "num_steps",
-               "log_every", "checkpoint_every", "keep_checkpoints", "unroll", "data_workers", "steps_per_call"):
+    _require(
+      value in allowed, flag, f"unknown value {value!r}; expected one of {', '.join(allowed)}"
+    )
+  for flag in (
+    "num_layers",
+    "hidden_size",
+    "embed_size",
+    "batch_size",
+    "seq_len",
+    "num_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "unroll",
+    "data_workers",
+    "steps_per_call",
+  ):
     _require(getattr(config, flag) > 0, flag, f"must be positive, got {getattr(config, flag)}")
-  for flag in ("eval_every", "eval_steps", "vocab_size", "num_classes", "warmup_steps", "restore_step",
-               "inject_nan_at_step"):
+  for flag in (
+    "eval_every",
+    "eval_steps",
+    "vocab_size",
+    "num_classes",
+    "warmup_steps",
+    "restore_step",
+    "inject_nan_at_step",
+  ):
     _require(getattr(config, flag) >= 0, flag, f"must be >= 0, got {getattr(config, flag)}")
   for flag in ("dropout", "word_dropout"):
-    _require(0.0 <= getattr(config, flag) < 1.0, flag, f"must be in [0, 1), got {getattr(config, flag)}")
-  _require(config.learning_rate > 0, "learning_rate", f"must be positive, got {config.learning_rate}")
+    _require(
+      0.0 <= getattr(config, flag) < 1.0, flag, f"must be in [0, 1), got {getattr(config, flag)}"
+    )
+  _require(
+    config.learning_rate > 0, "learning_rate", f"must be positive, got {config.learning_rate}"
+  )
   _require(all(w > 0 for w in config.head_widths), "head_widths", "widths must be positive")
   _require(config.num_classes != 1, "num_classes", "a classifier needs at least 2 classes")
-  _require(config.vocab_size == 0 or config.vocab_size > 3, "vocab_size",
-           "must leave room beyond the 3 special tokens")
-  _require(config.softmax_vocab_size == 0 or config.softmax_vocab_size > 3, "softmax_vocab_size",
-           f"must be 0 (the whole vocabulary) or leave room beyond the 3 special tokens, got {config.softmax_vocab_size}")
-  _require(config.softmax_vocab_size == 0 or config.vocab_size == 0 or config.softmax_vocab_size < config.vocab_size,
-           "softmax_vocab_size", f"{config.softmax_vocab_size} is not smaller than --vocab_size={config.vocab_size};"
-           " use 0 for a softmax over the whole vocabulary")
-  _require(config.batch_size % device_count == 0, "batch_size",
-           f"the global batch of {config.batch_size} does not divide by the {device_count} devices;"
-           f" use a multiple of {device_count}")
+  _require(
+    config.vocab_size == 0 or config.vocab_size > 3,
+    "vocab_size",
+    "must leave room beyond the 3 special tokens",
+  )
+  _require(
+    config.softmax_vocab_size == 0 or config.softmax_vocab_size > 3,
+    "softmax_vocab_size",
+    f"must be 0 (the whole vocabulary) or leave room beyond the 3 special tokens, got {config.softmax_vocab_size}",
+  )
+  _require(
+    config.softmax_vocab_size == 0
+    or config.vocab_size == 0
+    or config.softmax_vocab_size < config.vocab_size,
+    "softmax_vocab_size",
+    f"{config.softmax_vocab_size} is not smaller than --vocab_size={config.vocab_size};"
+    " use 0 for a softmax over the whole vocabulary",
+  )
+  _require(
+    config.batch_size % device_count == 0,
+    "batch_size",
+    f"the global batch of {config.batch_size} does not divide by the {device_count} devices;"
+    f" use a multiple of {device_count}",
+  )
   _require(config.max_segments > 0, "max_segments", f"must be positive, got {config.max_segments}")
   _require(config.batch_tokens >= 0, "batch_tokens", f"must be >= 0, got {config.batch_tokens}")
   boundaries = list(config.bucket_boundaries)
-  _require(boundaries == sorted(set(boundaries)) and all(0 < b <= config.seq_len for b in boundaries)
-           and len(boundaries) <= 8, "bucket_boundaries",
-           f"need at most 8 increasing lengths in 1..--seq_len={config.seq_len}, got {boundaries}")
-  _require(config.batching == "pad" or config.task == "classify", "batching",
-           f"{config.batching} applies to --task=classify; per-token data is read in contiguous lanes"
-           " with no padding to remove")
-  _require(config.batch_tokens == 0 or config.batching == "bucket", "batch_tokens", "needs --batching=bucket")
-  _require(bool(config.train_data) or not (config.eval_data or config.test_data), "train_data",
-           "--eval_data or --test_data was given without --train_data")
-  _require(config.select_metric in ("",) + SELECT_METRICS, "select_metric",
-           f"unknown value {config.select_metric!r}; expected one of {', '.join(SELECT_METRICS)}")
-  _require(config.selection_metric() != "accuracy" or config.task == "classify", "select_metric",
-           "accuracy is measured for --task=classify only; use loss")
+  _require(
+    boundaries == sorted(set(boundaries))
+    and all(0 < b <= config.seq_len for b in boundaries)
+    and len(boundaries) <= 8,
+    "bucket_boundaries",
+    f"need at most 8 increasing lengths in 1..--seq_len={config.seq_len}, got {boundaries}",
+  )
+  _require(
+    config.batching == "pad" or config.task == "classify",
+    "batching",
+    f"{config.batching} applies to --task=classify; per-token data is read in contiguous lanes"
+    " with no padding to remove",
+  )
+  _require(
+    config.batch_tokens == 0 or config.batching == "bucket",
+    "batch_tokens",
+    "needs --batching=bucket",
+  )
+  _require(
+    bool(config.train_data) or not (config.eval_data or config.test_data),
+    "train_data",
+    "--eval_data or --test_data was given without --train_data",
+  )
+  _require(
+    config.select_metric in ("",) + SELECT_METRICS,
+    "select_metric",
+    f"unknown value {config.select_metric!r}; expected one of {', '.join(SELECT_METRICS)}",
+  )
+  _require(
+    config.selection_metric() != "accuracy" or config.task == "classify",
+    "select_metric",
+    "accuracy is measured for --task=classify only; use loss",
+  )
   _require(config.patience >= 0, "patience", f"must be >= 0, got {config.patience}")
-  _require(config.patience == 0 or bool(config.data_specs()[1]), "patience",
-           "early stopping needs --eval_data (the dev split it watches)")
-  _require(config.patience == 0 or config.eval_every > 0, "patience",
-           "early stopping counts evaluations: it needs --eval_every > 0")
-  _require(config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}")
-  _require(config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}")
-  _require(config.adversarial_epsilon >= 0, "adversarial_epsilon",
-           f"must be >= 0, got {config.adversarial_epsilon}")
-  _require(config.chrono_init == 0 or config.chrono_init >= 3, "chrono_init",
-           f"must be 0 (constant gate biases) or a dependency length of at least 3 steps, got {config.chrono_init}")
-  _require(config.chrono_init == 0 or config.model != "rnn", "chrono_init",
-           "sets the gates' biases: --model=rnn has no gates (use lstm or gru)")
+  _require(
+    config.patience == 0 or bool(config.data_specs()[1]),
+    "patience",
+    "early stopping needs --eval_data (the dev split it watches)",
+  )
+  _require(
+    config.patience == 0 or config.eval_every > 0,
+    "patience",
+    "early stopping counts evaluations: it needs --eval_every > 0",
+  )
+  _require(
+    config.lm_loss_weight >= 0, "lm_loss_weight", f"must be >= 0, got {config.lm_loss_weight}"
+  )
+  _require(
+    config.encoder_lr_scale >= 0, "encoder_lr_scale", f"must be >= 0, got {config.encoder_lr_scale}"
+  )
+  _require(
+    config.adversarial_epsilon >= 0,
+    "adversarial_epsilon",
+    f"must be >= 0, got {config.adversarial_epsilon}",
+  )
+  _require(
+    config.chrono_init == 0 or config.chrono_init >= 3,
+    "chrono_init",
+    f"must be 0 (constant gate biases) or a dependency length of at least 3 steps, got {config.chrono_init}",
+  )
+  _require(
+    config.chrono_init == 0 or config.model != "rnn",
+    "chrono_init",
+    "sets the gates' biases: --model=rnn has no gates (use lstm or gru)",
+  )
   _require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
-  _require(config.freeze_encoder_steps >= 0, "freeze_encoder_steps",
-           f"must be >= 0, got {config.freeze_encoder_steps}")
-  _require(config.target_lm_steps >= 0, "target_lm_steps", f"must be >= 0, got {config.target_lm_steps}")
-  _require(config.target_lm_steps < config.num_steps, "target_lm_steps",
-           f"{config.target_lm_steps} leaves no per-sequence step of --num_steps={config.num_steps}")
-  for flag in ("bidirectional", "lm_loss_weight", "init_from", "init_backward_from", "target_lm_steps",
-               "backward_embedding"):
-    _require(not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify")
-  _require(not (config.read_backward and config.bidirectional), "read_backward",
-           "and --bidirectional: a bidirectional classifier reads both ways already; give a backward"
-           " language model as --init_backward_from")
+  _require(
+    config.freeze_encoder_steps >= 0,
+    "freeze_encoder_steps",
+    f"must be >= 0, got {config.freeze_encoder_steps}",
+  )
+  _require(
+    config.target_lm_steps >= 0, "target_lm_steps", f"must be >= 0, got {config.target_lm_steps}"
+  )
+  _require(
+    config.target_lm_steps < config.num_steps,
+    "target_lm_steps",
+    f"{config.target_lm_steps} leaves no per-sequence step of --num_steps={config.num_steps}",
+  )
+  for flag in (
+    "bidirectional",
+    "lm_loss_weight",
+    "init_from",
+    "init_backward_from",
+    "target_lm_steps",
+    "backward_embedding",
+  ):
+    _require(
+      not getattr(config, flag) or config.task == "classify", flag, "applies to --task=classify"
+    )
+  _require(
+    not (config.read_backward and config.bidirectional),
+    "read_backward",
+    "and --bidirectional: a bidirectional classifier reads both ways already; give a backward"
+    " language model as --init_backward_from",
+  )
   # (--lm_loss_weight and --target_lm_steps are classify's alone, checked above.)
-  _require(not (config.read_backward and (config.lm_loss_weight or config.target_lm_steps)), "read_backward",
-           "a classifier that reads backwards has no next-token objective (--lm_loss_weight,"
-           " --target_lm_steps): its next token is the one before")
-  _require(not config.init_backward_from or (config.bidirectional and config.init_from), "init_backward_from",
-           "starts the backward stack of a classifier that also has --bidirectional and --init_from (the"
-           " forward language model)")
-  _require(not config.backward_embedding or config.bidirectional, "backward_embedding", "needs --bidirectional")
+  _require(
+    not (config.read_backward and (config.lm_loss_weight or config.target_lm_steps)),
+    "read_backward",
+    "a classifier that reads backwards has no next-token objective (--lm_loss_weight,"
+    " --target_lm_steps): its next token is the one before",
+  )
+  _require(
+    not config.init_backward_from or (config.bidirectional and config.init_from),
+    "init_backward_from",
+    "starts the backward stack of a classifier that also has --bidirectional and --init_from (the"
+    " forward language model)",
+  )
+  _require(
+    not config.backward_embedding or config.bidirectional,
+    "backward_embedding",
+    "needs --bidirectional",
+  )
 
 
 def source_read_options(config: Config) -> dict:
   """How the run reads its source files (`sources.read_examples`' keyword arguments)."""
-  return dict(text_field=config.text_field, label_field=config.label_field,
-              tfds_data_dir=config.tfds_data_dir or None, utf8_errors=config.utf8_errors,
-              encoding=config.encoding)
+  return dict(
+    text_field=config.text_field,
+    label_field=config.label_field,
+    tfds_data_dir=config.tfds_data_dir or None,
+    utf8_errors=config.utf8_errors,
+    encoding=config.encoding,
+  )

@@ -16,6 +16,7 @@ from training.model.models import zero_carry
 class TrainState:
   """Everything that decides the next step, and so everything a checkpoint holds (with the
   data iterator's position)."""
+
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   opt_state: Any
@@ -54,7 +55,9 @@ def average_params(decay: float) -> optax.GradientTransformation:
 
   def update(updates, state, params):
     count = state.count + 1
-    average = updated_average(state.params_average, optax.apply_updates(params, updates), decay, count)
+    average = updated_average(
+      state.params_average, optax.apply_updates(params, updates), decay, count
+    )
     return updates, ParamsAverage(count=count, params_average=average)
 
   return optax.GradientTransformation(init, update)
@@ -76,7 +79,9 @@ def make_schedule(*, learning_rate: float, num_steps: int, warmup_steps: int, lr
     # schedule, which made optax log a line about it in every such run.
     return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
   if lr_decay == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1))
+    return optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1)
+    )
   if warmup_steps > 0:
     return optax.linear_schedule(0.0, learning_rate, warmup_steps)
   return learning_rate
@@ -86,10 +91,20 @@ def learning_rate_at(schedule, step: int) -> float:
   return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
-def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, lr_decay: str,
-                   weight_decay: float, grad_clip: float, encoder_lr_scale: float = 1.0,
-                   freeze_encoder_steps: int = 0, freeze_encoder_from: int = 0,
-                   freeze_embeddings: bool = False, ema_decay: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+  *,
+  learning_rate: float,
+  num_steps: int,
+  warmup_steps: int,
+  lr_decay: str,
+  weight_decay: float,
+  grad_clip: float,
+  encoder_lr_scale: float = 1.0,
+  freeze_encoder_steps: int = 0,
+  freeze_encoder_from: int = 0,
+  freeze_embeddings: bool = False,
+  ema_decay: float = 0.0,
+) -> optax.GradientTransformation:
   """AdamW with optional linear warm-up and cosine decay, after global-norm clipping.
 
   `encoder_lr_scale`, `freeze_encoder_steps`: the parameters under `encoder` take steps this
@@ -101,20 +116,26 @@ def make_optimizer(*, learning_rate: float, num_steps: int, warmup_steps: int, l
   their gradient counts nowhere (not in the clipping norm, not in Adam's moments).
   `ema_decay`: the state also keeps a moving average of the parameters (`average_params`).
   """
-  schedule = make_schedule(learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps,
-                           lr_decay=lr_decay)
+  schedule = make_schedule(
+    learning_rate=learning_rate, num_steps=num_steps, warmup_steps=warmup_steps, lr_decay=lr_decay
+  )
   transforms = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   transforms.append(optax.adamw(schedule, weight_decay=weight_decay))
   if encoder_lr_scale != 1.0 or freeze_encoder_steps > 0:
-    frozen = lambda update: (update >= freeze_encoder_from) & (update < freeze_encoder_from + freeze_encoder_steps)
+    frozen = lambda update: (
+      (update >= freeze_encoder_from) & (update < freeze_encoder_from + freeze_encoder_steps)
+    )
     encoder_scale = lambda update: jnp.where(frozen(update), 0.0, encoder_lr_scale)
     transforms.append(optax.masked(optax.scale_by_schedule(encoder_scale), _encoder_mask))
   if freeze_embeddings:
     # The frozen embeddings leave the optimiser before anything else sees their gradient: it
     # neither counts in the clipping norm (where it would shrink every other step) nor keeps
     # Adam moments (a 30,000 x 256 table's, twice), and weight decay never reaches them.
-    transforms = [optax.multi_transform({"trains": optax.chain(*transforms), "frozen": optax.set_to_zero()},
-                                        _embedding_labels)]
+    transforms = [
+      optax.multi_transform(
+        {"trains": optax.chain(*transforms), "frozen": optax.set_to_zero()}, _embedding_labels
+      )
+    ]
   if ema_decay > 0:
     transforms.append(average_params(ema_decay))
   return optax.chain(*transforms)
@@ -126,7 +147,9 @@ EMBEDDINGS = ("embed", "backward_embed")  # the encoder's token embeddings (mode
 def _path_mask(params, selects):
   """A mask of `params` for `optax.masked`: True where `selects` holds for a leaf's key names
   (outermost first: `("encoder", "embed", "embedding")`)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: selects(tuple(key.key for key in path)), params)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: selects(tuple(key.key for key in path)), params
+  )
 
 
 def _embedding_mask(params):
@@ -151,8 +174,13 @@ def create_train_state(rng, model, optimizer, init_args: tuple, carry) -> TrainS
   # `init` computed (a whole batch through the recurrent stack) and XLA compiled at every start.
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), init_args)
   params = model.lazy_init({"params": init_rng}, *shapes, train=False)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    rng=state_rng, carry=carry)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=state_rng,
+    carry=carry,
+  )
 
 
 def initial_state_fn(config: Config, model, optimizer):
@@ -174,15 +202,25 @@ def initial_state_fn(config: Config, model, optimizer):
 
 
 def make_optimizer_for(config: Config):
-  return make_optimizer(learning_rate=config.learning_rate, num_steps=config.num_steps,
-                        warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
-                        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                        encoder_lr_scale=config.encoder_lr_scale, freeze_encoder_steps=config.freeze_encoder_steps,
-                        freeze_embeddings=config.freeze_embeddings,
-                        freeze_encoder_from=config.target_lm_steps,
-                        ema_decay=config.ema_decay)
+  return make_optimizer(
+    learning_rate=config.learning_rate,
+    num_steps=config.num_steps,
+    warmup_steps=config.warmup_steps,
+    lr_decay=config.lr_decay,
+    weight_decay=config.weight_decay,
+    grad_clip=config.grad_clip,
+    encoder_lr_scale=config.encoder_lr_scale,
+    freeze_encoder_steps=config.freeze_encoder_steps,
+    freeze_embeddings=config.freeze_embeddings,
+    freeze_encoder_from=config.target_lm_steps,
+    ema_decay=config.ema_decay,
+  )
 
 
 def schedule_for(config: Config):
-  return make_schedule(learning_rate=config.learning_rate, num_steps=config.num_steps,
-                       warmup_steps=config.warmup_steps, lr_decay=config.lr_decay)
+  return make_schedule(
+    learning_rate=config.learning_rate,
+    num_steps=config.num_steps,
+    warmup_steps=config.warmup_steps,
+    lr_decay=config.lr_decay,
+  )

@@ -11,8 +11,11 @@ import traceback
 import warnings
 
 # How Orbax's abandoned read coroutines and tasks show up in reports about them.
-_ABANDONED_READ_MARKS = ("_read_array_index_and_device_put", "async_deserialize",
-                         "orbax/checkpoint/_src/serialization")
+_ABANDONED_READ_MARKS = (
+  "_read_array_index_and_device_put",
+  "async_deserialize",
+  "orbax/checkpoint/_src/serialization",
+)
 
 
 def _mentions_abandoned_read(text: str) -> bool:
@@ -20,8 +23,9 @@ def _mentions_abandoned_read(text: str) -> bool:
 
 
 def _is_abandoned_read(exc_type, exc_value, origin=None) -> bool:
-  return ((exc_type is RuntimeError and str(exc_value) == "Event loop is closed")
-          or _mentions_abandoned_read(repr(origin)))
+  return (
+    exc_type is RuntimeError and str(exc_value) == "Event loop is closed"
+  ) or _mentions_abandoned_read(repr(origin))
 
 
 class _DropAbandonedReads(logging_lib.Filter):
@@ -59,6 +63,12 @@ def silence_abandoned_reads() -> None:
       thread_hook(args)
 
   quiet_excepthook._drops_abandoned_reads = True
-  sys.excepthook, sys.unraisablehook, threading.excepthook = quiet_excepthook, quiet_unraisablehook, quiet_thread_hook
+  sys.excepthook, sys.unraisablehook, threading.excepthook = (
+    quiet_excepthook,
+    quiet_unraisablehook,
+    quiet_thread_hook,
+  )
   logging_lib.getLogger("asyncio").addFilter(_DropAbandonedReads())
-  warnings.filterwarnings("ignore", message="coroutine '_read_array_index_and_device_put' was never awaited")
+  warnings.filterwarnings(
+    "ignore", message="coroutine '_read_array_index_and_device_put' was never awaited"
+  )

@@ -58,7 +58,11 @@ class _SaveErrorCapture(python_logging.Filter):
     self.cause = None
 
   def filter(self, record) -> bool:
-    if "/orbax/" not in record.pathname or record.levelno < python_logging.ERROR or not record.exc_info:
+    if (
+      "/orbax/" not in record.pathname
+      or record.levelno < python_logging.ERROR
+      or not record.exc_info
+    ):
       return True
     if self.cause is None:
       self.cause = _first_line(record.exc_info[1])
@@ -85,9 +89,16 @@ class Checkpointer:
     # directory's name, not its path, so that it is the same on every host.
     barrier_prefix = os.path.basename(os.path.normpath(directory))
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=barrier_prefix)))
+      directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=barrier_prefix
+        ),
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -120,26 +131,38 @@ class Checkpointer:
       raise self._save_error(step, self._errors.cause or "the checkpoint was not written")
 
   def _save_error(self, step: int, cause: str) -> CheckpointError:
-    kept = [s for s in self._manager.all_steps() if s != step and
-            (epath.Path(self.directory) / str(s)).exists()]
+    kept = [
+      s
+      for s in self._manager.all_steps()
+      if s != step and (epath.Path(self.directory) / str(s)).exists()
+    ]
     return CheckpointError(
-        f"checkpoint {os.path.join(self.directory, str(step))} could not be saved: {cause}. Stopped;"
-        f" the earlier checkpoints ({', '.join(map(str, sorted(kept))) or 'none'}) are intact")
+      f"checkpoint {os.path.join(self.directory, str(step))} could not be saved: {cause}. Stopped;"
+      f" the earlier checkpoints ({', '.join(map(str, sorted(kept))) or 'none'}) are intact"
+    )
 
   def restore_state(self, step: int, template: TrainState) -> TrainState:
     """Restores into the shapes, dtypes and shardings of `template` (this job's mesh, whatever
     the topology that wrote the checkpoint)."""
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template))
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _as_tree(template)
+    )
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )
     return TrainState(**restored["state"])
 
   def restore_metrics(self, step: int) -> dict:
     """The metrics saved beside the state at `step`."""
-    return dict(self._manager.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))["metrics"])
+    return dict(
+      self._manager.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))[
+        "metrics"
+      ]
+    )
 
-  def restore_readable(self, template: TrainState, *, restore_step: int,
-                       set_aside_dir: str) -> tuple[TrainState | None, int]:
+  def restore_readable(
+    self, template: TrainState, *, restore_step: int, set_aside_dir: str
+  ) -> tuple[TrainState | None, int]:
     """Restores `restore_step`, or else the latest checkpoint that can be read.
 
     A checkpoint that cannot be read is moved to `set_aside_dir` (never deleted) and the one
@@ -150,8 +173,10 @@ class Checkpointer:
     steps = sorted(self.all_steps(), reverse=True)
     if restore_step:
       if restore_step not in steps:
-        raise CheckpointError(f"--restore_step={restore_step}: no checkpoint at that step in"
-                              f" {self.directory} (there are: {sorted(steps) or 'none'})")
+        raise CheckpointError(
+          f"--restore_step={restore_step}: no checkpoint at that step in"
+          f" {self.directory} (there are: {sorted(steps) or 'none'})"
+        )
       candidates, newer = [restore_step], [s for s in steps if s > restore_step]
     else:
       candidates, newer = steps, []
@@ -163,14 +188,20 @@ class Checkpointer:
       except Exception as e:  # Orbax and TensorStore raise many types for a damaged checkpoint.
         gc.collect()  # Let the abandoned reads go now, not in the middle of training.
         unreadable.append((step, _first_line(e)))
-        logging.warning("Checkpoint %s cannot be read: %s", os.path.join(self.directory, str(step)),
-                        unreadable[-1][1])
+        logging.warning(
+          "Checkpoint %s cannot be read: %s",
+          os.path.join(self.directory, str(step)),
+          unreadable[-1][1],
+        )
         continue
       self.set_aside([s for s, _ in unreadable] + newer, set_aside_dir)
       return state, step
     if unreadable:
-      raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(
-          f"step {s}: {reason}" for s, reason in unreadable) + " (use --restore_step or a new --workdir)")
+      raise CheckpointError(
+        f"no readable checkpoint in {self.directory}: "
+        + "; ".join(f"step {s}: {reason}" for s, reason in unreadable)
+        + " (use --restore_step or a new --workdir)"
+      )
     return None, 0
 
   def set_aside(self, steps: list[int], set_aside_dir: str) -> None:

@@ -32,9 +32,13 @@ class MetricsLog:
   checkpoint) are dropped, so the file reads as if the run had never stopped.
   """
 
-  def __init__(self, path: str, resume_step: int, enabled: bool = True, tensorboard_dir: str | None = None):
+  def __init__(
+    self, path: str, resume_step: int, enabled: bool = True, tensorboard_dir: str | None = None
+  ):
     self.path, self.enabled = path, enabled
-    self._tensorboard = TensorBoardLog(tensorboard_dir, resume_step, enabled and tensorboard_dir is not None)
+    self._tensorboard = TensorBoardLog(
+      tensorboard_dir, resume_step, enabled and tensorboard_dir is not None
+    )
     self._rows = []
     if enabled and paths.exists(path):
       lines = paths.read_text(path).split("\n")
@@ -59,8 +63,10 @@ class MetricsLog:
     rows = [row for row in self._rows if row["split"] == "train" and "fed_tokens" in row]
     fed = sum(row["fed_tokens"] for row in rows)
     shapes = sorted({tuple(shape) for row in rows for shape in row["batch_shapes"]})
-    return {"padding_efficiency": sum(row["real_tokens"] for row in rows) / fed if fed else None,
-            "batch_shapes": [list(shape) for shape in shapes]}
+    return {
+      "padding_efficiency": sum(row["real_tokens"] for row in rows) / fed if fed else None,
+      "batch_shapes": [list(shape) for shape in shapes],
+    }
 
   def last_elapsed(self) -> float:
     """The latest `elapsed_s` already in the file (0 for a new run)."""
@@ -69,7 +75,6 @@ class MetricsLog:
   def last_train_loss(self) -> float | None:
     """The latest train loss already in the file (for a run resumed at its last step)."""
     return next((row["loss"] for row in reversed(self._rows) if row["split"] == "train"), None)
-
 
 
 def _parse_row(line: str) -> dict | None:

@@ -17,7 +17,6 @@ from training.bookkeeping.metrics_log import MetricsLog
 from training.loop.objectives import combine_sums, finalize_metrics
 from training.state import learning_rate_at
 
-
 # One dispatch for all the metrics, not one per metric (which an accelerator feels).
 _combine = jax.jit(combine_sums)
 
@@ -36,12 +35,16 @@ class ProgressBar:
   """A tqdm bar with rate and time left when stderr is a terminal; nothing otherwise (the
   periodic log lines, with their own `eta`, serve logs and CI)."""
 
-  def __init__(self, total: int, initial: int, description: str, enabled: bool = True, unit: str = "step"):
+  def __init__(
+    self, total: int, initial: int, description: str, enabled: bool = True, unit: str = "step"
+  ):
     self._bar = None
     if enabled and sys.stderr.isatty():
       from tqdm import tqdm
 
-      self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True, leave=False)
+      self._bar = tqdm(
+        total=total, initial=initial, desc=description, unit=unit, dynamic_ncols=True, leave=False
+      )
 
   def update(self, n: int = 1) -> None:
     if self._bar is not None:
@@ -53,8 +56,15 @@ class ProgressBar:
 
 
 class TrainReporter:
-  def __init__(self, metrics_log: MetricsLog, schedule, start_step: int, num_steps: int, enabled: bool,
-               check=lambda sums: None):
+  def __init__(
+    self,
+    metrics_log: MetricsLog,
+    schedule,
+    start_step: int,
+    num_steps: int,
+    enabled: bool,
+    check=lambda sums: None,
+  ):
     """`check(sums)`: called with each window's sums (on the host) before its row is written;
     it may raise to stop the run (a non-finite loss)."""
     self._check = check
@@ -105,18 +115,33 @@ class TrainReporter:
     self._check(sums)
     now = time.perf_counter()  # after the wait: the window's last step has finished
     real, fed = float(sums["real_tokens"]), float(sums["fed_tokens"])
-    row = {"step": step, "split": "train", **finalize_metrics(sums),
-           "tokens_per_sec": real / max(now - self._window_start, 1e-9),
-           "padding_efficiency": real / max(fed, 1.0),
-           "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
-           "learning_rate": learning_rate_at(self._schedule, step - 1),  # the rate of this row's last update
-           "real_tokens": int(real), "fed_tokens": int(fed), "elapsed_s": self.elapsed(now),
-           "batch_shapes": sorted(list(shape) for shape in shapes)}
+    row = {
+      "step": step,
+      "split": "train",
+      **finalize_metrics(sums),
+      "tokens_per_sec": real / max(now - self._window_start, 1e-9),
+      "padding_efficiency": real / max(fed, 1.0),
+      "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
+      "learning_rate": learning_rate_at(
+        self._schedule, step - 1
+      ),  # the rate of this row's last update
+      "real_tokens": int(real),
+      "fed_tokens": int(fed),
+      "elapsed_s": self.elapsed(now),
+      "batch_shapes": sorted(list(shape) for shape in shapes),
+    }
     self.metrics_log.write(row)
     eta = (now - self._run_start) / max(step - self._run_start_step, 1) * (self._num_steps - step)
     accuracy = f"  acc {row['accuracy']:.3f}" if "accuracy" in row else ""
-    logging.info("step %d/%d  loss %.4f%s  %.0f tok/s  eta %s", step, self._num_steps, row["loss"],
-                 accuracy, row["tokens_per_sec"], format_duration(eta))
+    logging.info(
+      "step %d/%d  loss %.4f%s  %.0f tok/s  eta %s",
+      step,
+      self._num_steps,
+      row["loss"],
+      accuracy,
+      row["tokens_per_sec"],
+      format_duration(eta),
+    )
     self.last_train, self._window_start = row, now
 
   def elapsed(self, now: float | None = None) -> float:

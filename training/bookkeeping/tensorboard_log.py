@@ -18,6 +18,7 @@ def _summary_writer_class():
   made here fails at once and is then forgotten, so a later `import torch` works as ever."""
   if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
     from tensorboardX import SummaryWriter
+
     return SummaryWriter
   sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
   try:
@@ -32,14 +33,19 @@ class TensorBoardLog:
     self._writer = None
     if enabled:
       SummaryWriter = _summary_writer_class()  # imported here: only the lead process writes
-      self._writer = SummaryWriter(directory, purge_step=resume_step + 1 if resume_step else None,
-                                   flush_secs=30)
+      self._writer = SummaryWriter(
+        directory, purge_step=resume_step + 1 if resume_step else None, flush_secs=30
+      )
 
   def write(self, row: dict) -> None:
     if self._writer is None:
       return
     for name, value in row.items():
-      if name not in ("step", "split") and isinstance(value, numbers.Real) and not isinstance(value, bool):
+      if (
+        name not in ("step", "split")
+        and isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+      ):
         self._writer.add_scalar(f"{row['split']}/{name}", value, row["step"])
 
   def close(self) -> None:

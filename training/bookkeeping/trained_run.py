@@ -19,7 +19,7 @@ from pipeline.labels import Labels
 from pipeline.paths import absolute
 from pipeline.prepared import LABELS_FILE, VOCAB_FILE
 from pipeline.tokenizers import Vocabulary
-from training.bookkeeping.checkpoints import BEST_DIR, CheckpointError, Checkpointer
+from training.bookkeeping.checkpoints import BEST_DIR, Checkpointer, CheckpointError
 from training.bookkeeping.run_config import RUN_CONFIG_FILE
 from training.config import Config, config_from_fields
 from training.model.build import build_model
@@ -42,7 +42,9 @@ def load_config(workdir: str) -> Config:
   try:
     saved = json.loads(paths.read_text(path))["full_config"]
   except (OSError, ValueError, KeyError) as e:
-    raise DataError(f"--workdir={workdir}: no trained run there ({path}: {e.strerror if isinstance(e, OSError) else e})") from None
+    raise DataError(
+      f"--workdir={workdir}: no trained run there ({path}: {e.strerror if isinstance(e, OSError) else e})"
+    ) from None
   return config_from_fields(saved)
 
 
@@ -54,10 +56,16 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
   vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
   labels = Labels.load(os.path.join(workdir, LABELS_FILE)) if config.task == "classify" else None
   model = build_model(config, len(vocab), labels.num_classes if labels else 0)
-  latest = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False)
+  latest = Checkpointer(
+    os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, async_save=False
+  )
   checkpointers = [latest]
-  if paths.is_dir(os.path.join(workdir, BEST_DIR)):  # (opening it would create it in a run without one)
-    checkpointers.append(Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False))
+  if paths.is_dir(
+    os.path.join(workdir, BEST_DIR)
+  ):  # (opening it would create it in a run without one)
+    checkpointers.append(
+      Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False)
+    )
   try:
     steps = {s: c for c in checkpointers for s in c.all_steps()}  # a step in both: the best's
     best = checkpointers[1].all_steps() if len(checkpointers) > 1 else []
@@ -65,15 +73,21 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
       raise CheckpointError(f"--workdir={workdir}: no checkpoint yet in {latest.directory}")
     step = step or (max(best) if best else max(steps))
     if step not in steps:
-      raise CheckpointError(f"--step={step}: no checkpoint at that step in {workdir}"
-                            f" (there are: {sorted(steps)}{f'; the best is {max(best)}' if best else ''})")
+      raise CheckpointError(
+        f"--step={step}: no checkpoint at that step in {workdir}"
+        f" (there are: {sorted(steps)}{f'; the best is {max(best)}' if best else ''})"
+      )
     # The template fixes shapes; one device holds everything, whatever layout trained the model.
     init_state = initial_state_fn(config, model, make_optimizer_for(config))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     template = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
+    template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template
+    )
     state = steps[step].restore_state(step, template)
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
-  return TrainedRun(workdir, config, vocab, labels, model, eval_params(state), step)  # the average, if kept
+  return TrainedRun(
+    workdir, config, vocab, labels, model, eval_params(state), step
+  )  # the average, if kept

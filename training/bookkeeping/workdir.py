@@ -32,9 +32,11 @@ def require_free_space(workdir: str, free_bytes: int, checkpoint_bytes: int) -> 
   """Refuses to start when the disk cannot hold the next checkpoint and its temporary copy."""
   needed = 2 * checkpoint_bytes
   if free_bytes is not None and free_bytes < needed:
-    raise ConfigError(f"--workdir={workdir}: {free_bytes / 2**20:.1f} MiB free, but a checkpoint of this"
-                      f" model needs about {needed / 2**20:.1f} MiB while it is written; free some"
-                      " space or choose another --workdir")
+    raise ConfigError(
+      f"--workdir={workdir}: {free_bytes / 2**20:.1f} MiB free, but a checkpoint of this"
+      f" model needs about {needed / 2**20:.1f} MiB while it is written; free some"
+      " space or choose another --workdir"
+    )
 
 
 def free_bytes(workdir: str) -> int | None:
@@ -58,8 +60,10 @@ class WorkdirLock:
     if not self.enabled:
       return self
     if not paths.is_local(self.path):
-      logging.warning("--workdir=%s is on an object store, which has no locks: make sure no other run"
-                      " uses it", os.path.dirname(self.path))
+      logging.warning(
+        "--workdir=%s is on an object store, which has no locks: make sure no other run uses it",
+        os.path.dirname(self.path),
+      )
       return self
     import fcntl
 
@@ -70,12 +74,16 @@ class WorkdirLock:
       handle.seek(0)
       holder = handle.read().strip() or "another process"
       handle.close()
-      raise ConfigError(f"--workdir={os.path.dirname(self.path)} is in use by {holder}; wait for that run"
-                        " to end (or stop it), or choose another --workdir") from None
+      raise ConfigError(
+        f"--workdir={os.path.dirname(self.path)} is in use by {holder}; wait for that run"
+        " to end (or stop it), or choose another --workdir"
+      ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"host {socket.gethostname()} pid {os.getpid()}, running since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.write(
+      f"host {socket.gethostname()} pid {os.getpid()}, running since "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
     handle.flush()
     self._file = handle
     return self

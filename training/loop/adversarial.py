@@ -29,7 +29,9 @@ from training.model.models import EMBEDDING_PERTURBATIONS
 def perturbed_tables(params) -> dict:
   """{name `Module.perturb` gives an embedding's output: its table} for each embedding table the
   model's encoder has."""
-  return {name: table for table, name in EMBEDDING_PERTURBATIONS.items() if table in params["encoder"]}
+  return {
+    name: table for table, name in EMBEDDING_PERTURBATIONS.items() if table in params["encoder"]
+  }
 
 
 def zero_perturbations(model, params, inputs) -> dict:
@@ -74,16 +76,23 @@ def value_and_grad(loss_fn, params, model, batch, epsilon: float):
   Returns ((clean + adversarial loss, (clean sums with `adversarial_loss_sum`, clean carry)),
   gradients of that sum with respect to `params`)."""
   zeros = zero_perturbations(model, params, batch["inputs"])
-  (loss, (sums, carry)), (grads, embedding_grads) = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)(
-      params, model, zeros)
+  (loss, (sums, carry)), (grads, embedding_grads) = jax.value_and_grad(
+    loss_fn, argnums=(0, 2), has_aux=True
+  )(params, model, zeros)
   groups = sequence_groups(batch)
-  worst = {"encoder": {name: perturbation(embedding_grads["encoder"][name], _embedded(params, table, batch["inputs"]),
-                                          groups, epsilon)
-                       for name, table in perturbed_tables(params).items()}}
+  worst = {
+    "encoder": {
+      name: perturbation(
+        embedding_grads["encoder"][name], _embedded(params, table, batch["inputs"]), groups, epsilon
+      )
+      for name, table in perturbed_tables(params).items()
+    }
+  }
   # The perturbation is a constant of the second pass: it is an argument that pass does not
   # differentiate, so no gradient reaches the parameters through it.
-  (adversarial_loss, (adversarial_sums, _)), adversarial_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, model, worst)
+  (adversarial_loss, (adversarial_sums, _)), adversarial_grads = jax.value_and_grad(
+    loss_fn, has_aux=True
+  )(params, model, worst)
   sums = dict(sums, adversarial_loss_sum=adversarial_sums["loss_sum"])
   return (loss + adversarial_loss, (sums, carry)), jax.tree.map(jnp.add, grads, adversarial_grads)
 

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from pipeline import batch_plans, paths, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
+
 # A workdir keeps its vocabulary and labels under the same names as a prepared dataset, so either
 # can be given to `pipeline.prepare --vocab_from`.
 from pipeline.prepared import LABELS_FILE, META_FILE, VOCAB_FILE, PreparedDataset
@@ -40,8 +41,12 @@ from training.config import Config, ConfigError, source_read_options
 class RunData:
   vocab: Vocabulary
   num_classes: int  # 0 for per-token training
-  train_batches: Callable[[int], Iterator[dict]]  # start (global batch index) -> this process's batches
-  eval_batches: Callable[[], Iterator[dict]] | None  # one pass over this process's share of the dev split
+  train_batches: Callable[
+    [int], Iterator[dict]
+  ]  # start (global batch index) -> this process's batches
+  eval_batches: (
+    Callable[[], Iterator[dict]] | None
+  )  # one pass over this process's share of the dev split
   eval_spec: str
   truncated_examples: int = 0  # training sequences cut to the row width (classify)
   test_batches: Callable[[], Iterator[dict]] | None = None  # the test split, read once at the end
@@ -51,6 +56,7 @@ class RunData:
 class _Split:
   """One split, however it was read: per-token data as a token stream, per-sequence data as
   random-access sequences and their labels (in memory, or a prepared dataset's records)."""
+
   stream: object = None
   sequences: object = None
   labels: np.ndarray | None = None
@@ -62,16 +68,25 @@ def prepare_data(config: Config, workdir: str) -> RunData:
   holdout = eval_spec if eval_spec.startswith(sources.HOLDOUT) else ""
   train_spec = _prepared_spec(train_spec, "train_data", config, workdir, holdout=holdout)
   train, holdout_split, vocab, labels = _training_split(config, workdir, train_spec, eval_spec)
-  held_out = {flag: _held_out_split(_prepared_spec(spec, flag, config, workdir), flag, config, vocab, labels)
-              for flag, spec in (("eval_data", "" if holdout else eval_spec), ("test_data", config.test_data))}
+  held_out = {
+    flag: _held_out_split(_prepared_spec(spec, flag, config, workdir), flag, config, vocab, labels)
+    for flag, spec in (("eval_data", "" if holdout else eval_spec), ("test_data", config.test_data))
+  }
   held_out["eval_data"] = held_out["eval_data"] or holdout_split
 
   if config.task == "lm":
-    lm_args = dict(batch_size=config.batch_size, seq_len=config.seq_len, carry_state=config.carry_state,
-                   shard_index=process_index, shard_count=process_count, num_threads=config.data_workers,
-                   reverse=config.read_backward)
-    train_batches = lambda start=0: iter(window_batches(train.stream, train=True, what="--train_data",
-                                                        start=start, **lm_args))
+    lm_args = dict(
+      batch_size=config.batch_size,
+      seq_len=config.seq_len,
+      carry_state=config.carry_state,
+      shard_index=process_index,
+      shard_count=process_count,
+      num_threads=config.data_workers,
+      reverse=config.read_backward,
+    )
+    train_batches = lambda start=0: iter(
+      window_batches(train.stream, train=True, what="--train_data", start=start, **lm_args)
+    )
 
     def lm_batches(split, flag):
       if split is None:
@@ -80,36 +95,74 @@ def prepare_data(config: Config, workdir: str) -> RunData:
       batches()  # Fail now, not at the first evaluation, if the stream cannot fill the lanes.
       return batches
 
-    return RunData(vocab, 0, train_batches, lm_batches(held_out["eval_data"], "eval_data"), eval_spec,
-                   test_batches=lm_batches(held_out["test_data"], "test_data"))
+    return RunData(
+      vocab,
+      0,
+      train_batches,
+      lm_batches(held_out["eval_data"], "eval_data"),
+      eval_spec,
+      test_batches=lm_batches(held_out["test_data"], "test_data"),
+    )
 
   if len(train.sequences) < config.batch_size:
-    raise DataError(f"--train_data={train_spec}: {len(train.sequences)} examples cannot fill one"
-                    f" batch of --batch_size={config.batch_size}")
+    raise DataError(
+      f"--train_data={train_spec}: {len(train.sequences)} examples cannot fill one"
+      f" batch of --batch_size={config.batch_size}"
+    )
   train_lengths = train.sequences.lengths
   boundaries, width = [], config.seq_len  # only bucketing has boundaries
   if config.batching == "bucket":
     boundaries = list(config.bucket_boundaries) or batch_plans.optimal_boundaries(
-        train_lengths, batch_plans.MAX_BUCKETS, config.seq_len)
+      train_lengths, batch_plans.MAX_BUCKETS, config.seq_len
+    )
     width = boundaries[-1]
   truncated = int((train_lengths > width).sum())
   if truncated:
-    logging.warning("%d of %d training sequences are longer than %d tokens and are truncated to it",
-                    truncated, len(train_lengths), width)
+    logging.warning(
+      "%d of %d training sequences are longer than %d tokens and are truncated to it",
+      truncated,
+      len(train_lengths),
+      width,
+    )
 
   def batches(split: _Split | None, train: bool):
     if split is None:
       return None
     plan_for_epoch, segments = make_plan_function(
-        split.sequences.lengths, batching=config.batching, batch_size=config.batch_size, seq_len=config.seq_len,
-        seed=config.seed, shuffle=train, boundaries=boundaries, batch_tokens=config.batch_tokens,
-        max_segments=config.max_segments, row_multiple=jax.device_count())
-    return lambda start=0: iter(sequence_batches(
-        split.sequences, split.labels, plan_for_epoch, train=train, segments_per_row=segments,
-        shard_index=process_index, shard_count=process_count, num_threads=config.data_workers, start=start))
+      split.sequences.lengths,
+      batching=config.batching,
+      batch_size=config.batch_size,
+      seq_len=config.seq_len,
+      seed=config.seed,
+      shuffle=train,
+      boundaries=boundaries,
+      batch_tokens=config.batch_tokens,
+      max_segments=config.max_segments,
+      row_multiple=jax.device_count(),
+    )
+    return lambda start=0: iter(
+      sequence_batches(
+        split.sequences,
+        split.labels,
+        plan_for_epoch,
+        train=train,
+        segments_per_row=segments,
+        shard_index=process_index,
+        shard_count=process_count,
+        num_threads=config.data_workers,
+        start=start,
+      )
+    )
 
-  return RunData(vocab, labels.num_classes, batches(train, train=True), batches(held_out["eval_data"], False),
-                 eval_spec, truncated, test_batches=batches(held_out["test_data"], False))
+  return RunData(
+    vocab,
+    labels.num_classes,
+    batches(train, train=True),
+    batches(held_out["eval_data"], False),
+    eval_spec,
+    truncated,
+    test_batches=batches(held_out["test_data"], False),
+  )
 
 
 def is_prepared(spec: str) -> bool:
@@ -139,9 +192,21 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
     return spec
   with_labels = config.task == "classify"
   read_options = source_read_options(config)
-  key = json.dumps([spec, _file_stamps(spec, flag), read_options, with_labels, config.tokenizer, config.vocab_size,
-                    config.num_classes, holdout])
-  directory = os.path.join(workdir, DATA_DIR, f"{flag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+  key = json.dumps(
+    [
+      spec,
+      _file_stamps(spec, flag),
+      read_options,
+      with_labels,
+      config.tokenizer,
+      config.vocab_size,
+      config.num_classes,
+      holdout,
+    ]
+  )
+  directory = os.path.join(
+    workdir, DATA_DIR, f"{flag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+  )
   failure = None
   if jax.process_index() == 0 and not paths.exists(os.path.join(directory, META_FILE)):
     try:
@@ -157,16 +222,34 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   return f"{sources.PREPARED}:{directory}"
 
 
-def _prepare_into(directory: str, spec: str, flag: str, config: Config, workdir: str, read_options: dict,
-                  holdout: str) -> None:
+def _prepare_into(
+  directory: str,
+  spec: str,
+  flag: str,
+  config: Config,
+  workdir: str,
+  read_options: dict,
+  holdout: str,
+) -> None:
   has_vocabulary = paths.exists(os.path.join(workdir, VOCAB_FILE))
   if has_vocabulary and Vocabulary.load(os.path.join(workdir, VOCAB_FILE)).kind != config.tokenizer:
-    raise ConfigError(f"--tokenizer={config.tokenizer} differs from the vocabulary saved in {workdir};"
-                      " resume with the same flags or use a new --workdir")
+    raise ConfigError(
+      f"--tokenizer={config.tokenizer} differs from the vocabulary saved in {workdir};"
+      " resume with the same flags or use a new --workdir"
+    )
   logging.info("Reading --%s=%s into %s (once)", flag, spec, directory)
-  prepare_corpus(spec, directory, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
-                 vocab_from=workdir if has_vocabulary else "", with_labels=config.task == "classify",
-                 num_classes=config.num_classes, read_options=read_options, flag=flag, holdout=holdout)
+  prepare_corpus(
+    spec,
+    directory,
+    tokenizer=config.tokenizer,
+    vocab_size=config.vocab_size,
+    vocab_from=workdir if has_vocabulary else "",
+    with_labels=config.task == "classify",
+    num_classes=config.num_classes,
+    read_options=read_options,
+    flag=flag,
+    holdout=holdout,
+  )
 
 
 def _file_stamps(spec: str, flag: str) -> list:
@@ -184,8 +267,10 @@ def _file_stamps(spec: str, flag: str) -> list:
 def _open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
   parsed = sources.parse_spec(spec, flag)
   if "," in spec:
-    raise DataError(f"--{flag}={spec}: a prepared dataset cannot be joined with other specs; prepare them"
-                    " together (python -m pipeline.prepare --data=SPEC,SPEC)")
+    raise DataError(
+      f"--{flag}={spec}: a prepared dataset cannot be joined with other specs; prepare them"
+      " together (python -m pipeline.prepare --data=SPEC,SPEC)"
+    )
   dataset = PreparedDataset(parsed.path, f"--{flag}")
   return dataset, dataset.view(parsed.slice, spec)
 
@@ -214,19 +299,27 @@ def _documents_of(dataset: PreparedDataset, view) -> np.ndarray:
   return np.unique(np.searchsorted(starts, view.records, side="right") - 1)
 
 
-def _held_out_split(spec: str, flag: str, config: Config, vocab: Vocabulary, labels: Labels | None) -> _Split | None:
+def _held_out_split(
+  spec: str, flag: str, config: Config, vocab: Vocabulary, labels: Labels | None
+) -> _Split | None:
   """A dev or test split (a prepared dataset) in the run's vocabulary and labels."""
   if not spec:
     return None
   dataset, view = _open_prepared(spec, flag)
   if dataset.vocab != vocab:
-    raise DataError(f"--{flag}={spec}: prepared with another vocabulary than the run's; prepare it with"
-                    " --vocab_from=THE_TRAINING_DATASET (or this run's workdir)")
+    raise DataError(
+      f"--{flag}={spec}: prepared with another vocabulary than the run's; prepare it with"
+      " --vocab_from=THE_TRAINING_DATASET (or this run's workdir)"
+    )
   if labels is not None and dataset.labelled and dataset.labels.names != labels.names:
-    raise DataError(f"--{flag}={spec}: its class names {dataset.labels.names} differ from the run's"
-                    f" {labels.names}; prepare it with --vocab_from=THE_TRAINING_DATASET")
+    raise DataError(
+      f"--{flag}={spec}: its class names {dataset.labels.names} differ from the run's"
+      f" {labels.names}; prepare it with --vocab_from=THE_TRAINING_DATASET"
+    )
   if labels is not None and dataset.labelled and dataset.labels.num_classes > labels.num_classes:
-    raise DataError(f"--{flag}={spec}: {dataset.labels.num_classes} classes, more than the run's {labels.num_classes}")
+    raise DataError(
+      f"--{flag}={spec}: {dataset.labels.num_classes} classes, more than the run's {labels.num_classes}"
+    )
   return _view_split(view, config)
 
 
@@ -236,8 +329,10 @@ def _adopt_vocabulary(vocab: Vocabulary, path: str, spec: str) -> Vocabulary:
   if paths.exists(path):
     saved = Vocabulary.load(path)
     if saved != vocab:
-      raise DataError(f"--train_data={spec}: prepared with another vocabulary than the run's ({path}: its first"
-                      " run's, or the --init_from language model's); prepare the data with --vocab_from=THAT_DIR")
+      raise DataError(
+        f"--train_data={spec}: prepared with another vocabulary than the run's ({path}: its first"
+        " run's, or the --init_from language model's); prepare the data with --vocab_from=THAT_DIR"
+      )
     return saved
   if jax.process_index() == 0:
     vocab.save(path)
@@ -246,16 +341,22 @@ def _adopt_vocabulary(vocab: Vocabulary, path: str, spec: str) -> Vocabulary:
 
 def _adopt_labels(dataset: PreparedDataset, config: Config, path: str, spec: str) -> Labels:
   if not dataset.labelled:
-    raise DataError(f"--train_data={spec}: prepared without labels; prepare it again with --labels for"
-                    " --task=classify")
+    raise DataError(
+      f"--train_data={spec}: prepared without labels; prepare it again with --labels for"
+      " --task=classify"
+    )
   labels = dataset.labels
   if config.num_classes and config.num_classes != labels.num_classes:
-    raise DataError(f"--num_classes={config.num_classes}: --train_data={spec} was prepared with"
-                    f" {labels.num_classes} classes (pipeline.prepare --num_classes)")
+    raise DataError(
+      f"--num_classes={config.num_classes}: --train_data={spec} was prepared with"
+      f" {labels.num_classes} classes (pipeline.prepare --num_classes)"
+    )
   if paths.exists(path):
     saved = Labels.load(path)
     if saved != labels:
-      raise DataError(f"--train_data={spec}: its labels differ from the run's ({path}); use a new --workdir")
+      raise DataError(
+        f"--train_data={spec}: its labels differ from the run's ({path}); use a new --workdir"
+      )
     return saved
   if jax.process_index() == 0:
     labels.save(path)

@@ -35,22 +35,35 @@ def sequence_cross_entropy(logits, labels, example_mask) -> dict:
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   weights = example_mask.astype(jnp.float32)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return {"loss_sum": (losses * weights).sum(), "weight": weights.sum(),
-          "correct_sum": (correct * weights).sum()}
+  return {
+    "loss_sum": (losses * weights).sum(),
+    "weight": weights.sum(),
+    "correct_sum": (correct * weights).sum(),
+  }
 
 
 def model_variables(params, perturbations=None) -> dict:
   """What `model.apply` reads: the parameters, and perturbations of the embeddings' outputs
   where given (`models.EMBEDDING_PERTURBATIONS`; adversarial training)."""
-  return {"params": params} if perturbations is None else {"params": params, "perturbations": perturbations}
+  return (
+    {"params": params}
+    if perturbations is None
+    else {"params": params, "perturbations": perturbations}
+  )
 
 
 def lm_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
   """Per-token objective. Returns (sums, carry after the window)."""
   # Rows that start a new stream (first window of an epoch, or no carrying) start from zeros.
   carry = jnp.where(batch["resets"][None, None, :, None], 0.0, carry)
-  logits, carry = model.apply(model_variables(params, perturbations), batch["inputs"], batch["mask"], carry,
-                              train=train, rngs=rngs)
+  logits, carry = model.apply(
+    model_variables(params, perturbations),
+    batch["inputs"],
+    batch["mask"],
+    carry,
+    train=train,
+    rngs=rngs,
+  )
   return token_cross_entropy(logits, batch["targets"], batch["mask"]), carry
 
 
@@ -65,8 +78,9 @@ def classify_loss(model, params, batch, carry, rngs, train: bool, perturbations=
   if not getattr(model, "next_token_head", False):
     logits = model.apply(model_variables(params, perturbations), *args, train=train, rngs=rngs)
     return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
-  logits, token_logits = model.apply(model_variables(params, perturbations), *args, train=train, rngs=rngs,
-                                     token_logits=True)
+  logits, token_logits = model.apply(
+    model_variables(params, perturbations), *args, train=train, rngs=rngs, token_logits=True
+  )
   sums = sequence_cross_entropy(logits, batch["labels"], batch["example_mask"])
   targets, has_target = next_tokens_within_segments(batch["inputs"], batch["segment_ids"])
   tokens = token_cross_entropy(token_logits, targets, has_target)
@@ -101,12 +115,16 @@ FAST_PATHS = {"lm": lm_fast_path, "classify": classify_fast_path}
 
 def combine_sums(total: dict, new: dict) -> dict:
   """Two steps' (or windows') sums as one: added, but `*_min` entries keep their minimum."""
-  return {name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name]) for name in total}
+  return {
+    name: (jnp.minimum if name.endswith("_min") else jnp.add)(total[name], new[name])
+    for name in total
+  }
 
 
 def no_sums(abstract_sums: dict) -> dict:
   """Sums of no step at all, shaped like `abstract_sums`: zeros, and for `*_min` entries the
   dtype's largest value (what `combine_sums` leaves any step's own minimum under)."""
+
   def identity(name, leaf):
     if not name.endswith("_min"):
       return jnp.zeros(leaf.shape, leaf.dtype)
@@ -123,7 +141,9 @@ def finalize_metrics(sums: dict) -> dict:
   metrics = {"loss": float(sums["loss_sum"]) / weight}
   if "correct_sum" in sums:
     metrics["accuracy"] = float(sums["correct_sum"]) / weight
-  if "adversarial_loss_sum" in sums:  # the loss with the embeddings perturbed (--adversarial_epsilon)
+  if (
+    "adversarial_loss_sum" in sums
+  ):  # the loss with the embeddings perturbed (--adversarial_epsilon)
     metrics["adversarial_loss"] = float(sums["adversarial_loss_sum"]) / weight
   if "lm_loss_sum" in sums:
     metrics["lm_loss"] = float(sums["lm_loss_sum"]) / max(float(sums["lm_weight"]), 1.0)

@@ -7,7 +7,8 @@ all-reduce, and sums over the global batch are global sums.
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 CARRY_SPEC = P(None, None, DATA_AXIS, None)  # carried state [L, S, B, H]: split by batch row
@@ -16,8 +17,9 @@ CARRY_SPEC = P(None, None, DATA_AXIS, None)  # carried state [L, S, B, H]: split
 def make_mesh() -> jax.sharding.Mesh:
   # Auto axes: shardings are given at the jit boundary and XLA propagates them inside (the
   # default of `make_mesh` is now Explicit, which would make every op spell out its sharding).
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh) -> NamedSharding:
@@ -34,15 +36,18 @@ def carry_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, CARRY_SPEC)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh,
-                 sharding: NamedSharding | None = None) -> dict[str, jax.Array]:
+def global_batch(
+  local_batch: dict[str, np.ndarray], mesh, sharding: NamedSharding | None = None
+) -> dict[str, jax.Array]:
   """Assembles one global batch from each process's local rows (split as `sharding` says; by
   default along the leading axis, `batch_sharding`)."""
   sharding = sharding or batch_sharding(mesh)
   if jax.process_count() == 1:  # the same arrays by one call: 0.2 ms a step less on a CPU
     return jax.device_put(local_batch, sharding)
-  return {name: jax.make_array_from_process_local_data(sharding, rows)
-          for name, rows in local_batch.items()}
+  return {
+    name: jax.make_array_from_process_local_data(sharding, rows)
+    for name, rows in local_batch.items()
+  }
 
 
 def global_shape(local_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -50,7 +55,9 @@ def global_shape(local_shape: tuple[int, ...]) -> tuple[int, ...]:
   return (local_shape[0] * jax.process_count(), *local_shape[1:])
 
 
-def train_step_batch(local_batch: dict[str, np.ndarray], mesh, sharding: NamedSharding | None = None) -> dict:
+def train_step_batch(
+  local_batch: dict[str, np.ndarray], mesh, sharding: NamedSharding | None = None
+) -> dict:
   """A batch as the compiled train step takes it (`compile_train_step`). On one process, the host
   arrays themselves: the step's own transfer, by its `in_shardings`, took 0.7 ms of host time a
   step of a small model against 1.2-1.3 ms through `global_batch`, time taken from the step's own
@@ -77,9 +84,15 @@ def abstract_train_step_batch(local_batch: dict, mesh) -> dict:
   """Shapes, dtypes and shardings of what `train_step_batch` makes of `local_batch` (host arrays
   on one process; global arrays, sharded by rows, on several)."""
   if jax.process_count() == 1:
-    return {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in local_batch.items()}
-  return {name: jax.ShapeDtypeStruct(global_shape(array.shape), array.dtype, sharding=batch_sharding(mesh))
-          for name, array in local_batch.items()}
+    return {
+      name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in local_batch.items()
+    }
+  return {
+    name: jax.ShapeDtypeStruct(
+      global_shape(array.shape), array.dtype, sharding=batch_sharding(mesh)
+    )
+    for name, array in local_batch.items()
+  }
 
 
 def state_specs(abstract_state):
@@ -91,8 +104,9 @@ def state_specs(abstract_state):
 
 
 def shardings_of(specs, mesh):
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P)
+  )
 
 
 def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_sums):
@@ -113,8 +127,9 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
     # check_vma=False: the step reduces explicitly (psum of gradients and counts). With the
     # check on, autodiff would also psum the gradient of every replicated parameter by itself,
     # and the explicit psum would then count each device's gradient once per device.
-    step_fn = jax.shard_map(step_fn, mesh=mesh, in_specs=(specs, P(DATA_AXIS)), out_specs=(specs, P()),
-                            check_vma=False)
+    step_fn = jax.shard_map(
+      step_fn, mesh=mesh, in_specs=(specs, P(DATA_AXIS)), out_specs=(specs, P()), check_vma=False
+    )
   # Jitted on its own as well, so that it is traced once: `sums_shapes` (on the argument types
   # the compiled step gets) and the compiled step reuse that trace (JAX caches a jitted function's
   # trace per argument types, shardings included; XLA inlines the inner call). Tracing the step
@@ -126,11 +141,15 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
     return state, combine_sums(window_sums, sums)
 
   abstract_sharded_state = jax.tree.map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract_state, state_shardings)
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+    abstract_state,
+    state_shardings,
+  )
 
   def sums_shapes(local_batch):
-    return jax.eval_shape(step_fn, abstract_sharded_state, abstract_train_step_batch(local_batch, mesh))[1]
+    return jax.eval_shape(
+      step_fn, abstract_sharded_state, abstract_train_step_batch(local_batch, mesh)
+    )[1]
 
   def accumulating_steps(state, stacked_batches, window_sums):
     # The same step, once per batch, inside one executable: one dispatch (and one wait for the
@@ -143,8 +162,14 @@ def compile_train_step(step_fn, abstract_state, mesh, parallelism: str, combine_
     return jax.lax.scan(one_step, (state, window_sums), stacked_batches)[0]
 
   shardings = dict(out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
-  compiled = jax.jit(accumulating_step, in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
-                     **shardings)
-  compiled_steps = jax.jit(accumulating_steps, **shardings,
-                           in_shardings=(state_shardings, stacked_batch_sharding(mesh), replicated(mesh)))
+  compiled = jax.jit(
+    accumulating_step,
+    in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+    **shardings,
+  )
+  compiled_steps = jax.jit(
+    accumulating_steps,
+    **shardings,
+    in_shardings=(state_shardings, stacked_batch_sharding(mesh), replicated(mesh)),
+  )
   return compiled, compiled_steps, sums_shapes

@@ -30,8 +30,10 @@ class PreemptionWatch:
     del frame
     if self._requested.is_set() and signum == signal.SIGINT:
       raise KeyboardInterrupt  # A second Ctrl-C: the user really wants out, now.
-    logging.warning("Received %s: saving a checkpoint at the end of this step, then exiting.",
-                    signal.Signals(signum).name)
+    logging.warning(
+      "Received %s: saving a checkpoint at the end of this step, then exiting.",
+      signal.Signals(signum).name,
+    )
     self._requested.set()
 
   def should_stop(self, call: int) -> bool:

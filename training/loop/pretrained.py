@@ -30,14 +30,24 @@ from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError
 from training.loop.data import VOCAB_FILE
 
-ADOPTED_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size", "tie_embeddings",
-                  "softmax_vocab_size")
+ADOPTED_FIELDS = (
+  "model",
+  "num_layers",
+  "hidden_size",
+  "embed_size",
+  "tokenizer",
+  "vocab_size",
+  "tie_embeddings",
+  "softmax_vocab_size",
+)
 SHARED_MODULES = ("encoder", "lm_head")
 # What a backward language model must share with the forward one: the encoder's shapes and tokens.
 ENCODER_FIELDS = ("model", "num_layers", "hidden_size", "embed_size", "tokenizer", "vocab_size")
 # A backward LM's encoder, renamed to the bidirectional encoder's backward part.
-BACKWARD_NAMES = (("['encoder']['embed']", "['encoder']['backward_embed']"),
-                  ("['encoder']['layer_", "['encoder']['backward_layer_"))
+BACKWARD_NAMES = (
+  ("['encoder']['embed']", "['encoder']['backward_embed']"),
+  ("['encoder']['layer_", "['encoder']['backward_layer_"),
+)
 
 
 def adopt_architecture(config: Config) -> Config:
@@ -47,17 +57,26 @@ def adopt_architecture(config: Config) -> Config:
   adopted = {name: getattr(lm, name) for name in ADOPTED_FIELDS}
   if config.init_backward_from:
     backward = _language_model(config.init_backward_from, "init_backward_from", read_backward=True)
-    differing = [f"--{name}={getattr(backward, name)} (--init_from's: {getattr(lm, name)})"
-                 for name in ENCODER_FIELDS if getattr(backward, name) != getattr(lm, name)]
+    differing = [
+      f"--{name}={getattr(backward, name)} (--init_from's: {getattr(lm, name)})"
+      for name in ENCODER_FIELDS
+      if getattr(backward, name) != getattr(lm, name)
+    ]
     if differing:
-      raise ConfigError(f"--init_backward_from={config.init_backward_from}: its encoder differs from the"
-                        f" --init_from language model's: {', '.join(differing)}")
-    vocabularies = [Vocabulary.load(os.path.join(workdir, VOCAB_FILE)) for workdir in (config.init_from,
-                                                                                      config.init_backward_from)]
+      raise ConfigError(
+        f"--init_backward_from={config.init_backward_from}: its encoder differs from the"
+        f" --init_from language model's: {', '.join(differing)}"
+      )
+    vocabularies = [
+      Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+      for workdir in (config.init_from, config.init_backward_from)
+    ]
     if vocabularies[0] != vocabularies[1]:
-      raise ConfigError(f"--init_backward_from={config.init_backward_from}: its vocabulary differs from the"
-                        f" --init_from language model's; train both on the same --train_data, --tokenizer and"
-                        " --vocab_size")
+      raise ConfigError(
+        f"--init_backward_from={config.init_backward_from}: its vocabulary differs from the"
+        f" --init_from language model's; train both on the same --train_data, --tokenizer and"
+        " --vocab_size"
+      )
     adopted["backward_embedding"] = True
   changed = {name: value for name, value in adopted.items() if getattr(config, name) != value}
   if changed:
@@ -71,16 +90,25 @@ def _language_model(workdir: str, flag: str, read_backward: bool) -> Config:
 
   lm = load_config(workdir)
   if lm.task != "lm":
-    raise ConfigError(f"--{flag}={workdir}: that run trained --task={lm.task}; a classifier starts from a"
-                      " language model's run (--task=lm)")
+    raise ConfigError(
+      f"--{flag}={workdir}: that run trained --task={lm.task}; a classifier starts from a"
+      " language model's run (--task=lm)"
+    )
   if lm.read_backward != read_backward:
     if flag == "init_from":
-      raise ConfigError(f"--init_from={workdir}: that language model reads its text "
-                        + ("backwards (--read_backward); a classifier starts from it with --read_backward too,"
-                           " or, --bidirectional, as --init_backward_from" if lm.read_backward else
-                           "forwards; a classifier with --read_backward starts from one trained with --read_backward"))
-    raise ConfigError(f"--{flag}={workdir}: that language model reads its text forwards; --init_backward_from"
-                      " takes one trained with --read_backward")
+      raise ConfigError(
+        f"--init_from={workdir}: that language model reads its text "
+        + (
+          "backwards (--read_backward); a classifier starts from it with --read_backward too,"
+          " or, --bidirectional, as --init_backward_from"
+          if lm.read_backward
+          else "forwards; a classifier with --read_backward starts from one trained with --read_backward"
+        )
+      )
+    raise ConfigError(
+      f"--{flag}={workdir}: that language model reads its text forwards; --init_backward_from"
+      " takes one trained with --read_backward"
+    )
   return lm
 
 
@@ -98,8 +126,11 @@ def initial_params(init_from: str, params):
   from training.bookkeeping.trained_run import load_run
 
   lm = load_run(init_from)
-  offered = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]
-             if path[0].key in SHARED_MODULES}
+  offered = {
+    jax.tree_util.keystr(path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]
+    if path[0].key in SHARED_MODULES
+  }
   return _take(params, offered, lm, "init_from")
 
 
@@ -114,7 +145,7 @@ def initial_backward_params(init_backward_from: str, params):
     name = jax.tree_util.keystr(path)
     for old, new in BACKWARD_NAMES:
       if name.startswith(old):
-        offered[new + name[len(old):]] = leaf
+        offered[new + name[len(old) :]] = leaf
   return _take(params, offered, lm, "init_backward_from")
 
 
@@ -133,8 +164,16 @@ def _take(params, offered: dict, lm, flag: str):
     return jax.device_put(np.asarray(source, leaf.dtype), leaf.sharding)  # every process holds it
 
   params = jax.tree_util.tree_map_with_path(take, params)
-  logging.info("Initialised from the language model in %s (step %d, --%s): %d parameter arrays taken, %d kept"
-               " as they were (%s)", lm.workdir, lm.step, flag, len(taken), len(kept), ", ".join(kept) or "none")
+  logging.info(
+    "Initialised from the language model in %s (step %d, --%s): %d parameter arrays taken, %d kept"
+    " as they were (%s)",
+    lm.workdir,
+    lm.step,
+    flag,
+    len(taken),
+    len(kept),
+    ", ".join(kept) or "none",
+  )
   if not taken:
     raise ConfigError(f"--{flag}={lm.workdir}: no parameter of that run fits this model")
   return params

@@ -32,17 +32,30 @@ def is_better(metric: str, value: float, best: float) -> bool:
 class ModelSelection:
   """The best evaluation so far, its checkpoint, and the patience count."""
 
-  def __init__(self, workdir: str, *, metric: str, eval_every: int, patience: int, resume_step: int,
-               set_aside_dir: str, enabled: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    metric: str,
+    eval_every: int,
+    patience: int,
+    resume_step: int,
+    set_aside_dir: str,
+    enabled: bool = True,
+  ):
     """`enabled`: the run has a dev split (else nothing is selected and no directory is made)."""
     self.metric, self._eval_every, self._patience = metric, eval_every, patience
     self.best = None  # {"step": STEP, **dev metrics}
     self._checkpointer = None
     if not enabled:
       return
-    self._checkpointer = Checkpointer(os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False)
+    self._checkpointer = Checkpointer(
+      os.path.join(workdir, BEST_DIR), max_to_keep=1, async_save=False
+    )
     steps = self._checkpointer.all_steps()
-    self._checkpointer.set_aside([s for s in steps if s > resume_step], os.path.join(set_aside_dir, BEST_DIR))
+    self._checkpointer.set_aside(
+      [s for s in steps if s > resume_step], os.path.join(set_aside_dir, BEST_DIR)
+    )
     kept = [s for s in steps if s <= resume_step]
     if kept:
       self.best = {**self._checkpointer.restore_metrics(max(kept)), "step": max(kept)}
@@ -55,8 +68,13 @@ class ModelSelection:
     self._checkpointer.save(state, metrics=dict(metrics))
     self._checkpointer.wait_until_finished()  # the best is on disk before training goes on
     self.best = {**metrics, "step": step}
-    logging.info("Best %s so far (%.4f at step %d), kept in %s", self.metric, value, step,
-                 self._checkpointer.directory)
+    logging.info(
+      "Best %s so far (%.4f at step %d), kept in %s",
+      self.metric,
+      value,
+      step,
+      self._checkpointer.directory,
+    )
     return True
 
   def patience_exhausted(self, step: int) -> bool:
@@ -74,8 +92,11 @@ class ModelSelection:
     """`summary.json`'s `best`: its step, the metric that chose it, and its dev metrics."""
     if self.best is None:
       return None
-    return {"step": self.best["step"], "select_metric": self.metric,
-            "eval": {k: v for k, v in self.best.items() if k != "step"}}
+    return {
+      "step": self.best["step"],
+      "select_metric": self.metric,
+      "eval": {k: v for k, v in self.best.items() if k != "step"},
+    }
 
   def close(self) -> None:
     if self._checkpointer is not None:

@@ -11,9 +11,20 @@ from training.loop import adversarial
 from training.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, inject_nan_at_step: int = 0,
-               axis_name: str | None = None, lm_loss_weight: float = 0.0, target_lm_steps: int = 0,
-               fast_path=None, adversarial_epsilon: float = 0.0):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  model,
+  optimizer,
+  objective,
+  inject_nan_at_step: int = 0,
+  axis_name: str | None = None,
+  lm_loss_weight: float = 0.0,
+  target_lm_steps: int = 0,
+  fast_path=None,
+  adversarial_epsilon: float = 0.0,
+):
   """One update on one batch. Returns (new state, metric sums for this batch).
 
   Under `jax.jit` (`axis_name=None`) the batch is global and XLA inserts the gradient
@@ -35,19 +46,30 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
   with one loop or the other, picked once for the batch, instead of letting each layer pick
   (whose `lax.cond` would keep the residuals of both loops for the backward pass).
   """
-  total = (lambda tree: jax.tree.map(lambda x: jax.lax.psum(x, axis_name), tree)) if axis_name else (lambda tree: tree)
+  total = (
+    (lambda tree: jax.tree.map(lambda x: jax.lax.psum(x, axis_name), tree))
+    if axis_name
+    else (lambda tree: tree)
+  )
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name:
-    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))  # own mask per device
+    dropout_rng = jax.random.fold_in(
+      dropout_rng, jax.lax.axis_index(axis_name)
+    )  # own mask per device
   step_number = state.step + 1  # 1-based, as logged
 
   def loss_fn(params, model, perturbations=None):
-    sums, carry = objective(model, params, batch, state.carry, {"dropout": dropout_rng}, True, perturbations)
+    sums, carry = objective(
+      model, params, batch, state.carry, {"dropout": dropout_rng}, True, perturbations
+    )
     loss = sums["loss_sum"] / jnp.maximum(total(sums["weight"]), 1.0)
     if "lm_loss_sum" in sums:  # a classifier's per-token loss on the same text
       token_loss = sums["lm_loss_sum"] / jnp.maximum(total(sums["lm_weight"]), 1.0)
       per_token_only = step_number <= target_lm_steps
-      loss = jnp.where(per_token_only, 0.0, loss) + jnp.where(per_token_only, 1.0, lm_loss_weight) * token_loss
+      loss = (
+        jnp.where(per_token_only, 0.0, loss)
+        + jnp.where(per_token_only, 1.0, lm_loss_weight) * token_loss
+      )
     if inject_nan_at_step:
       loss = jnp.where(step_number == inject_nan_at_step, jnp.nan, loss)
     return loss, (sums, carry)
@@ -63,24 +85,34 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective, i
     applies = fast_path(batch)
     if axis_name:  # every device takes the same branch, so that the psums inside it pair up
       applies = jax.lax.pmin(applies.astype(jnp.int32), axis_name) == 1
-    (loss, (sums, carry)), grads = jax.lax.cond(applies, lambda: gradients(model.clone(path="fast")),
-                                                lambda: gradients(model.clone(path="general")))
+    (loss, (sums, carry)), grads = jax.lax.cond(
+      applies,
+      lambda: gradients(model.clone(path="fast")),
+      lambda: gradients(model.clone(path="general")),
+    )
   loss, grads, sums = total(loss), total(grads), total(sums)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  params, opt_state = keep_if_finite(params, state.params), keep_if_finite(opt_state, state.opt_state)
+  params, opt_state = (
+    keep_if_finite(params, state.params),
+    keep_if_finite(opt_state, state.opt_state),
+  )
   if carry is not None:
     # Truncated BPTT: the next window starts from this state, but gradients stop here.
     carry = keep_if_finite(jax.lax.stop_gradient(carry), state.carry)
   sums = {name: jnp.where(finite, value, 0.0) for name, value in sums.items()}
-  metrics = dict(sums, real_tokens=total(batch["mask"].sum(dtype=jnp.float32)),
-                 fed_tokens=total(jnp.float32(batch["mask"].size)),
-                 grad_norm_sum=jnp.where(finite, grad_norm, 0.0), steps=finite.astype(jnp.float32),
-                 nonfinite=1.0 - finite.astype(jnp.float32),
-                 first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number))
+  metrics = dict(
+    sums,
+    real_tokens=total(batch["mask"].sum(dtype=jnp.float32)),
+    fed_tokens=total(jnp.float32(batch["mask"].size)),
+    grad_norm_sum=jnp.where(finite, grad_norm, 0.0),
+    steps=finite.astype(jnp.float32),
+    nonfinite=1.0 - finite.astype(jnp.float32),
+    first_nonfinite_step_min=jnp.where(finite, jnp.iinfo(jnp.int32).max, step_number),
+  )
   return state.replace(step=step_number, params=params, opt_state=opt_state, carry=carry), metrics
 
 
@@ -89,12 +121,31 @@ def eval_step(params, batch: dict, carry, *, model, objective):
   return objective(model, params, batch, carry, {}, False)
 
 
-def bind_steps(*, model, optimizer, objective, inject_nan_at_step: int = 0, axis_name: str | None = None,
-               lm_loss_weight: float = 0.0, target_lm_steps: int = 0, fast_path=None,
-               adversarial_epsilon: float = 0.0):
+def bind_steps(
+  *,
+  model,
+  optimizer,
+  objective,
+  inject_nan_at_step: int = 0,
+  axis_name: str | None = None,
+  lm_loss_weight: float = 0.0,
+  target_lm_steps: int = 0,
+  fast_path=None,
+  adversarial_epsilon: float = 0.0,
+):
   """The two steps with their static parts bound, ready for `jax.jit` (or `jax.shard_map`)."""
-  return (functools.partial(train_step, model=model, optimizer=optimizer, objective=objective,
-                            inject_nan_at_step=inject_nan_at_step, axis_name=axis_name,
-                            lm_loss_weight=lm_loss_weight, target_lm_steps=target_lm_steps,
-                            fast_path=fast_path, adversarial_epsilon=adversarial_epsilon),
-          functools.partial(eval_step, model=model, objective=objective))
+  return (
+    functools.partial(
+      train_step,
+      model=model,
+      optimizer=optimizer,
+      objective=objective,
+      inject_nan_at_step=inject_nan_at_step,
+      axis_name=axis_name,
+      lm_loss_weight=lm_loss_weight,
+      target_lm_steps=target_lm_steps,
+      fast_path=fast_path,
+      adversarial_epsilon=adversarial_epsilon,
+    ),
+    functools.partial(eval_step, model=model, objective=objective),
+  )

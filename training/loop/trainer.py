@@ -11,24 +11,36 @@ import jax
 from absl import logging
 
 from pipeline.paths import absolute
-from training.loop import parallel
 from training.bookkeeping.checkpoints import Checkpointer
-from training.config import Config, validate
-from training.loop.data import RunData, adopt_prepared_tokenizer, prepare_data
 from training.bookkeeping.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.bookkeeping.reports import ProgressBar, TrainReporter, add_sums
 from training.bookkeeping.run_config import check_devices_for_resume, check_resume, record_run
-from training.loop.selection import ModelSelection
-from training.loop.step_groups import BatchGroups, steps_in_next_call
-from training.model.build import build_model
-from training.model.models import zero_carry
+from training.bookkeeping.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
+from training.config import Config, validate
+from training.loop import parallel
+from training.loop.data import RunData, adopt_prepared_tokenizer, prepare_data
 from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
 from training.loop.preemption import PreemptionWatch
-from training.model.kernels.time_loop import ONEDNN, TimeLoop, choose_time_loop
-from training.loop.pretrained import adopt_architecture, copy_vocabulary, initial_backward_params, initial_params
+from training.loop.pretrained import (
+  adopt_architecture,
+  copy_vocabulary,
+  initial_backward_params,
+  initial_params,
+)
+from training.loop.selection import ModelSelection
+from training.loop.step_groups import BatchGroups, steps_in_next_call
 from training.loop.steps import bind_steps
-from training.state import TrainState, eval_params, initial_state_fn, make_optimizer_for, schedule_for, with_params
-from training.bookkeeping.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
+from training.model.build import build_model
+from training.model.kernels.time_loop import ONEDNN, TimeLoop, choose_time_loop
+from training.model.models import zero_carry
+from training.state import (
+  TrainState,
+  eval_params,
+  initial_state_fn,
+  make_optimizer_for,
+  schedule_for,
+  with_params,
+)
 
 
 @dataclasses.dataclass
@@ -45,11 +57,17 @@ class Steps:
   mesh: jax.sharding.Mesh
   time_loop: TimeLoop  # what every recurrent layer runs
 
-  def train(self, state: TrainState, local_batches: list[dict], window_sums: dict) -> tuple[TrainState, dict]:
+  def train(
+    self, state: TrainState, local_batches: list[dict], window_sums: dict
+  ) -> tuple[TrainState, dict]:
     """One step per batch of `local_batches` (this process's rows; all of one shape), in one call."""
     if len(local_batches) == 1:
-      return self.train_fn(state, parallel.train_step_batch(local_batches[0], self.mesh), window_sums)
-    return self.train_steps_fn(state, parallel.stacked_train_batches(local_batches, self.mesh), window_sums)
+      return self.train_fn(
+        state, parallel.train_step_batch(local_batches[0], self.mesh), window_sums
+      )
+    return self.train_steps_fn(
+      state, parallel.stacked_train_batches(local_batches, self.mesh), window_sums
+    )
 
 
 def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
@@ -59,21 +77,35 @@ def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Step
   model = build_model(config, vocab_size, num_classes, time_loop.name)
   optimizer = make_optimizer_for(config)
   train_step, eval_step = bind_steps(
-      model=model, optimizer=optimizer, objective=OBJECTIVES[config.task], inject_nan_at_step=config.inject_nan_at_step,
-      axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
-      lm_loss_weight=config.lm_loss_weight, target_lm_steps=config.target_lm_steps,
-      # The reference (autodiff) layer has one time loop only.
-      fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None,
-      adversarial_epsilon=config.adversarial_epsilon)
+    model=model,
+    optimizer=optimizer,
+    objective=OBJECTIVES[config.task],
+    inject_nan_at_step=config.inject_nan_at_step,
+    axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
+    lm_loss_weight=config.lm_loss_weight,
+    target_lm_steps=config.target_lm_steps,
+    # The reference (autodiff) layer has one time loop only.
+    fast_path=FAST_PATHS[config.task] if config.recurrent_backward == "fused" else None,
+    adversarial_epsilon=config.adversarial_epsilon,
+  )
   # Jitted so that it is traced once, for its shapes here and for the sharded call below.
   init_state = jax.jit(initial_state_fn(config, model, optimizer))
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
   shardings = parallel.shardings_of(parallel.state_specs(abstract_state), mesh)
-  train_fn, train_steps_fn, sums_shapes = parallel.compile_train_step(train_step, abstract_state, mesh,
-                                                                      config.parallelism, combine_sums)
-  return Steps(abstract_state, lambda: jax.jit(init_state, out_shardings=shardings)(rng), train_fn,
-               train_steps_fn, _no_sums_fn(sums_shapes, mesh), jax.jit(eval_step), mesh, time_loop)
+  train_fn, train_steps_fn, sums_shapes = parallel.compile_train_step(
+    train_step, abstract_state, mesh, config.parallelism, combine_sums
+  )
+  return Steps(
+    abstract_state,
+    lambda: jax.jit(init_state, out_shardings=shardings)(rng),
+    train_fn,
+    train_steps_fn,
+    _no_sums_fn(sums_shapes, mesh),
+    jax.jit(eval_step),
+    mesh,
+    time_loop,
+  )
 
 
 def recurrent_layers(params: dict) -> list[str]:
@@ -85,12 +117,16 @@ def time_loop_record(time_loop: TimeLoop, params: dict, onednn_calls_before: dic
   """What `summary.json` says of the time loop: each recurrent layer's, why not oneDNN's where
   it was not, and how often this process ran oneDNN's kernel during the run (the evidence that
   it did; zeros when the scan ran)."""
-  record = {"layers": dict.fromkeys(recurrent_layers(params), time_loop.name),
-            "why_not_onednn": time_loop.why_not_onednn}
+  record = {
+    "layers": dict.fromkeys(recurrent_layers(params), time_loop.name),
+    "why_not_onednn": time_loop.why_not_onednn,
+  }
   if onednn_calls_before is not None:
     from training.model.kernels import onednn
 
-    record["onednn_calls"] = {kind: count - onednn_calls_before[kind] for kind, count in onednn.calls().items()}
+    record["onednn_calls"] = {
+      kind: count - onednn_calls_before[kind] for kind, count in onednn.calls().items()
+    }
   return record
 
 
@@ -118,7 +154,9 @@ def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
   return no_sums_for
 
 
-def evaluate(eval_fn, params, batches: Callable, config: Config, mesh, initial_carry, split: str = "eval") -> dict:
+def evaluate(
+  eval_fn, params, batches: Callable, config: Config, mesh, initial_carry, split: str = "eval"
+) -> dict:
   """Metrics over one pass of `batches()` (the dev split: at most `eval_steps` batches; the test
   split: all of it); per-token evaluation carries the state across windows from
   `initial_carry` (zeros)."""
@@ -160,7 +198,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     config = adopt_architecture(config)  # the language model's cell, sizes and tokenizer
   config = adopt_prepared_tokenizer(config)  # a prepared training set fixes the tokenizer
   processes, devices = jax.process_count(), jax.device_count()
-  check_devices_for_resume(config, workdir, devices)  # before validate's check: it says what changed
+  check_devices_for_resume(
+    config, workdir, devices
+  )  # before validate's check: it says what changed
   validate(config, devices)
   check_resume(config, workdir)
   check_writable(workdir)
@@ -174,31 +214,55 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if is_lead:
     before = record_run(config, workdir, processes, devices)
     if before and before != {"processes": processes, "devices": devices}:
-      logging.info("Resuming a run trained by %d process(es) and %d devices on %d process(es) and %d devices",
-                   before["processes"], before["devices"], processes, devices)
+      logging.info(
+        "Resuming a run trained by %d process(es) and %d devices on %d process(es) and %d devices",
+        before["processes"],
+        before["devices"],
+        processes,
+        devices,
+      )
   if config.init_from:
     copy_vocabulary(config.init_from, workdir)
   data = prepare_data(config, workdir)
   mesh = parallel.make_mesh()
 
   steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
-  logging.info("Time loop of %s: %s", ", ".join(recurrent_layers(steps.abstract_state.params)),
-               steps.time_loop.describe())
+  logging.info(
+    "Time loop of %s: %s",
+    ", ".join(recurrent_layers(steps.abstract_state.params)),
+    steps.time_loop.describe(),
+  )
   onednn_calls_before = onednn_calls_now(steps.time_loop)
   require_free_space(workdir, free_bytes(workdir), _checkpoint_bytes(steps.abstract_state))
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
-                              async_save=config.async_checkpointing)
+  checkpointer = Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    max_to_keep=config.keep_checkpoints,
+    async_save=config.async_checkpointing,
+  )
   state, start_step = _starting_state(config, workdir, steps, checkpointer)
   evaluator = Evaluator(steps.eval_fn, data, config, mesh)
   # Global batch `step` comes next, on any topology.
   train_batches = BatchGroups(data.train_batches(start_step))
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead,
-                           tensorboard_dir=workdir)
-  reporter = TrainReporter(metrics_log, schedule_for(config), start_step, config.num_steps, is_lead,
-                           check=lambda sums: _check_finite(sums, config.on_nonfinite, checkpointer))
-  selection = ModelSelection(workdir, metric=config.selection_metric(), eval_every=config.eval_every,
-                             patience=config.patience, resume_step=start_step,
-                             set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR), enabled=data.eval_batches is not None)
+  metrics_log = MetricsLog(
+    os.path.join(workdir, "metrics.jsonl"), start_step, enabled=is_lead, tensorboard_dir=workdir
+  )
+  reporter = TrainReporter(
+    metrics_log,
+    schedule_for(config),
+    start_step,
+    config.num_steps,
+    is_lead,
+    check=lambda sums: _check_finite(sums, config.on_nonfinite, checkpointer),
+  )
+  selection = ModelSelection(
+    workdir,
+    metric=config.selection_metric(),
+    eval_every=config.eval_every,
+    patience=config.patience,
+    resume_step=start_step,
+    set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR),
+    enabled=data.eval_batches is not None,
+  )
 
   step, evaluated_at, eval_metrics = start_step, None, {}
   # Several processes on CPUs (gloo collectives) deadlocked with tens of steps dispatched ahead
@@ -210,9 +274,12 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   stopped_early = selection.patience_exhausted(step)  # a run that stopped early stays stopped
   try:
     while step < config.num_steps and not stopped_early:
-      batches = train_batches.take(steps_in_next_call(step, config.steps_per_call,
-                                                       lambda s: _loop_acts_at(s, config)))
-      state, window_sums = steps.train(state, batches, reporter.window_sums(lambda: steps.no_sums(batches[0])))
+      batches = train_batches.take(
+        steps_in_next_call(step, config.steps_per_call, lambda s: _loop_acts_at(s, config))
+      )
+      state, window_sums = steps.train(
+        state, batches, reporter.window_sums(lambda: steps.no_sums(batches[0]))
+      )
       step, calls = step + len(batches), calls + 1
       if steps_in_flight_limited:
         jax.block_until_ready(window_sums)
@@ -235,7 +302,10 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
           reporter.check_open_window()
       if eval_now:
         if data.eval_batches is not None:
-          eval_metrics, evaluated_at = _evaluate_and_select(evaluator, state, step, reporter, selection), step
+          eval_metrics, evaluated_at = (
+            _evaluate_and_select(evaluator, state, step, reporter, selection),
+            step,
+          )
           stopped_early = selection.patience_exhausted(step)
         reporter.restart_clock()
       if save_now or stopped_early:
@@ -259,24 +329,31 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
     logging.warning("Stopped at step %d; checkpoint saved. Run the same command to resume.", step)
     return {"step": step, "preempted": True}
   if stopped_early:
-    logging.info("Stopped early at step %d: %d evaluations without a better %s than step %d's",
-                 step, config.patience, selection.metric, selection.best["step"])
+    logging.info(
+      "Stopped early at step %d: %d evaluations without a better %s than step %d's",
+      step,
+      config.patience,
+      selection.metric,
+      selection.best["step"],
+    )
   if evaluated_at != step:  # (an early stop has just evaluated this step)
     eval_metrics = _evaluate_and_select(evaluator, state, step, reporter, selection)
   test_metrics = _evaluate_test(evaluator, state, step, selection)
   reporter.close()
   selection.close()
   summary = {
-      "step": step,
-      "train_loss": reporter.last_train["loss"] if reporter.last_train else metrics_log.last_train_loss(),
-      "eval": eval_metrics,
-      "best": selection.summary(),
-      "test": test_metrics,
-      "stopped_early": stopped_early,
-      "param_fingerprint": param_fingerprint(state.params),
-      "time_loop": time_loop_record(steps.time_loop, state.params, onednn_calls_before),
-      **metrics_log.batching_summary(),
-      "truncated_examples": data.truncated_examples,
+    "step": step,
+    "train_loss": reporter.last_train["loss"]
+    if reporter.last_train
+    else metrics_log.last_train_loss(),
+    "eval": eval_metrics,
+    "best": selection.summary(),
+    "test": test_metrics,
+    "stopped_early": stopped_early,
+    "param_fingerprint": param_fingerprint(state.params),
+    "time_loop": time_loop_record(steps.time_loop, state.params, onednn_calls_before),
+    **metrics_log.batching_summary(),
+    "truncated_examples": data.truncated_examples,
   }
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
@@ -301,15 +378,22 @@ def _evaluates_at(step: int, config: Config) -> bool:
   """Whether the loop evaluates on the dev split after `step`: every `--eval_every` steps, but
   not after the last (the run evaluates it after the loop) nor in the per-token steps of
   `--target_lm_steps` (the classifier's head has not been trained yet)."""
-  return bool(config.eval_every) and step % config.eval_every == 0 and config.target_lm_steps < step < config.num_steps
+  return (
+    bool(config.eval_every)
+    and step % config.eval_every == 0
+    and config.target_lm_steps < step < config.num_steps
+  )
 
 
-def _starting_state(config: Config, workdir: str, steps: Steps, checkpointer: Checkpointer) -> tuple[TrainState, int]:
+def _starting_state(
+  config: Config, workdir: str, steps: Steps, checkpointer: Checkpointer
+) -> tuple[TrainState, int]:
   """(state, step): the latest readable checkpoint's, else a new run's (from `--seed`, or with a
   language model's encoder under `--init_from`, and a backward one's under `--init_backward_from`)."""
   state = steps.initial_state()
   restored, start_step = checkpointer.restore_readable(
-      state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR))
+    state, restore_step=config.restore_step, set_aside_dir=os.path.join(workdir, SET_ASIDE_DIR)
+  )
   if restored is not None:
     logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
     return restored, start_step
@@ -329,24 +413,31 @@ class Evaluator:
     self._carry = None
     if config.task == "lm":
       # Made by a jitted function so that every process builds its part of one global array.
-      self._carry = jax.jit(lambda: zero_carry(config.model, config.num_layers, config.batch_size,
-                                               config.hidden_size), out_shardings=parallel.carry_sharding(mesh))()
+      self._carry = jax.jit(
+        lambda: zero_carry(config.model, config.num_layers, config.batch_size, config.hidden_size),
+        out_shardings=parallel.carry_sharding(mesh),
+      )()
 
   def dev(self, params) -> dict | None:
     if self._data.eval_batches is None:
       return None
-    return evaluate(self._eval_fn, params, self._data.eval_batches, self._config, self._mesh, self._carry)
+    return evaluate(
+      self._eval_fn, params, self._data.eval_batches, self._config, self._mesh, self._carry
+    )
 
   @property
   def has_test(self) -> bool:
     return self._data.test_batches is not None
 
   def test(self, params) -> dict:
-    return evaluate(self._eval_fn, params, self._data.test_batches, self._config, self._mesh, self._carry, "test")
+    return evaluate(
+      self._eval_fn, params, self._data.test_batches, self._config, self._mesh, self._carry, "test"
+    )
 
 
-def _evaluate_and_select(evaluator: Evaluator, state, step: int, reporter: TrainReporter,
-                         selection: ModelSelection) -> dict:
+def _evaluate_and_select(
+  evaluator: Evaluator, state, step: int, reporter: TrainReporter, selection: ModelSelection
+) -> dict:
   metrics = evaluator.dev(eval_params(state))
   if metrics is None:
     return {}
@@ -355,7 +446,9 @@ def _evaluate_and_select(evaluator: Evaluator, state, step: int, reporter: Train
   return metrics
 
 
-def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelection) -> dict | None:
+def _evaluate_test(
+  evaluator: Evaluator, state, step: int, selection: ModelSelection
+) -> dict | None:
   """The test split, read once, with the parameters the dev split chose (the final ones when
   there is no dev split)."""
   if not evaluator.has_test:
@@ -363,7 +456,11 @@ def _evaluate_test(evaluator: Evaluator, state, step: int, selection: ModelSelec
   chosen_step = selection.best["step"] if selection.best else step
   params = eval_params(selection.best_state(state) if selection.best else state)
   metrics = evaluator.test(params)
-  logging.info("test (parameters of step %d): %s", chosen_step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+  logging.info(
+    "test (parameters of step %d): %s",
+    chosen_step,
+    "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+  )
   return metrics
 
 
@@ -373,10 +470,15 @@ def _check_finite(sums, on_nonfinite: str, checkpointer: Checkpointer) -> None:
   if not nonfinite:
     return
   if on_nonfinite == "skip":
-    logging.warning("Skipped %d update(s) with a non-finite loss or gradient (the first at step %d).",
-                    int(nonfinite), int(first))
+    logging.warning(
+      "Skipped %d update(s) with a non-finite loss or gradient (the first at step %d).",
+      int(nonfinite),
+      int(first),
+    )
     return
   latest = checkpointer.latest_step()
-  raise TrainingError(f"step {int(first)}: the loss or gradients are not finite; stopped. The last"
-                      f" checkpoint ({'step ' + str(latest) if latest else 'none yet'}) is intact;"
-                      " lower --learning_rate or --grad_clip, or pass --on_nonfinite=skip")
+  raise TrainingError(
+    f"step {int(first)}: the loss or gradients are not finite; stopped. The last"
+    f" checkpoint ({'step ' + str(latest) if latest else 'none yet'}) is intact;"
+    " lower --learning_rate or --grad_clip, or pass --on_nonfinite=skip"
+  )

@@ -5,13 +5,23 @@ from training.config import Config
 from training.model.models import LanguageModel, SequenceClassifier
 
 
-def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan") -> tuple[str, dict]:
+def model_spec(
+  config: Config, vocab_size: int, num_classes: int, kernel: str = "scan"
+) -> tuple[str, dict]:
   """(model class name, its keyword arguments): what `build_model` builds, in plain values
   (`training.tools.export` saves it, so that an exported file rebuilds the same model). `kernel`: the
   LSTM's time loop (`training.model.kernels.time_loop`); exported models keep the portable one."""
-  kwargs = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
-                num_layers=config.num_layers, cell=config.model, dropout_rate=config.dropout,
-                unroll=config.unroll, backward=config.recurrent_backward, remat=config.remat)
+  kwargs = dict(
+    vocab_size=vocab_size,
+    embed_size=config.embed_size,
+    hidden_size=config.hidden_size,
+    num_layers=config.num_layers,
+    cell=config.model,
+    dropout_rate=config.dropout,
+    unroll=config.unroll,
+    backward=config.recurrent_backward,
+    remat=config.remat,
+  )
   if kernel != "scan":
     kwargs["kernel"] = kernel
   if config.tie_embeddings:
@@ -26,7 +36,9 @@ def model_spec(config: Config, vocab_size: int, num_classes: int, kernel: str = 
     kwargs["chrono_max_length"] = config.chrono_init
   if config.task == "lm":
     return "LanguageModel", kwargs
-  kwargs = dict(kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling)
+  kwargs = dict(
+    kwargs, num_classes=num_classes, head_widths=list(config.head_widths), pooling=config.pooling
+  )
   if config.bidirectional:
     kwargs["bidirectional"] = True
   if config.backward_embedding:

@@ -51,7 +51,7 @@ def _zeros_bias(hidden_size, num_gates):
 def _lstm_bias(hidden_size, num_gates):
   # Forget gate (the second block) starts at 1 so that the cell remembers by default
   # (Gers et al. 2000; Jozefowicz et al. 2015).
-  return _zeros_bias(hidden_size, num_gates).at[hidden_size:2 * hidden_size].set(1.0)
+  return _zeros_bias(hidden_size, num_gates).at[hidden_size : 2 * hidden_size].set(1.0)
 
 
 def chrono_bias(cell_name: str, hidden_size: int, rng: jax.Array, max_length: int) -> jax.Array:
@@ -70,8 +70,8 @@ def chrono_bias(cell_name: str, hidden_size: int, rng: jax.Array, max_length: in
   keep = jnp.log(jax.random.uniform(rng, (hidden_size,), jnp.float32, 1.0, max_length - 1.0))
   bias = _zeros_bias(hidden_size, CELLS[cell_name].num_gates)
   if cell_name == "lstm":  # gates i, f, g, o
-    return bias.at[:hidden_size].set(-keep).at[hidden_size:2 * hidden_size].set(keep)
-  return bias.at[hidden_size:2 * hidden_size].set(keep)  # gates r, z, n
+    return bias.at[:hidden_size].set(-keep).at[hidden_size : 2 * hidden_size].set(keep)
+  return bias.at[hidden_size : 2 * hidden_size].set(keep)  # gates r, z, n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Cell:
 
 
 CELLS = {
-    "rnn": Cell("rnn", 1, 1, elman_core, _zeros_bias, False, True),
-    "lstm": Cell("lstm", 4, 2, lstm_core, _lstm_bias, False, True),
-    "gru": Cell("gru", 3, 1, gru_core, _zeros_bias, True, False),
+  "rnn": Cell("rnn", 1, 1, elman_core, _zeros_bias, False, True),
+  "lstm": Cell("lstm", 4, 2, lstm_core, _lstm_bias, False, True),
+  "gru": Cell("gru", 3, 1, gru_core, _zeros_bias, True, False),
 }

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from training.model.cells import CELLS, chrono_bias
 from training.model.recurrence import scan_layer
 
-
 # Each embedding table of `Encoder` and the name under which `Module.perturb` exposes its output
 # (the "perturbations" collection: the gradient with respect to each input step, and
 # adversarial training, training/loop/adversarial.py).
@@ -35,13 +34,18 @@ def zero_carry(cell: str, num_layers: int, batch_size: int, hidden_size: int) ->
 
 class RecurrentLayer(nn.Module):
   """One recurrent layer scanned over time, with masking and optional state resets."""
+
   cell: str
   hidden_size: int
   unroll: int = 1
-  backward: str = "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
+  backward: str = (
+    "fused"  # "fused": the hand-written backward pass; "autodiff": jax.grad of the scan
+  )
   time_major: bool = False  # inputs, mask, resets and outputs as [T, B, ...] (the Encoder's layout)
   remat: bool = False  # keep less for the backward pass, recompute the rest (long windows)
-  kernel: str = "scan"  # "onednn": oneDNN's fused LSTM where a batch allows it (training.model.kernels)
+  kernel: str = (
+    "scan"  # "onednn": oneDNN's fused LSTM where a batch allows it (training.model.kernels)
+  )
   # Whether the caller reads the final carry. A classifier does not, which lets oneDNN's kernel
   # (which knows no masks) also take right-padded batches: their outputs are exact, their final
   # carry is not.
@@ -71,26 +75,36 @@ class RecurrentLayer(nn.Module):
     width = cell.num_gates * self.hidden_size
     w_x = self.param("W_x", nn.initializers.lecun_normal(), (inputs.shape[-1], width))
     if self.chrono_max_length:
-      b = self.param("b", lambda rng: chrono_bias(self.cell, self.hidden_size, rng, self.chrono_max_length))
+      b = self.param(
+        "b", lambda rng: chrono_bias(self.cell, self.hidden_size, rng, self.chrono_max_length)
+      )
     else:
       b = self.param("b", lambda _rng: cell.input_bias(self.hidden_size, cell.num_gates))
     recurrent = {"W_h": self.param("W_h", nn.initializers.orthogonal(), (self.hidden_size, width))}
     if cell.has_recurrent_bias:
       recurrent["b_h"] = self.param("b_h", nn.initializers.zeros_init(), (width,))
 
-    to_time_major = (lambda x: x) if self.time_major else (lambda x: None if x is None else jnp.swapaxes(x, 0, 1))
+    to_time_major = (
+      (lambda x: x) if self.time_major else (lambda x: None if x is None else jnp.swapaxes(x, 0, 1))
+    )
     inputs, mask, resets = to_time_major(inputs), to_time_major(mask), to_time_major(resets)
 
     def x_gates():
       # Hoisted out of the time loop: one [T*B, D] x [D, H] matmul per gate instead of T small
       # ones, time-major and split by gate as the loop reads it (see `Cell.core`).
-      return tuple(jnp.einsum("tbd,dh->tbh", inputs, w) + b_gate for w, b_gate in zip(cell.split(w_x), cell.split(b)))
+      return tuple(
+        jnp.einsum("tbd,dh->tbh", inputs, w) + b_gate
+        for w, b_gate in zip(cell.split(w_x), cell.split(b))
+      )
 
     if self.backward == "autodiff":
-      outputs, final = autodiff_scan(cell, self.unroll, recurrent, x_gates(), mask, resets, carry, self.remat)
+      outputs, final = autodiff_scan(
+        cell, self.unroll, recurrent, x_gates(), mask, resets, carry, self.remat
+      )
       return to_time_major(outputs), final
-    run = lambda mask, resets, carry: scan_layer(self.cell, self.unroll, self.remat, recurrent, x_gates(), mask,
-                                                 resets, carry)
+    run = lambda mask, resets, carry: scan_layer(
+      self.cell, self.unroll, self.remat, recurrent, x_gates(), mask, resets, carry
+    )
     general = lambda: run(mask, resets, carry)
     if self.kernel == "onednn":
       loop = lambda carry: _onednn_lstm(inputs, w_x, recurrent["W_h"], b, carry)
@@ -102,7 +116,9 @@ class RecurrentLayer(nn.Module):
     elif self.path == "general":
       outputs, final = general()
     else:
-      outputs, final = jax.lax.cond(fast_path_applies(mask, resets, self.final_carry_used), fast, general)
+      outputs, final = jax.lax.cond(
+        fast_path_applies(mask, resets, self.final_carry_used), fast, general
+      )
     return to_time_major(outputs), final
 
 
@@ -131,7 +147,9 @@ def _without_masks(loop, mask, resets, carry):
 
 
 def _onednn_lstm(inputs, w_x, w_h, b, carry):
-  from training.model.kernels import onednn  # registers its FFI targets: only for a model that uses it
+  from training.model.kernels import (
+    onednn,  # registers its FFI targets: only for a model that uses it
+  )
 
   outputs, h, c = onednn.lstm(inputs, w_x, w_h, b, carry[0], carry[1])
   return outputs, jnp.stack([h, c])
@@ -154,8 +172,9 @@ def autodiff_scan(cell, unroll, recurrent, x_gates, mask, resets, carry, remat=F
     state = tuple(jnp.where(mask_t[:, None], u, s) for u, s in zip(updated, state))
     return state, jnp.where(mask_t[:, None], state[0], 0.0)
 
-  final, outputs = jax.lax.scan(jax.checkpoint(step) if remat else step, tuple(carry), (x_gates, mask, resets),
-                                unroll=unroll)
+  final, outputs = jax.lax.scan(
+    jax.checkpoint(step) if remat else step, tuple(carry), (x_gates, mask, resets), unroll=unroll
+  )
   return outputs, jnp.stack(final)
 
 
@@ -170,6 +189,7 @@ class Encoder(nn.Module):
   embedding of its own (`backward_embed`), so that a backward language model's embedding and
   layers can start it together (`--init_backward_from`).
   """
+
   vocab_size: int
   embed_size: int
   hidden_size: int
@@ -204,10 +224,13 @@ class Encoder(nn.Module):
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
     if self.bidirectional:
       # A sequence reversed in place occupies the same positions, so mask and resets still hold.
-      reverse = lambda a: jnp.take_along_axis(a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0)
+      reverse = lambda a: jnp.take_along_axis(
+        a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0
+      )
       backward_x = self._embed("backward_embed", tokens, train) if self.backward_embedding else x
-      backward_outputs, _ = self._stack("backward_layer", reverse(backward_x), mask, jnp.zeros_like(carry), resets,
-                                        train)
+      backward_outputs, _ = self._stack(
+        "backward_layer", reverse(backward_x), mask, jnp.zeros_like(carry), resets, train
+      )
       outputs = jnp.concatenate([outputs, reverse(backward_outputs)], axis=-1)
     return jnp.swapaxes(outputs, 0, 1), final
 
@@ -219,22 +242,38 @@ class Encoder(nn.Module):
     # value in it moves the embeddings (training/loop/adversarial.py).
     x = self.perturb(EMBEDDING_PERTURBATIONS[name], x)
     if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
-      x = nn.Dropout(self.word_dropout_rate, broadcast_dims=(2,), deterministic=not train,
-                     name=name.replace("embed", "word_dropout"))(x)
+      x = nn.Dropout(
+        self.word_dropout_rate,
+        broadcast_dims=(2,),
+        deterministic=not train,
+        name=name.replace("embed", "word_dropout"),
+      )(x)
     return self._dropout(x, train)
 
   def _dropout(self, x, train: bool):
     # x: [T, B, F]; variational: one draw per row and unit, shared over time (axis 0).
-    return nn.Dropout(self.dropout_rate, broadcast_dims=(0,) if self.variational_dropout else (),
-                      deterministic=not train)(x)
+    return nn.Dropout(
+      self.dropout_rate,
+      broadcast_dims=(0,) if self.variational_dropout else (),
+      deterministic=not train,
+    )(x)
 
   def _stack(self, prefix, x, mask, carry, resets, train):
     final = []
     for layer in range(self.num_layers):
-      layer_module = RecurrentLayer(self.cell, self.hidden_size, self.unroll, self.backward, time_major=True,
-                                    remat=self.remat, kernel=self.kernel, final_carry_used=self.final_carry_used,
-                                    path=self.path, chrono_max_length=self.chrono_max_length,
-                                    name=f"{prefix}_{layer}")
+      layer_module = RecurrentLayer(
+        self.cell,
+        self.hidden_size,
+        self.unroll,
+        self.backward,
+        time_major=True,
+        remat=self.remat,
+        kernel=self.kernel,
+        final_carry_used=self.final_carry_used,
+        path=self.path,
+        chrono_max_length=self.chrono_max_length,
+        name=f"{prefix}_{layer}",
+      )
       x, layer_carry = layer_module(x, mask, carry[layer], resets)
       x = self._dropout(x, train)
       final.append(layer_carry)
@@ -246,6 +285,7 @@ class NextTokenHead(nn.Module):
   transposed, after a projection to its width when the widths differ (Press & Wolf 2017).
   `vocab_size` tokens are predicted: the first rows of the embedding when tied (the vocabulary
   is most frequent first, so a smaller softmax than the embedding predicts the commonest)."""
+
   vocab_size: int
   tie: bool = False
 
@@ -253,14 +293,18 @@ class NextTokenHead(nn.Module):
   def __call__(self, outputs, embedding):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.vocab_size,))
     if not self.tie:  # the parameters of an `nn.Dense` (those of earlier checkpoints)
-      kernel = self.param("kernel", nn.initializers.lecun_normal(), (outputs.shape[-1], self.vocab_size))
+      kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(), (outputs.shape[-1], self.vocab_size)
+      )
       return outputs @ kernel + bias
     if outputs.shape[-1] != embedding.shape[-1]:
       outputs = nn.Dense(embedding.shape[-1], name="projection")(outputs)
-    return outputs @ embedding[:self.vocab_size].T + bias
+    return outputs @ embedding[: self.vocab_size].T + bias
 
 
-def next_token_logits(module: nn.Module, encoder: Encoder, outputs, tie: bool, softmax_vocab_size: int = 0):
+def next_token_logits(
+  module: nn.Module, encoder: Encoder, outputs, tie: bool, softmax_vocab_size: int = 0
+):
   """`module`'s `lm_head` applied to `outputs`, with the encoder's embedding when tied. The
   softmax covers the `softmax_vocab_size` most frequent tokens (0: all the encoder reads)."""
   embedding = encoder.variables["params"]["embed"]["embedding"] if tie else None
@@ -270,6 +314,7 @@ def next_token_logits(module: nn.Module, encoder: Encoder, outputs, tie: bool, s
 
 class LanguageModel(nn.Module):
   """Next-token logits at every position."""
+
   vocab_size: int
   embed_size: int
   hidden_size: int
@@ -292,13 +337,27 @@ class LanguageModel(nn.Module):
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V] (V: the softmax's tokens), carry [L, S, B, H])."""
-    encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, kernel=self.kernel,
-                      path=self.path, word_dropout_rate=self.word_dropout_rate,
-                      variational_dropout=self.variational_dropout, chrono_max_length=self.chrono_max_length,
-                      name="encoder")
+    encoder = Encoder(
+      self.vocab_size,
+      self.embed_size,
+      self.hidden_size,
+      self.num_layers,
+      self.cell,
+      self.dropout_rate,
+      self.unroll,
+      self.backward,
+      self.remat,
+      kernel=self.kernel,
+      path=self.path,
+      word_dropout_rate=self.word_dropout_rate,
+      variational_dropout=self.variational_dropout,
+      chrono_max_length=self.chrono_max_length,
+      name="encoder",
+    )
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
-    return next_token_logits(self, encoder, outputs, self.tie_embeddings, self.softmax_vocab_size), carry
+    return next_token_logits(
+      self, encoder, outputs, self.tie_embeddings, self.softmax_vocab_size
+    ), carry
 
 
 class SequenceClassifier(nn.Module):
@@ -317,6 +376,7 @@ class SequenceClassifier(nn.Module):
   it whole (`--init_from`); ULMFiT averages such a classifier with a forward one. Each sequence
   is reversed in place (`reversal_index`), and the last state is the one at its first token.
   """
+
   vocab_size: int
   embed_size: int
   hidden_size: int
@@ -342,7 +402,9 @@ class SequenceClassifier(nn.Module):
   chrono_max_length: int = 0  # (see RecurrentLayer)
 
   @nn.compact
-  def __call__(self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False):
+  def __call__(
+    self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False
+  ):
     """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
     carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
     resets = segment_resets(segment_ids, mask)
@@ -350,12 +412,26 @@ class SequenceClassifier(nn.Module):
     # for a forward-only model).
     reads_backward = self.bidirectional or self.read_backward
     segment_starts = starts_of(segment_ids, segment_ends) if reads_backward else None
-    encoder = Encoder(self.vocab_size, self.embed_size, self.hidden_size, self.num_layers,
-                      self.cell, self.dropout_rate, self.unroll, self.backward, self.remat, self.bidirectional,
-                      backward_embedding=self.backward_embedding, kernel=self.kernel, final_carry_used=False,
-                      path=self.path, word_dropout_rate=self.word_dropout_rate,
-                      variational_dropout=self.variational_dropout, chrono_max_length=self.chrono_max_length,
-                      name="encoder")
+    encoder = Encoder(
+      self.vocab_size,
+      self.embed_size,
+      self.hidden_size,
+      self.num_layers,
+      self.cell,
+      self.dropout_rate,
+      self.unroll,
+      self.backward,
+      self.remat,
+      self.bidirectional,
+      backward_embedding=self.backward_embedding,
+      kernel=self.kernel,
+      final_carry_used=False,
+      path=self.path,
+      word_dropout_rate=self.word_dropout_rate,
+      variational_dropout=self.variational_dropout,
+      chrono_max_length=self.chrono_max_length,
+      name="encoder",
+    )
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if reads_backward else None
     if self.read_backward:
       # Reversed in place, a sequence keeps its positions: mask, resets and pooling still hold,
@@ -367,29 +443,45 @@ class SequenceClassifier(nn.Module):
       outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.
     poolings = ("last", "max", "mean") if self.pooling == "concat" else (self.pooling,)
-    features = jnp.concatenate([self._pool(outputs, segment_ids, segment_starts, segment_ends, pooling)
-                                for pooling in poolings], axis=-1)
+    features = jnp.concatenate(
+      [
+        self._pool(outputs, segment_ids, segment_starts, segment_ends, pooling)
+        for pooling in poolings
+      ],
+      axis=-1,
+    )
     for i, width in enumerate(self.head_widths):
       features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
       features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, name="head_out")(features)
     if self.next_token_head and (token_logits or self.is_initializing()):
       # Only the forward stack may predict the next token: the backward one has read it.
-      tokens_out = next_token_logits(self, encoder, outputs[..., :self.hidden_size], self.tie_embeddings,
-                                     self.softmax_vocab_size)
+      tokens_out = next_token_logits(
+        self,
+        encoder,
+        outputs[..., : self.hidden_size],
+        self.tie_embeddings,
+        self.softmax_vocab_size,
+      )
       if token_logits:
         return logits, tokens_out
     return logits
 
-
   def _pool(self, outputs, segment_ids, segment_starts, segment_ends, pooling: str):
     if self.read_backward and pooling == "last":
-      return pool(outputs, segment_ids, segment_starts, "last")  # it has read the whole sequence there
+      return pool(
+        outputs, segment_ids, segment_starts, "last"
+      )  # it has read the whole sequence there
     if self.bidirectional and pooling == "last":
       # The backward stack has read a whole sequence when it reaches the sequence's first token.
       forward, backward = jnp.split(outputs, 2, axis=-1)
-      return jnp.concatenate([pool(forward, segment_ids, segment_ends, "last"),
-                              pool(backward, segment_ids, segment_starts, "last")], axis=-1)
+      return jnp.concatenate(
+        [
+          pool(forward, segment_ids, segment_ends, "last"),
+          pool(backward, segment_ids, segment_starts, "last"),
+        ],
+        axis=-1,
+      )
     return pool(outputs, segment_ids, segment_ends, pooling)
 
 
@@ -422,7 +514,9 @@ def pool(outputs, segment_ids, segment_ends, pooling: str):
   # never a [B, T, S, H] intermediate.
   ids = (segment_ids + (num_segments + 1) * jnp.arange(batch)[:, None]).reshape(-1)
   flat, slots = outputs.reshape(-1, width), batch * (num_segments + 1)
-  counts = jax.ops.segment_sum(jnp.ones_like(ids, outputs.dtype), ids, slots).reshape(batch, -1, 1)[:, 1:]
+  counts = jax.ops.segment_sum(jnp.ones_like(ids, outputs.dtype), ids, slots).reshape(batch, -1, 1)[
+    :, 1:
+  ]
   if pooling == "mean":
     sums = jax.ops.segment_sum(flat, ids, slots).reshape(batch, -1, width)[:, 1:]
     return sums / jnp.maximum(counts, 1.0)

@@ -50,13 +50,18 @@ def _forward_step(cell, recurrent, remat, state, x):
 def _run(cell_name, unroll, remat, recurrent, x_gates, mask, resets, carry):
   cell = CELLS[cell_name]
   final, (outputs, residuals) = jax.lax.scan(
-      functools.partial(_forward_step, cell, recurrent, remat), tuple(carry), (tuple(x_gates), mask, resets),
-      unroll=unroll)
+    functools.partial(_forward_step, cell, recurrent, remat),
+    tuple(carry),
+    (tuple(x_gates), mask, resets),
+    unroll=unroll,
+  )
   return (outputs, jnp.stack(final)), residuals
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def scan_layer(cell_name: str, unroll: int, remat: bool, recurrent: dict, x_gates, mask, resets, carry):
+def scan_layer(
+  cell_name: str, unroll: int, remat: bool, recurrent: dict, x_gates, mask, resets, carry
+):
   """Runs a recurrent layer over time (time-major).
 
   recurrent: {"W_h": [H, G*H]} (+ "b_h" for the GRU); x_gates: the input projection with its
@@ -116,8 +121,12 @@ def _scan_layer_bwd(cell_name, unroll, remat, saved, cotangents):
     return tuple(d_in), per_step
 
   d_carry, per_step = jax.lax.scan(
-      backward_step, tuple(d_final), (d_outputs, x_gates, mask, resets, states, h_gates),
-      reverse=True, unroll=unroll)
+    backward_step,
+    tuple(d_final),
+    (d_outputs, x_gates, mask, resets, states, h_gates),
+    reverse=True,
+    unroll=unroll,
+  )
   d_h_gates = per_step[-1]
   d_x_gates = d_h_gates if cell.summed_projections else per_step[0]
   # The weight gradients: one matmul per gate over all T x B rows, instead of one per step.

@@ -26,10 +26,12 @@ from pipeline import paths
 from pipeline.errors import DataError
 from training.tools.scoring import score
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of finished classifier runs.",
-                              required=True)
+_WORKDIRS = flags.DEFINE_list(
+  "workdirs", None, "Comma-separated workdirs of finished classifier runs.", required=True
+)
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the summary (JSON) to this file.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+
 
 def main(argv):
   cli.no_arguments(argv)
@@ -50,8 +52,10 @@ def main(argv):
   for split in summary["ensemble"]:
     members = ", ".join(f"{m[split]['accuracy']:.4f}" for m in summary["members"])
     mean = math.fsum(m[split]["accuracy"] for m in summary["members"]) / len(summary["members"])
-    print(f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
-          f" members {members} (mean {mean:.4f})")
+    print(
+      f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
+      f" members {members} (mean {mean:.4f})"
+    )
 
 
 def run_main():

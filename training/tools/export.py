@@ -15,23 +15,26 @@ by hand as the README shows):
   logits = model.apply({"params": blob["params"]}, tokens, mask, ..., train=False)
 """
 
-
 from absl import flags
 
-from pipeline.errors import DataError
 from launch import cli
+from pipeline.errors import DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "The file to write (e.g. model.msgpack).", required=True)
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to export; 0: the best on the dev split if the run kept one, else the latest.")
+_STEP = flags.DEFINE_integer(
+  "step",
+  0,
+  "Checkpoint step to export; 0: the best on the dev split if the run kept one, else the latest.",
+)
 
 
 def main(argv):
   cli.no_arguments(argv)
   cli.quiet_libraries()
   from training.bookkeeping.checkpoints import CheckpointError
-  from training.tools.exported import export
   from training.bookkeeping.trained_run import load_run
+  from training.tools.exported import export
 
   with cli.one_line_errors(DataError, CheckpointError):
     run = load_run(_WORKDIR.value, _STEP.value)
@@ -39,7 +42,9 @@ def main(argv):
       size = export(run, _OUT.value)
     except OSError as e:
       raise DataError(f"--out={_OUT.value}: {e.strerror}") from None
-  print(f"wrote {_OUT.value} ({size / 2**20:.1f} MiB): {run.config.task} model from step {run.step} of {run.workdir}")
+  print(
+    f"wrote {_OUT.value} ({size / 2**20:.1f} MiB): {run.config.task} model from step {run.step} of {run.workdir}"
+  )
 
 
 def run_main():

@@ -1,7 +1,6 @@
 """The exported-model file: one msgpack holding parameters, vocabulary, labels and the model's
 definition (written by `python -m training.tools.export`, read by `load_exported`)."""
 
-
 import jax
 from flax import serialization
 
@@ -19,14 +18,15 @@ def export(run, path: str) -> int:
 
   name, kwargs = model_spec(run.config, len(run.vocab), run.labels.num_classes if run.labels else 0)
   blob = {
-      "format": FORMAT,
-      "model": {"class": name, "kwargs": kwargs},
-      "params": jax.device_get(run.params),
-      "vocab": {"kind": run.vocab.kind, "tokens": run.vocab.tokens},
-      "labels": None if run.labels is None else {"num_classes": run.labels.num_classes,
-                                                 "names": list(run.labels.names or [])},
-      "seq_len": run.config.seq_len,
-      "step": run.step,
+    "format": FORMAT,
+    "model": {"class": name, "kwargs": kwargs},
+    "params": jax.device_get(run.params),
+    "vocab": {"kind": run.vocab.kind, "tokens": run.vocab.tokens},
+    "labels": None
+    if run.labels is None
+    else {"num_classes": run.labels.num_classes, "names": list(run.labels.names or [])},
+    "seq_len": run.config.seq_len,
+    "step": run.step,
   }
   data = serialization.msgpack_serialize(blob)
   paths.write_bytes(path, data)
@@ -42,11 +42,15 @@ def load_exported(path: str):
   except OSError as e:
     raise DataError(f"{path}: cannot read it ({e.strerror})") from None
   except Exception:  # msgpack's own errors (truncated, extra data, not msgpack at all)
-    raise DataError(f"{path}: not an exported model (not a msgpack file; write one with rnn-export)") from None
+    raise DataError(
+      f"{path}: not an exported model (not a msgpack file; write one with rnn-export)"
+    ) from None
   if not isinstance(blob, dict) or blob.get("format") != FORMAT:
     found = blob.get("format") if isinstance(blob, dict) else None
-    raise DataError(f"{path}: not an exported model of format {FORMAT}"
-                    f"{f' (its format is {found})' if found is not None else ''}; write one with rnn-export")
+    raise DataError(
+      f"{path}: not an exported model of format {FORMAT}"
+      f"{f' (its format is {found})' if found is not None else ''}; write one with rnn-export"
+    )
   model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
   vocab = Vocabulary(blob["vocab"]["kind"], list(blob["vocab"]["tokens"]))
   labels = None

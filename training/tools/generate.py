@@ -10,19 +10,26 @@ prompt. Uses the best checkpoint (chosen on the dev
 split) when the run kept one, else the latest, or `--step`.
 """
 
-
 from absl import flags
 
-from pipeline.errors import DataError
 from launch import cli
+from pipeline.errors import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained language model's workdir.", required=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "The trained language model's workdir.", required=True
+)
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue; empty: start a new document.")
 _LENGTH = flags.DEFINE_integer("length", 200, "Tokens to generate.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 picks the most likely token.")
+_TEMPERATURE = flags.DEFINE_float(
+  "temperature", 1.0, "Softmax temperature; 0 picks the most likely token."
+)
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the K most likely tokens only; 0: all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.")
+_STEP = flags.DEFINE_integer(
+  "step",
+  0,
+  "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.",
+)
 
 
 def main(argv):
@@ -37,10 +44,18 @@ def main(argv):
       raise DataError("--length must be positive, --temperature and --top_k >= 0")
     run = load_run(_WORKDIR.value, _STEP.value)
     if run.config.task != "lm":
-      raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; generate needs a"
-                      " language model (--task=lm); use training.tools.predict for classifiers")
-    text = sample(run, _PROMPT.value, _LENGTH.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-                  seed=_SEED.value)
+      raise DataError(
+        f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; generate needs a"
+        " language model (--task=lm); use training.tools.predict for classifiers"
+      )
+    text = sample(
+      run,
+      _PROMPT.value,
+      _LENGTH.value,
+      temperature=_TEMPERATURE.value,
+      top_k=_TOP_K.value,
+      seed=_SEED.value,
+    )
   sep = "" if run.vocab.kind == "char" or not _PROMPT.value else " "
   # A backward language model (--read_backward) writes what comes before the prompt.
   print(text + sep + _PROMPT.value if run.config.read_backward else _PROMPT.value + sep + text)

@@ -17,7 +17,9 @@ from training.bookkeeping.trained_run import TrainedRun
 from training.model.models import zero_carry
 
 
-def encode_batch(texts: list[str], vocab: Vocabulary, seq_len: int) -> tuple[jax.Array, jax.Array, int]:
+def encode_batch(
+  texts: list[str], vocab: Vocabulary, seq_len: int
+) -> tuple[jax.Array, jax.Array, int]:
   """Token ids [N, W] and mask of `texts`, each truncated to `seq_len` tokens as in training
   (W: the longest, at most `seq_len`); also how many were truncated."""
   encoded = encode_all([{"text": text} for text in texts], vocab)  # as in training: empty -> <unk>
@@ -29,8 +31,15 @@ def encode_batch(texts: list[str], vocab: Vocabulary, seq_len: int) -> tuple[jax
   return tokens, mask, truncated
 
 
-def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.0, top_k: int = 0,
-           seed: int = 0) -> str:
+def sample(
+  run: TrainedRun,
+  prompt: str,
+  length: int,
+  *,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+) -> str:
   """`length` tokens sampled after `prompt` from a trained language model; from a backward one
   (`--read_backward`), the tokens before `prompt`, in reading order.
 
@@ -73,7 +82,9 @@ def sample(run: TrainedRun, prompt: str, length: int, *, temperature: float = 1.
 _WIDTH_MULTIPLE = 16
 
 
-def class_probabilities(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[np.ndarray]:
+def class_probabilities(
+  run: TrainedRun, texts: Iterable[str], batch_size: int = 64
+) -> Iterator[np.ndarray]:
   """float32 [C] per text, in order: every class's probability under the run's classifier.
 
   Texts are tokenised with the run's vocabulary and truncated to its `seq_len`, as in training.
@@ -82,8 +93,14 @@ def class_probabilities(run: TrainedRun, texts: Iterable[str], batch_size: int =
   @jax.jit
   def probabilities(tokens, mask):
     lengths = mask.sum(axis=1)
-    logits = run.model.apply({"params": run.params}, tokens, mask, mask.astype(jnp.int32),
-                             (lengths - 1)[:, None], train=False)
+    logits = run.model.apply(
+      {"params": run.params},
+      tokens,
+      mask,
+      mask.astype(jnp.int32),
+      (lengths - 1)[:, None],
+      train=False,
+    )
     return jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
 
   batch, truncated = [], 0
@@ -108,8 +125,11 @@ def class_probabilities(run: TrainedRun, texts: Iterable[str], batch_size: int =
   if batch:
     yield from flush()
   if truncated:
-    logging.warning("%d sequences were longer than --seq_len=%d tokens and were truncated, as in training",
-                    truncated, run.config.seq_len)
+    logging.warning(
+      "%d sequences were longer than --seq_len=%d tokens and were truncated, as in training",
+      truncated,
+      run.config.seq_len,
+    )
 
 
 def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iterator[dict]:
@@ -117,5 +137,8 @@ def predict(run: TrainedRun, texts: Iterable[str], batch_size: int = 64) -> Iter
   names = [run.labels.name(i) for i in range(run.labels.num_classes)]
   for row in class_probabilities(run, texts, batch_size):
     best = int(row.argmax())
-    yield {"label": names[best], "label_id": best,
-           "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}
+    yield {
+      "label": names[best],
+      "label_id": best,
+      "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)},
+    }

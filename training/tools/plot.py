@@ -13,11 +13,13 @@ import os
 
 from absl import app, flags
 
-from pipeline import paths
 from launch import cli
+from pipeline import paths
 
 _OUT = flags.DEFINE_string("out", None, "The image to write (e.g. curves.png).", required=True)
-_METRICS = flags.DEFINE_list("metrics", [], "Metrics to draw; empty: loss, and accuracy where logged.")
+_METRICS = flags.DEFINE_list(
+  "metrics", [], "Metrics to draw; empty: loss, and accuracy where logged."
+)
 _TITLE = flags.DEFINE_string("title", "", "Figure title.")
 
 
@@ -56,11 +58,20 @@ def plot_runs(workdirs: list[str], out: str, metrics: list[str] = (), title: str
   for axis, metric in zip(axes[0], metrics):
     for index, (name, rows) in enumerate(runs.items()):
       for split, style in (("train", "-"), ("eval", "--")):
-        points = [(row["step"], row[metric]) for row in rows if row.get("split") == split and metric in row]
+        points = [
+          (row["step"], row[metric]) for row in rows if row.get("split") == split and metric in row
+        ]
         if points:
           steps, values = zip(*points)
-          axis.plot(steps, values, style, color=colours[index % len(colours)], label=f"{name} ({split})",
-                    marker="o" if split == "eval" and len(points) < 20 else None, markersize=3)
+          axis.plot(
+            steps,
+            values,
+            style,
+            color=colours[index % len(colours)],
+            label=f"{name} ({split})",
+            marker="o" if split == "eval" and len(points) < 20 else None,
+            markersize=3,
+          )
     axis.set_xlabel("step")
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
@@ -78,7 +89,9 @@ def main(argv):
   workdirs = argv[1:]
   cli.quiet_libraries()
   if not workdirs:
-    raise app.UsageError("give one or more workdirs: python -m training.tools.plot WORKDIR [WORKDIR...] --out=FILE.png")
+    raise app.UsageError(
+      "give one or more workdirs: python -m training.tools.plot WORKDIR [WORKDIR...] --out=FILE.png"
+    )
   with cli.one_line_errors(PlotError):
     drawn = plot_runs(workdirs, _OUT.value, _METRICS.value, _TITLE.value)
   print(f"wrote {_OUT.value}: {', '.join(drawn)} of {len(workdirs)} run(s)")

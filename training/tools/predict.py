@@ -16,14 +16,20 @@ from collections.abc import Iterator
 
 from absl import flags
 
-from pipeline.errors import DataError
 from launch import cli
+from pipeline.errors import DataError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained classifier's workdir.", required=True)
-_INPUT = flags.DEFINE_string("input", "-", "A text file with one sequence per line, or - for standard input.")
+_INPUT = flags.DEFINE_string(
+  "input", "-", "A text file with one sequence per line, or - for standard input."
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
 _ENCODING = flags.DEFINE_string("encoding", "utf-8", "Encoding of --input.")
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.")
+_STEP = flags.DEFINE_integer(
+  "step",
+  0,
+  "Checkpoint step to use; 0: the best on the dev split if the run kept one, else the latest.",
+)
 
 
 def _lines(path: str, encoding: str) -> Iterator[str]:
@@ -32,7 +38,9 @@ def _lines(path: str, encoding: str) -> Iterator[str]:
     for number, line in enumerate(stream, start=1):
       yield line.rstrip("\r\n")
   except UnicodeDecodeError as e:
-    raise DataError(f"{path}:{number}: not valid {encoding} ({e.reason}); pass --encoding") from None
+    raise DataError(
+      f"{path}:{number}: not valid {encoding} ({e.reason}); pass --encoding"
+    ) from None
   finally:
     if stream is not sys.stdin:
       stream.close()
@@ -52,8 +60,10 @@ def main(argv):
       raise DataError(f"--input={_INPUT.value}: no such file")  # before the model loads
     run = load_run(_WORKDIR.value, _STEP.value)
     if run.config.task != "classify":
-      raise DataError(f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; predict needs a"
-                      " classifier (--task=classify); use training.tools.generate for language models")
+      raise DataError(
+        f"--workdir={_WORKDIR.value}: a --task={run.config.task} run; predict needs a"
+        " classifier (--task=classify); use training.tools.generate for language models"
+      )
     for prediction in predict(run, _lines(_INPUT.value, _ENCODING.value), _BATCH_SIZE.value):
       print(json.dumps(prediction, ensure_ascii=False))
 

@@ -21,10 +21,14 @@ def split_examples(config, flag: str) -> list[dict] | None:
   # An ensemble reads each split's text and encodes it with each member's vocabulary; a prepared
   # dataset holds token ids. A prepared training set is fine where the split is a file of its own.
   prepared = f"{sources.PREPARED}:"
-  if spec.startswith(prepared) or (spec.startswith(sources.HOLDOUT) and config.train_data.startswith(prepared)):
-    raise DataError(f"--{flag}={spec}: the run read this split from a prepared dataset (token ids); an ensemble"
-                    " reads each member's text with its own vocabulary: give the members the split's source"
-                    " files (--eval_data=KIND:PATH)")
+  if spec.startswith(prepared) or (
+    spec.startswith(sources.HOLDOUT) and config.train_data.startswith(prepared)
+  ):
+    raise DataError(
+      f"--{flag}={spec}: the run read this split from a prepared dataset (token ids); an ensemble"
+      " reads each member's text with its own vocabulary: give the members the split's source"
+      " files (--eval_data=KIND:PATH)"
+    )
   if spec.startswith(sources.HOLDOUT):
     training_examples = sources.read_joined(config.train_data, "train_data", **options)
     return sources.holdout_split(training_examples, spec, flag)[1]
@@ -34,32 +38,48 @@ def split_examples(config, flag: str) -> list[dict] | None:
 def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
   """Accuracy and mean negative log-likelihood of `labels` under `probabilities` [N, C]."""
   chosen = probabilities[np.arange(len(labels)), labels]
-  return {"loss": float(-np.mean(np.log(np.maximum(chosen, 1e-12)))),
-          "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
-          "examples": int(len(labels))}
+  return {
+    "loss": float(-np.mean(np.log(np.maximum(chosen, 1e-12)))),
+    "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+    "examples": int(len(labels)),
+  }
 
 
 def _check_members(runs) -> None:
   first = runs[0]
   for run in runs:
     if run.config.task != "classify":
-      raise DataError(f"--workdirs: {run.workdir} is a --task={run.config.task} run; an ensemble needs classifiers")
-    for what, value, expected in [("--eval_data", run.config.eval_data, first.config.eval_data),
-                                  ("--test_data", run.config.test_data, first.config.test_data),
-                                  ("classes", (run.labels.names, run.labels.num_classes),
-                                   (first.labels.names, first.labels.num_classes))]:
+      raise DataError(
+        f"--workdirs: {run.workdir} is a --task={run.config.task} run; an ensemble needs classifiers"
+      )
+    for what, value, expected in [
+      ("--eval_data", run.config.eval_data, first.config.eval_data),
+      ("--test_data", run.config.test_data, first.config.test_data),
+      (
+        "classes",
+        (run.labels.names, run.labels.num_classes),
+        (first.labels.names, first.labels.num_classes),
+      ),
+    ]:
       if _same_files(value) != _same_files(expected):
-        raise DataError(f"--workdirs: {run.workdir} was trained with {what} {value!r}, {first.workdir} with"
-                        f" {expected!r}; the members must share their dev and test splits and classes")
+        raise DataError(
+          f"--workdirs: {run.workdir} was trained with {what} {value!r}, {first.workdir} with"
+          f" {expected!r}; the members must share their dev and test splits and classes"
+        )
     # A held-out dev split is a slice of the training data: the same only on the same data (else
     # one member's dev examples could be another's training examples).
     if first.config.eval_data.startswith(sources.HOLDOUT) and (
-        _same_files(run.config.train_data) != _same_files(first.config.train_data)):
-      raise DataError(f"--workdirs: {run.workdir} holds out its dev split ({first.config.eval_data}) from"
-                      f" --train_data {run.config.train_data!r}, {first.workdir} from {first.config.train_data!r};"
-                      " members with a held-out dev split must share their training data")
+      _same_files(run.config.train_data) != _same_files(first.config.train_data)
+    ):
+      raise DataError(
+        f"--workdirs: {run.workdir} holds out its dev split ({first.config.eval_data}) from"
+        f" --train_data {run.config.train_data!r}, {first.workdir} from {first.config.train_data!r};"
+        " members with a held-out dev split must share their training data"
+      )
   if first.config.eval_data == "":
-    raise DataError(f"--workdirs: {first.workdir} had no --eval_data; an ensemble is scored on the runs' dev split")
+    raise DataError(
+      f"--workdirs: {first.workdir} had no --eval_data; an ensemble is scored on the runs' dev split"
+    )
 
 
 def _same_files(value):
@@ -73,7 +93,10 @@ def score(runs, batch_size: int = 64) -> dict:
   from training.tools.inference import class_probabilities
 
   _check_members(runs)
-  summary = {"members": [{"workdir": run.workdir, "step": run.step} for run in runs], "ensemble": {}}
+  summary = {
+    "members": [{"workdir": run.workdir, "step": run.step} for run in runs],
+    "ensemble": {},
+  }
   for split, flag in _SPLITS:
     examples = split_examples(runs[0].config, flag)
     if examples is None:
@@ -85,5 +108,3 @@ def score(runs, batch_size: int = 64) -> dict:
       member[split] = metrics(probabilities, labels)
     summary["ensemble"][split] = metrics(np.mean(each, axis=0), labels)
   return summary
-
-

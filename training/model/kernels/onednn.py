@@ -32,9 +32,11 @@ import numpy as np
 from launch.cores import kernel_threads
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
-_TARGETS = {"onednn_lstm_forward_training": "OnednnLstmForwardTraining",
-            "onednn_lstm_forward_inference": "OnednnLstmForwardInference",
-            "onednn_lstm_backward": "OnednnLstmBackward"}
+_TARGETS = {
+  "onednn_lstm_forward_training": "OnednnLstmForwardTraining",
+  "onednn_lstm_forward_inference": "OnednnLstmForwardInference",
+  "onednn_lstm_backward": "OnednnLstmBackward",
+}
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _unavailable: str | None = None
@@ -42,35 +44,61 @@ _unavailable: str | None = None
 
 def _onednn_prefix() -> str | None:
   """Where the oneDNN wheels put `lib/libdnnl.so` and `include/` (the environment's prefix)."""
-  for prefix in (sys.prefix, sysconfig.get_config_var("prefix") or "", os.environ.get("DNNL_ROOT", "")):
-    if prefix and os.path.exists(os.path.join(prefix, "lib", "libdnnl.so")) and \
-        os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp")):
+  for prefix in (
+    sys.prefix,
+    sysconfig.get_config_var("prefix") or "",
+    os.environ.get("DNNL_ROOT", ""),
+  ):
+    if (
+      prefix
+      and os.path.exists(os.path.join(prefix, "lib", "libdnnl.so"))
+      and os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.hpp"))
+    ):
       return prefix
   return None
 
 
 def _cache_dir() -> str:
-  return os.environ.get("RNN_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rnn-at-scale")
+  return os.environ.get("RNN_KERNEL_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "rnn-at-scale"
+  )
 
 
 def _build(prefix: str) -> str:
   """Compiles the handler unless a build of this source for this jaxlib and oneDNN exists."""
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  key = hashlib.sha256(source + jax.ffi.include_dir().encode() + prefix.encode() + jax.__version__.encode())
+  key = hashlib.sha256(
+    source + jax.ffi.include_dir().encode() + prefix.encode() + jax.__version__.encode()
+  )
   out = os.path.join(_cache_dir(), f"onednn_lstm-{key.hexdigest()[:16]}.so")
   if os.path.exists(out):
     return out
-  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+  compiler = (
+    os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+  )
   if not compiler:
     raise RuntimeError("no C++ compiler (g++, c++ or clang++; or set CXX)")
   os.makedirs(_cache_dir(), exist_ok=True)
   _remove_dead_builds(_cache_dir())
   tmp = f"{out}.{os.getpid()}.tmp"
   lib = os.path.join(prefix, "lib")
-  command = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", tmp, _SOURCE,
-             f"-I{jax.ffi.include_dir()}", f"-I{os.path.join(prefix, 'include')}", f"-L{lib}", "-ldnnl",
-             f"-Wl,-rpath,{lib}"]
+  command = [
+    compiler,
+    "-O2",
+    "-std=c++17",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-o",
+    tmp,
+    _SOURCE,
+    f"-I{jax.ffi.include_dir()}",
+    f"-I{os.path.join(prefix, 'include')}",
+    f"-L{lib}",
+    "-ldnnl",
+    f"-Wl,-rpath,{lib}",
+  ]
   try:
     result = subprocess.run(command, capture_output=True, text=True)
   except OSError as e:
@@ -80,11 +108,17 @@ def _build(prefix: str) -> str:
     log = f"{out}.log"
     with open(log, "w") as f:
       f.write(result.stdout + result.stderr)
-    errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines() or [""]
+    errors = (
+      [line for line in result.stderr.splitlines() if "error" in line]
+      or result.stderr.splitlines()
+      or [""]
+    )
     with contextlib.suppress(OSError):
       os.remove(tmp)
-    raise RuntimeError(f"compiling {os.path.basename(_SOURCE)} with {compiler} failed: {errors[0].strip()}"
-                       f" (the whole output: {log})")
+    raise RuntimeError(
+      f"compiling {os.path.basename(_SOURCE)} with {compiler} failed: {errors[0].strip()}"
+      f" (the whole output: {log})"
+    )
   os.replace(tmp, out)  # atomic: another process may be building the same file
   return out
 
@@ -94,7 +128,12 @@ def _remove_dead_builds(directory: str) -> None:
   compiling); a build still running keeps its own."""
   for name in os.listdir(directory):
     parts = name.rsplit(".", 2)
-    if len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit() and not _process_alive(int(parts[1])):
+    if (
+      len(parts) == 3
+      and parts[2] == "tmp"
+      and parts[1].isdigit()
+      and not _process_alive(int(parts[1]))
+    ):
       with contextlib.suppress(OSError):
         os.remove(os.path.join(directory, name))
 
@@ -119,14 +158,20 @@ def _load() -> ctypes.CDLL:
       raise RuntimeError(_unavailable)
     try:
       if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise RuntimeError(f"oneDNN wheels exist for Linux x86-64 only (this is {platform.system()} {platform.machine()})")
+        raise RuntimeError(
+          f"oneDNN wheels exist for Linux x86-64 only (this is {platform.system()} {platform.machine()})"
+        )
       prefix = _onednn_prefix()
       if prefix is None:
-        raise RuntimeError(f"oneDNN is not installed in this environment ({sys.prefix}): install the"
-                           " onednn-cpu-gomp and onednn-devel-cpu-gomp wheels (pip install -e . does)")
+        raise RuntimeError(
+          f"oneDNN is not installed in this environment ({sys.prefix}): install the"
+          " onednn-cpu-gomp and onednn-devel-cpu-gomp wheels (pip install -e . does)"
+        )
       library = ctypes.CDLL(_build(prefix))
       for target, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        jax.ffi.register_ffi_target(
+          target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
+        )
       library.onednn_lstm_workspace_bytes.restype = ctypes.c_int64
       library.onednn_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 6
       library.onednn_lstm_calls.restype = ctypes.c_int64
@@ -189,10 +234,14 @@ def split(batch: int, hidden: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _workspace_bytes(steps: int, batch: int, inputs: int, hidden: int, chunks: int, team: int) -> int:
+def _workspace_bytes(
+  steps: int, batch: int, inputs: int, hidden: int, chunks: int, team: int
+) -> int:
   size = _load().onednn_lstm_workspace_bytes(steps, batch, inputs, hidden, chunks, team)
   if size < 0:
-    raise RuntimeError(f"oneDNN cannot make an LSTM of shape T={steps} N={batch} C={inputs} H={hidden}")
+    raise RuntimeError(
+      f"oneDNN cannot make an LSTM of shape T={steps} N={batch} C={inputs} H={hidden}"
+    )
   return size
 
 
@@ -203,10 +252,15 @@ def _forward(training: bool, x, w_x, w_h, b, h0, c0):
   state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
   results = [jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32), state, state]
   if training:
-    results.append(jax.ShapeDtypeStruct((_workspace_bytes(steps, batch, inputs, hidden, chunks, team),), jnp.uint8))
+    results.append(
+      jax.ShapeDtypeStruct(
+        (_workspace_bytes(steps, batch, inputs, hidden, chunks, team),), jnp.uint8
+      )
+    )
   name = "onednn_lstm_forward_training" if training else "onednn_lstm_forward_inference"
-  return jax.ffi.ffi_call(name, results, vmap_method="sequential")(x, w_x, w_h, b, h0, c0, chunks=np.int64(chunks),
-                                                                    team=np.int64(team))
+  return jax.ffi.ffi_call(name, results, vmap_method="sequential")(
+    x, w_x, w_h, b, h0, c0, chunks=np.int64(chunks), team=np.int64(team)
+  )
 
 
 @jax.custom_vjp
@@ -225,9 +279,14 @@ def _lstm_bwd(saved, cotangents):
   x, w_x, w_h, b, h0, c0 = saved[:6]
   d_y, d_h_t, d_c_t = cotangents
   results = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (x, w_x, w_h, b, h0, c0)]
-  chunks, team = split(x.shape[1], w_h.shape[0])  # as the forward call (its workspace is laid out so)
-  return tuple(jax.ffi.ffi_call("onednn_lstm_backward", results, vmap_method="sequential")(
-      *saved, d_y, d_h_t, d_c_t, chunks=np.int64(chunks), team=np.int64(team)))
+  chunks, team = split(
+    x.shape[1], w_h.shape[0]
+  )  # as the forward call (its workspace is laid out so)
+  return tuple(
+    jax.ffi.ffi_call("onednn_lstm_backward", results, vmap_method="sequential")(
+      *saved, d_y, d_h_t, d_c_t, chunks=np.int64(chunks), team=np.int64(team)
+    )
+  )
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

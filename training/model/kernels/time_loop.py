@@ -17,13 +17,18 @@ SCAN, ONEDNN = "scan", "onednn"
 @dataclasses.dataclass(frozen=True)
 class TimeLoop:
   """The time loop every recurrent layer of a run gets, and why it is not oneDNN's kernel."""
+
   name: str  # SCAN or ONEDNN
-  why_not_onednn: str | None = None  # None when the kernel runs, or when --recurrent_kernel=scan asked for the scan
+  why_not_onednn: str | None = (
+    None  # None when the kernel runs, or when --recurrent_kernel=scan asked for the scan
+  )
 
   def describe(self) -> str:
     if self.name == ONEDNN:
       return "oneDNN's fused LSTM"
-    return "the JAX scan" + (f" (oneDNN's LSTM not used: {self.why_not_onednn})" if self.why_not_onednn else "")
+    return "the JAX scan" + (
+      f" (oneDNN's LSTM not used: {self.why_not_onednn})" if self.why_not_onednn else ""
+    )
 
 
 def choose_time_loop(config: Config, devices: int) -> TimeLoop:
@@ -48,8 +53,10 @@ def choose_time_loop(config: Config, devices: int) -> TimeLoop:
   if devices > 1 and config.parallelism != "shard_map":
     reasons.append(f"{devices} devices under --parallelism={config.parallelism} (use shard_map)")
   rows = max(config.batch_size // max(devices, 1), 1)
-  if config.recurrent_kernel == "auto" and rows * 4 * config.hidden_size ** 2 < MIN_STEP_WORK:
-    reasons.append(f"{rows} rows x {config.hidden_size} units per step is small (the scan is faster)")
+  if config.recurrent_kernel == "auto" and rows * 4 * config.hidden_size**2 < MIN_STEP_WORK:
+    reasons.append(
+      f"{rows} rows x {config.hidden_size} units per step is small (the scan is faster)"
+    )
   if not reasons:
     from training.model.kernels import onednn  # imports jax's FFI: only when it may be used
 
@@ -62,5 +69,5 @@ def choose_time_loop(config: Config, devices: int) -> TimeLoop:
 
 
 def recurrent_kernel(config: Config, devices: int) -> str:
-  """"onednn" or "scan": the name of `choose_time_loop`'s choice."""
+  """ "onednn" or "scan": the name of `choose_time_loop`'s choice."""
   return choose_time_loop(config, devices).name
