@@ -1,7 +1,8 @@
-"""A run's configuration: one frozen dataclass, filled from flags by `training.train`.
+"""A run's configuration: one frozen dataclass, each field with its default and its help text.
 
-Functions take a `Config` (or its fields), never flags, so tests and other entry points build
-one directly. The defaults are those of the flags.
+This is the one place a setting is defined: the trainer's flags are made from these fields
+(`training.config_flags`), with their defaults and help. Functions take a `Config` (or its
+fields), never flags, so tests and other entry points build one directly.
 """
 
 import dataclasses
@@ -61,6 +62,16 @@ def config_from_fields(saved: dict) -> "Config":
   return Config(**fields)
 
 
+def setting(default, help_text: str):
+  """A Config field: its default, and the help its flag shows (`--helpfull`)."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def choices(values: tuple[str, ...]) -> str:
+  """A flag's values as its help lists them: "a | b | c"."""
+  return " | ".join(values)
+
+
 class ConfigError(ValueError):
   """An invalid flag or combination of flags; the message names the flag."""
 
@@ -68,108 +79,236 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
   # Objective and model.
-  task: str = "lm"
-  model: str = "lstm"
-  num_layers: int = 1
-  hidden_size: int = 128
-  embed_size: int = 32
-  dropout: float = 0.0
-  word_dropout: float = 0.0  # a token's whole embedding, dropped with this probability in training
-  variational_dropout: bool = (
-    False  # --dropout's units dropped for a whole window, not per time step
+  task: str = setting("lm", f"Objective: {choices(TASKS)} (per token | per sequence).")
+  model: str = setting("lstm", f"Recurrent cell: {choices(MODELS)}.")
+  num_layers: int = setting(1, "Stacked recurrent layers.")
+  hidden_size: int = setting(128, "Units per recurrent layer.")
+  embed_size: int = setting(32, "Token embedding width.")
+  dropout: float = setting(0.0, "Dropout rate on embeddings, between layers and in the head.")
+  word_dropout: float = setting(
+    0.0,
+    "Drop each token's whole embedding with this probability in training (word "
+    "dropout: the word is left out of the text; --dropout drops single units).",
   )
-  head_widths: tuple[int, ...] = (128,)
-  pooling: str = "last"
-  bidirectional: bool = False  # classify: a backward layer beside each forward one
-  tie_embeddings: bool = False  # the next-token layer reuses the embedding matrix
-  # The next-token softmax predicts only the N most frequent tokens (rarer ones are read with
-  # embeddings of their own, and predicted as <unk>): a large vocabulary for what follows (a
-  # classifier's rare words) at the cost of a small softmax; 0: the whole vocabulary.
-  softmax_vocab_size: int = 0
-  # lm: read the text from its end to its start, predicting each token from what follows it (a
-  # backward language model, for a bidirectional classifier's backward stack). classify: read
-  # each sequence from its last token to its first (started from such a model by --init_from).
-  read_backward: bool = False
-  # classify, bidirectional: the backward stack reads an embedding of its own (set by
-  # --init_backward_from: each language model learnt its own).
-  backward_embedding: bool = False
-  lm_loss_weight: float = 0.0  # classify: add this times the next-token loss of the same text
-  init_from: str = ""  # classify: a trained language model's workdir; its encoder and vocabulary
-  # classify, bidirectional: a backward language model's workdir (--read_backward, trained on the
-  # same data as --init_from's); its embedding and layers start the backward stack.
-  init_backward_from: str = ""
-  # classify: the first N steps train per token only, on the classifier's own training text
-  # (ULMFiT's second stage, target-task LM fine-tuning); per sequence from step N + 1.
-  target_lm_steps: int = 0
-  num_classes: int = 0  # 0: one more than the largest training label
-  # > 0: the gated cells' gate biases drawn for dependencies of up to N steps (chrono
-  # initialisation, Tallec & Ollivier 2018; `cells.chrono_bias`); 0: constant biases (the LSTM's
-  # forget gate at 1).
-  chrono_init: int = 0
-  unroll: int = 1
-  recurrent_backward: str = "fused"  # or "autodiff": jax.grad of the scan (the reference)
-  # The LSTM's time loop: "onednn" (the fused kernel PyTorch uses on x86-64 CPUs), "scan" (the
-  # portable JAX layer), or "auto": onednn where it is installed and applies (training.model.kernels).
-  recurrent_kernel: str = "auto"
-  remat: bool = False  # recompute in the backward pass what it would otherwise keep (long windows)
+  variational_dropout: bool = setting(
+    False,
+    "--dropout drops the same units at every time step of a sequence (Gal & "
+    "Ghahramani 2016) instead of new ones at each.",
+  )
+  head_widths: tuple[int, ...] = setting(
+    (128,), "Hidden widths of the classifier's MLP head (the class count is added)."
+  )
+  pooling: str = setting(
+    "last",
+    f"Classifier features: {choices(POOLINGS)} (the last state, the mean or elementwise max of "
+    "the states, or all three side by side).",
+  )
+  bidirectional: bool = setting(
+    False,
+    "classify: a second recurrent stack reads every sequence backwards; the two "
+    "stacks' outputs are concatenated.",
+  )
+  tie_embeddings: bool = setting(
+    False,
+    "lm: the output layer reuses the embedding matrix (through a projection to "
+    "--embed_size when --hidden_size differs).",
+  )
+  softmax_vocab_size: int = setting(
+    0,
+    "Next-token softmax over only the N most frequent tokens of --vocab_size; rarer "
+    "ones keep embeddings of their own (a classifier from this LM reads them) but are"
+    " predicted as <unk>. 0: the whole vocabulary.",
+  )
+  read_backward: bool = setting(
+    False,
+    "lm: read the text from its end to its start, predicting each token from the text"
+    " after it (a backward language model, for --init_backward_from); classify: read "
+    "each sequence from its last token to its first (from such a model, --init_from).",
+  )
+  backward_embedding: bool = setting(
+    False,
+    "classify, --bidirectional: the backward stack reads an embedding of its own "
+    "(--init_backward_from sets it: each language model learnt its own).",
+  )
+  lm_loss_weight: float = setting(
+    0.0,
+    "classify: add this weight times the next-token loss on the same text (per token "
+    "and per sequence at once); 0: off.",
+  )
+  init_from: str = setting(
+    "",
+    "classify: workdir of a trained language model; the classifier starts from its "
+    "encoder (and next-token head) and uses its vocabulary.",
+  )
+  init_backward_from: str = setting(
+    "",
+    "classify, with --bidirectional and --init_from: workdir of a backward language "
+    "model (--read_backward) trained on the same data as --init_from's; the backward "
+    "stack starts from its embedding and layers (ULMFiT and ELMo pretrain both "
+    "directions).",
+  )
+  target_lm_steps: int = setting(
+    0,
+    "classify: train the first N steps per token only, on the classifier's own "
+    "training text (ULMFiT's target-task language-model fine-tuning), then per "
+    "sequence; dev evaluations and --freeze_encoder_steps start after them.",
+  )
+  num_classes: int = setting(0, "Classes; 0 infers 1 + the largest training label.")
+  chrono_init: int = setting(
+    0,
+    "lstm, gru: draw each unit's gate biases so that its memory lasts between 1 and N"
+    " steps (chrono initialisation, Tallec & Ollivier 2018), for dependencies up to "
+    "about N tokens long; 0: constant biases (the forget gate at 1).",
+  )
+  unroll: int = setting(1, "Time steps unrolled per scan iteration.")
+  recurrent_backward: str = setting(
+    "fused",
+    f"Gradient of the time loop: {choices(RECURRENT_BACKWARDS)} (hand-written, weight gradients"
+    " as one matmul after the loop | jax.grad of the scan, the reference).",
+  )
+  recurrent_kernel: str = setting(
+    "auto",
+    f"The LSTM's time loop: {choices(RECURRENT_KERNELS)} (oneDNN's fused LSTM where it is "
+    "installed and applies: CPU, LSTM, no --remat, one device or "
+    "--parallelism=shard_map; the portable JAX scan always; oneDNN or an error saying"
+    " why not).",
+  )
+  remat: bool = setting(
+    False,
+    "Keep only the recurrent state for the backward pass and recompute the rest "
+    "there: less memory for long windows, for one more matmul per step.",
+  )
   # Data.
-  train_data: str = ""  # "" means the task's embedded default (DEFAULT_DATA)
-  eval_data: str = ""  # the dev split: evaluations and model selection
-  test_data: str = ""  # the test split: evaluated once, at the end, with the selected parameters
-  tokenizer: str = "char"
-  vocab_size: int = 0  # 0: every token of the training data
-  text_field: str = "text"
-  label_field: str = "label"
-  tfds_data_dir: str = ""
-  data_workers: int = 2
-  utf8_errors: str = "strict"  # or "replace" (with a warning naming the file and line)
-  encoding: str = "utf-8"  # of text files (e.g. latin-1)
-  batching: str = "pad"  # classify: "pad" to seq_len, "bucket" by length, or "pack" rows
-  bucket_boundaries: tuple[int, ...] = ()  # bucket: () chooses up to 8 from the data's lengths
-  batch_tokens: int = 0  # bucket: rows per batch = batch_tokens // width (0: --batch_size rows)
-  max_segments: int = 32  # pack: sequences per row at most
-  batch_size: int = 32  # global, over all devices and processes
-  parallelism: str = "jit"  # or "shard_map": the same step written per device
-  steps_per_call: int = 1  # train steps run inside one call of the compiled step (fewer dispatches)
-  seq_len: int = 64
-  carry_state: bool = True
+  train_data: str = setting(
+    "",
+    "KIND:PATH[SLICE] with KIND text|lines|jsonl|csv|tsv|parquet|tfds|synthetic; "
+    "empty: generated task.",
+  )
+  eval_data: str = setting(
+    "",
+    "KIND:PATH[SLICE] of the dev split (evaluations and model selection); empty: none"
+    " (or the generated task's held-out part when --train_data is empty too).",
+  )
+  test_data: str = setting(
+    "",
+    "KIND:PATH[SLICE] of the test split: evaluated once, at the end, with the "
+    "parameters of the best --eval_data evaluation; empty: none.",
+  )
+  tokenizer: str = setting(
+    "char", "char | word | ptb (words split as the Penn Treebank does: does n't, it 's)."
+  )
+  vocab_size: int = setting(0, "Keep the most frequent tokens; 0 keeps all.")
+  text_field: str = setting(
+    "text", "Text field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records."
+  )
+  label_field: str = setting(
+    "label",
+    "Label field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records; class "
+    "ids 0..C-1 or class names.",
+  )
+  tfds_data_dir: str = setting("", "TFDS data directory; empty: TFDS's default.")
+  data_workers: int = setting(2, "Threads preparing batches ahead of the trainer.")
+  utf8_errors: str = setting(
+    "strict",
+    f"Bytes that are not UTF-8: {choices(UTF8_ERRORS)} (refuse, or replace with U+FFFD and warn"
+    " with file and line).",
+  )
+  encoding: str = setting("utf-8", "Text encoding of data files (e.g. latin-1); see --utf8_errors.")
+  batching: str = setting(
+    "pad",
+    f"classify: how sequences become batches: {choices(BATCHINGS)} (pad each to --seq_len | "
+    "group by length | several per row).",
+  )
+  bucket_boundaries: tuple[int, ...] = setting(
+    (), "bucket: row widths (up to 8); empty: chosen from the data."
+  )
+  batch_tokens: int = setting(
+    0,
+    "bucket: token budget per batch (rows = budget // width, so short buckets carry "
+    "more rows); 0: --batch_size rows.",
+  )
+  max_segments: int = setting(32, "pack: sequences per row at most.")
+  batch_size: int = setting(32, "Global batch size (rows, over all devices).")
+  parallelism: str = setting(
+    "jit",
+    f"Data-parallel train step: {choices(PARALLELISMS)} (XLA partitions a global step | the "
+    "step written per device with explicit psums).",
+  )
+  steps_per_call: int = setting(
+    1,
+    "Train steps run inside one call of the compiled step (one dispatch for all of "
+    "them; a call ends where the loop logs, saves or evaluates): for small models on "
+    "a small CPU or an accelerator. The same results for any value.",
+  )
+  seq_len: int = setting(64, "Tokens per row: window length (lm) or truncation (classify).")
+  carry_state: bool = setting(
+    True, "lm: carry the hidden state from one window to the next (truncated BPTT)."
+  )
   # Optimisation.
-  num_steps: int = 1000
-  learning_rate: float = 3e-3
-  warmup_steps: int = 0
-  lr_decay: str = "none"
-  weight_decay: float = 0.0
-  grad_clip: float = 1.0
-  # Fine-tuning a pretrained encoder (ULMFiT's discriminative learning rates and, in its simplest
-  # form, gradual unfreezing): the encoder's step is this times the rest's ...
-  encoder_lr_scale: float = 1.0
-  # ... and it is not updated at all for the first N steps of per-sequence training (after
-  # --target_lm_steps), while the new head settles.
-  freeze_encoder_steps: int = 0
-  # The token embeddings (a pretrained LM's, under --init_from) stay as they start for the whole
-  # run: words of the dev and test text that training never shows keep their places beside the
-  # words it moved.
-  freeze_embeddings: bool = False
-  # Each step also trains on the batch with every sequence's embeddings moved against the model,
-  # by this fraction of their norm (adversarial training, training/loop/adversarial.py); 0: off.
-  adversarial_epsilon: float = 0.0
-  # An exponential moving average of the parameters (Polyak averaging), evaluated, selected,
-  # tested and served in their place; 0: none.
-  ema_decay: float = 0.0
-  seed: int = 0
+  num_steps: int = setting(1000, "Training steps in all (a resumed run counts those done).")
+  learning_rate: float = setting(3e-3, "Peak learning rate of AdamW.")
+  warmup_steps: int = setting(0, "Linear warm-up steps.")
+  lr_decay: str = setting("none", f"Learning-rate decay after warm-up: {choices(LR_DECAYS)}.")
+  weight_decay: float = setting(0.0, "AdamW weight decay.")
+  grad_clip: float = setting(1.0, "Clip gradients to this global norm; 0 disables.")
+  encoder_lr_scale: float = setting(
+    1.0,
+    "The encoder's (embedding and recurrent stack's) step relative to the rest's, "
+    "e.g. 0.3 when fine-tuning a pretrained encoder (discriminative learning rates, "
+    "ULMFiT).",
+  )
+  freeze_encoder_steps: int = setting(
+    0,
+    "Leave the encoder unchanged for this many first per-sequence steps while the new"
+    " head learns (the simplest gradual unfreezing).",
+  )
+  freeze_embeddings: bool = setting(
+    False,
+    "Leave the token embeddings as they start (a pretrained language model's under "
+    "--init_from) for the whole run; the rest trains.",
+  )
+  adversarial_epsilon: float = setting(
+    0.0,
+    "Also train each step on the batch with every sequence's embeddings perturbed "
+    "against the model by this fraction of their norm (adversarial training, Miyato "
+    "et al. 2017; a second forward and backward pass), e.g. 0.05; 0: off.",
+  )
+  ema_decay: float = setting(
+    0.0,
+    "Keep an exponential moving average of the parameters with this decay (e.g. "
+    "0.999) and evaluate, select, test and serve it instead of the last parameters; "
+    "0: off.",
+  )
+  seed: int = setting(0, "Seed of parameters, dropout and data order.")
   # Reporting and checkpoints.
-  log_every: int = 50
-  eval_every: int = 250  # 0: only at the end
-  eval_steps: int = 0  # 0: the whole eval set
-  checkpoint_every: int = 250
-  keep_checkpoints: int = 3
-  async_checkpointing: bool = True
-  restore_step: int = 0  # 0: the latest readable checkpoint
-  select_metric: str = ""  # the eval metric that picks the best checkpoint; "": the task's default
-  patience: int = 0  # stop after this many evaluations without a better one (0: never)
+  log_every: int = setting(50, "Steps between train rows in metrics.jsonl.")
+  eval_every: int = setting(250, "Steps between evaluations; 0: only at the end.")
+  eval_steps: int = setting(0, "Eval batches per evaluation; 0: the whole eval set.")
+  checkpoint_every: int = setting(250, "Steps between checkpoints (and one at the end).")
+  keep_checkpoints: int = setting(3, "Checkpoints kept.")
+  async_checkpointing: bool = setting(True, "Save checkpoints in the background.")
+  restore_step: int = setting(
+    0,
+    "Resume from this checkpoint step; 0: the latest readable one (an unreadable one "
+    "is set aside and the previous one used).",
+  )
+  select_metric: str = setting(
+    "",
+    "Eval metric that picks the best checkpoint (kept in WORKDIR/best_checkpoint): "
+    "loss | accuracy; empty: accuracy to classify, loss for lm.",
+  )
+  patience: int = setting(
+    0,
+    "Stop after this many evaluations in a row without a better --select_metric; 0: "
+    "never stop early.",
+  )
   # Faults.
-  on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the update
-  inject_nan_at_step: int = 0  # testing aid: make step N's loss NaN (0: never)
+  on_nonfinite: str = setting(
+    "stop",
+    f"A non-finite loss or gradient: {choices(ON_NONFINITE)} (stop the run naming the step, "
+    "keeping the last checkpoint; or skip that update).",
+  )
+  inject_nan_at_step: int = setting(0, "Testing aid: make this step's loss NaN.")
 
   def data_specs(self) -> tuple[str, str]:
     """(train spec, eval spec); the defaults only when no data flag is given."""
