@@ -10,6 +10,8 @@ from jax.test_util import check_grads
 from training.model.cells import CELLS
 from training.model.models import RecurrentLayer
 
+pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
+
 B, T, D, H = 3, 7, 5, 4
 
 

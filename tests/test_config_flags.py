@@ -12,6 +12,8 @@ from absl import flags
 from training.config import Config, ConfigError
 from training.config_flags import config_from_flags, define_config_flags
 
+pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

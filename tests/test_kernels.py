@@ -20,6 +20,8 @@ from training.model.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
 from training.model.models import RecurrentLayer, SequenceClassifier
 from training.model.recurrence import scan_layer
 
+pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
+
 T, B, D, H = 9, 3, 5, 4
 
 

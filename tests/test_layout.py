@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("pipeline", "training", "launch")
+pytestmark = pytest.mark.newest_jax
 
 
 def modules() -> dict[str, str]:
@@ -133,3 +136,27 @@ assert not loop, loop
     if os.path.exists(out):
       os.remove(out)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+COMMANDS = (
+  "training.train",
+  "training.tools.generate",
+  "training.tools.predict",
+  "training.tools.export",
+  "training.tools.ensemble",
+  "training.tools.plot",
+  "pipeline.prepare",
+  "launch.local",
+)
+
+
+def test_every_module_imports():
+  """Every module of the packages, on this interpreter and its jax: the libraries in one process,
+  each command (they define flags of the same names) in one of its own."""
+  libraries = sorted(m for m in modules() if m not in COMMANDS and not m.endswith("__main__"))
+  for group in [libraries, *([command] for command in COMMANDS)]:
+    probe = "import importlib, sys\nfor name in sys.argv[1:]:\n  importlib.import_module(name)\n"
+    result = subprocess.run(
+      [sys.executable, "-c", probe, *group], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, (group, result.stderr[-3000:])

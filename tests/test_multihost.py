@@ -68,6 +68,7 @@ def run_job(workdir, processes, devices, *flags, timeout=300):
     return [json.loads(line) for line in f], output
 
 
+@pytest.mark.newest_jax
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["lm", "classify"])
 def test_two_processes_and_both_modes_train_like_one_process(tmp_path, task):

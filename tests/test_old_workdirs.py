@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
+pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD = os.path.join(ROOT, "tests", "data", "workdirs_2026_12")
 BIN = os.path.dirname(sys.executable)

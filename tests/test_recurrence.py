@@ -11,6 +11,8 @@ from jax.test_util import check_grads
 from training.model.cells import CELLS
 from training.model.models import RecurrentLayer
 
+pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
+
 B, T, D, H = 3, 9, 5, 4
 CASES = {
   "full": (jnp.ones((B, T), bool), None),

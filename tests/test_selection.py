@@ -12,7 +12,7 @@ import pytest
 
 from training.bookkeeping.trained_run import load_run
 from training.config import Config, ConfigError, validate
-from training.loop import pretrained
+from training.loop import final_config, pretrained
 from training.loop.trainer import train_and_evaluate
 from training.model.build import build_model
 from training.state import initial_state_fn, make_optimizer_for
@@ -186,7 +186,7 @@ def test_classifier_starts_from_the_language_models_encoder_and_vocabulary(
   config = dataclasses.replace(
     CLASSIFY, init_from=language_model, hidden_size=99, bidirectional=True, lm_loss_weight=0.5
   )
-  adopted = pretrained.adopt_architecture(config)
+  adopted = final_config.adopt_language_models(config)
   assert (adopted.hidden_size, adopted.num_layers, adopted.embed_size, adopted.tie_embeddings) == (
     16,
     2,
@@ -280,7 +280,7 @@ def test_a_backward_language_model_starts_the_backward_stack_with_its_own_embedd
     init_backward_from=backward_language_model,
     bidirectional=True,
   )
-  adopted = pretrained.adopt_architecture(config)
+  adopted = final_config.adopt_language_models(config)
   assert adopted.backward_embedding and (adopted.hidden_size, adopted.num_layers) == (16, 2)
   forward, backward = load_run(language_model), load_run(backward_language_model)
   model = build_model(adopted, len(forward.vocab), 3)
@@ -325,7 +325,7 @@ def test_a_classifier_reading_backwards_starts_from_a_backward_language_model(
     num_steps=20,
     checkpoint_every=10,
   )
-  adopted = pretrained.adopt_architecture(config)
+  adopted = final_config.adopt_language_models(config)
   lm = load_run(backward_language_model)
   model = build_model(adopted, len(lm.vocab), 3)
   fresh = jax.jit(initial_state_fn(adopted, model, make_optimizer_for(adopted)))(
@@ -363,17 +363,17 @@ def test_backward_language_models_are_checked(language_model, backward_language_
   with pytest.raises(
     ConfigError, match="reads its text forwards; --init_backward_from takes one trained with"
   ):
-    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=language_model))
+    final_config.adopt_language_models(dataclasses.replace(both, init_backward_from=language_model))
   with pytest.raises(
     ConfigError,
     match="reads its text backwards .--read_backward.; a classifier starts from it"
     " with --read_backward too, or, --bidirectional, as --init_backward_from",
   ):
-    pretrained.adopt_architecture(dataclasses.replace(both, init_from=backward_language_model))
+    final_config.adopt_language_models(dataclasses.replace(both, init_from=backward_language_model))
   with pytest.raises(
     ConfigError, match="reads its text forwards; a classifier with --read_backward starts from one"
   ):
-    pretrained.adopt_architecture(
+    final_config.adopt_language_models(
       dataclasses.replace(CLASSIFY, init_from=language_model, read_backward=True)
     )
   other = str(tmp_path / "other")
@@ -397,7 +397,7 @@ def test_backward_language_models_are_checked(language_model, backward_language_
     match=r"its encoder differs from the --init_from language model's: --hidden_size=8"
     r" \(--init_from's: 16\)",
   ):
-    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=other))
+    final_config.adopt_language_models(dataclasses.replace(both, init_backward_from=other))
   other_text = str(tmp_path / "other_text")
   train_and_evaluate(
     Config(
@@ -418,7 +418,7 @@ def test_backward_language_models_are_checked(language_model, backward_language_
   with pytest.raises(
     ConfigError, match="its vocabulary differs from the --init_from language model's"
   ):
-    pretrained.adopt_architecture(dataclasses.replace(both, init_backward_from=other_text))
+    final_config.adopt_language_models(dataclasses.replace(both, init_backward_from=other_text))
 
 
 def test_a_language_model_with_a_smaller_softmax_gives_a_classifier_its_whole_vocabulary(tmp_path):

@@ -34,6 +34,7 @@ def read_rows(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.newest_jax
 @pytest.mark.parametrize("task", ["lm", "classify"])
 def test_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, task):
   config = dataclasses.replace(TINY, task=task)

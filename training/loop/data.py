@@ -264,7 +264,7 @@ def _file_stamps(spec: str, flag: str) -> list:
   return stamps
 
 
-def _open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
+def open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
   parsed = sources.parse_spec(spec, flag)
   if "," in spec:
     raise DataError(
@@ -279,7 +279,7 @@ def _training_split(config: Config, workdir: str, train_spec: str, eval_spec: st
   """(train split, holdout dev split or None, vocabulary, labels) of a prepared dataset: its
   index is read now, its records batch by batch (each process its own rows); the run's
   vocabulary and labels are the dataset's."""
-  dataset, view = _open_prepared(train_spec, "train_data")
+  dataset, view = open_prepared(train_spec, "train_data")
   dev = None
   if eval_spec.startswith(sources.HOLDOUT):
     # Held out by document, like the in-memory sources' examples (the same fixed draw).
@@ -305,7 +305,7 @@ def _held_out_split(
   """A dev or test split (a prepared dataset) in the run's vocabulary and labels."""
   if not spec:
     return None
-  dataset, view = _open_prepared(spec, flag)
+  dataset, view = open_prepared(spec, flag)
   if dataset.vocab != vocab:
     raise DataError(
       f"--{flag}={spec}: prepared with another vocabulary than the run's; prepare it with"
@@ -361,17 +361,3 @@ def _adopt_labels(dataset: PreparedDataset, config: Config, path: str, spec: str
   if jax.process_index() == 0:
     labels.save(path)
   return labels
-
-
-def adopt_prepared_tokenizer(config: Config) -> Config:
-  """With `--train_data=prepared:DIR`, the dataset fixes the tokenizer and vocabulary size (the
-  flags for them are overridden, as `--init_from` does with a language model's)."""
-  train_spec = config.train_data  # (the embedded default is never a prepared dataset)
-  if not is_prepared(train_spec) or config.init_from:
-    return config
-  dataset, _ = _open_prepared(train_spec, "train_data")
-  adopted = {"tokenizer": dataset.tokenizer, "vocab_size": int(dataset.meta["vocab_size"])}
-  changed = {name: value for name, value in adopted.items() if getattr(config, name) != value}
-  if changed:
-    logging.info("From --train_data: %s", "  ".join(f"--{k}={v}" for k, v in changed.items()))
-  return dataclasses.replace(config, **adopted)

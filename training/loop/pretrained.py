@@ -18,7 +18,6 @@ The language model's parameters are its best checkpoint on its dev split when it
 else its latest (`inference.load_run`).
 """
 
-import dataclasses
 import os
 
 import jax
@@ -26,8 +25,7 @@ import numpy as np
 from absl import logging
 
 from pipeline import paths
-from pipeline.tokenizers import Vocabulary
-from training.config import Config, ConfigError
+from training.config import ConfigError
 from training.loop.data import VOCAB_FILE
 
 ADOPTED_FIELDS = (
@@ -48,68 +46,6 @@ BACKWARD_NAMES = (
   ("['encoder']['embed']", "['encoder']['backward_embed']"),
   ("['encoder']['layer_", "['encoder']['backward_layer_"),
 )
-
-
-def adopt_architecture(config: Config) -> Config:
-  """`config` with the language model's architecture (the flags for it are overridden), and
-  with `backward_embedding` when a backward language model starts the backward stack."""
-  lm = _language_model(config.init_from, "init_from", read_backward=config.read_backward)
-  adopted = {name: getattr(lm, name) for name in ADOPTED_FIELDS}
-  if config.init_backward_from:
-    backward = _language_model(config.init_backward_from, "init_backward_from", read_backward=True)
-    differing = [
-      f"--{name}={getattr(backward, name)} (--init_from's: {getattr(lm, name)})"
-      for name in ENCODER_FIELDS
-      if getattr(backward, name) != getattr(lm, name)
-    ]
-    if differing:
-      raise ConfigError(
-        f"--init_backward_from={config.init_backward_from}: its encoder differs from the"
-        f" --init_from language model's: {', '.join(differing)}"
-      )
-    vocabularies = [
-      Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
-      for workdir in (config.init_from, config.init_backward_from)
-    ]
-    if vocabularies[0] != vocabularies[1]:
-      raise ConfigError(
-        f"--init_backward_from={config.init_backward_from}: its vocabulary differs from the"
-        f" --init_from language model's; train both on the same --train_data, --tokenizer and"
-        " --vocab_size"
-      )
-    adopted["backward_embedding"] = True
-  changed = {name: value for name, value in adopted.items() if getattr(config, name) != value}
-  if changed:
-    logging.info("From --init_from: %s", "  ".join(f"--{k}={v}" for k, v in changed.items()))
-  return dataclasses.replace(config, **adopted)
-
-
-def _language_model(workdir: str, flag: str, read_backward: bool) -> Config:
-  """The config of the language model's run in `workdir`, which must read in that direction."""
-  from training.bookkeeping.trained_run import load_config  # (inference imports the trainer)
-
-  lm = load_config(workdir)
-  if lm.task != "lm":
-    raise ConfigError(
-      f"--{flag}={workdir}: that run trained --task={lm.task}; a classifier starts from a"
-      " language model's run (--task=lm)"
-    )
-  if lm.read_backward != read_backward:
-    if flag == "init_from":
-      raise ConfigError(
-        f"--init_from={workdir}: that language model reads its text "
-        + (
-          "backwards (--read_backward); a classifier starts from it with --read_backward too,"
-          " or, --bidirectional, as --init_backward_from"
-          if lm.read_backward
-          else "forwards; a classifier with --read_backward starts from one trained with --read_backward"
-        )
-      )
-    raise ConfigError(
-      f"--{flag}={workdir}: that language model reads its text forwards; --init_backward_from"
-      " takes one trained with --read_backward"
-    )
-  return lm
 
 
 def copy_vocabulary(init_from: str, workdir: str) -> None:

@@ -10,19 +10,18 @@ from collections.abc import Callable
 import jax
 from absl import logging
 
-from pipeline.paths import absolute
 from training.bookkeeping.checkpoints import Checkpointer
 from training.bookkeeping.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.bookkeeping.reports import ProgressBar, TrainReporter, add_sums
-from training.bookkeeping.run_config import check_devices_for_resume, check_resume, record_run
-from training.bookkeeping.workdir import WorkdirLock, check_writable, free_bytes, require_free_space
-from training.config import Config, validate
+from training.bookkeeping.run_config import record_run
+from training.bookkeeping.workdir import WorkdirLock, free_bytes, require_free_space
+from training.config import Config
 from training.loop import parallel
-from training.loop.data import RunData, adopt_prepared_tokenizer, prepare_data
+from training.loop.data import RunData, prepare_data
+from training.loop.final_config import resolve_config
 from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, finalize_metrics, no_sums
 from training.loop.preemption import PreemptionWatch
 from training.loop.pretrained import (
-  adopt_architecture,
   copy_vocabulary,
   initial_backward_params,
   initial_params,
@@ -192,18 +191,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   `{"step": ..., "preempted": True}` without evaluating; the same call resumes it. A workdir that
   another run is using is refused (`WorkdirLock`).
   """
-  # Relative paths (workdir, data, TFDS dir) are resolved once, here: Orbax needs absolute ones.
-  workdir, config = absolute(workdir), config.with_absolute_paths()
-  if config.init_from:
-    config = adopt_architecture(config)  # the language model's cell, sizes and tokenizer
-  config = adopt_prepared_tokenizer(config)  # a prepared training set fixes the tokenizer
   processes, devices = jax.process_count(), jax.device_count()
-  check_devices_for_resume(
-    config, workdir, devices
-  )  # before validate's check: it says what changed
-  validate(config, devices)
-  check_resume(config, workdir)
-  check_writable(workdir)
+  config, workdir = resolve_config(config, workdir, devices)
   logging.info("Workdir: %s", workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, processes, devices)
