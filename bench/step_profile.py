@@ -55,6 +55,7 @@ from training.loop.objectives import (
 from training.loop.trainer import build_steps
 from training.model.build import build_model
 from training.model.kernels.time_loop import recurrent_kernel
+from training.model.models import with_path
 
 PHASES = (
   "forward",
@@ -97,7 +98,7 @@ def project_phases(config: Config, workdir: str) -> tuple[dict, tuple, int, int]
   batch = parallel.global_batch(next(data.train_batches(0)), mesh)
   # The time loop the train step picks for this batch (each layer picking its own would keep
   # the residuals of both loops, which the train step avoids).
-  model = model.clone(path="fast" if bool(FAST_PATHS[config.task](batch)) else "general")
+  model = with_path(model, "fast" if bool(FAST_PATHS[config.task](batch)) else "general")
   rngs = {"dropout": jax.random.PRNGKey(0)}
 
   def loss(params):

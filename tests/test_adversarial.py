@@ -19,7 +19,7 @@ from training.loop import adversarial
 from training.loop.objectives import OBJECTIVES
 from training.loop.steps import train_step
 from training.loop.trainer import train_and_evaluate
-from training.model.models import LanguageModel, SequenceClassifier
+from training.model.models import LanguageModel, ModelConfig, SequenceClassifier
 from training.state import create_train_state
 
 MODELS = {
@@ -31,13 +31,13 @@ MODELS = {
 
 def classifier(**kwargs):
   return SequenceClassifier(
-    V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", **kwargs
+    ModelConfig(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", **kwargs)
   )
 
 
 def setup(task, model_kind="forward", batch_kind="packed"):
   if task == "lm":
-    model, batch = LanguageModel(V, E, H, L, "lstm"), lm_batch(padded=True)
+    model, batch = LanguageModel(ModelConfig(V, E, H, L, "lstm")), lm_batch(padded=True)
     carry = jax.random.normal(jax.random.PRNGKey(2), (L, 2, B, H))
     init_args = (batch["inputs"], batch["mask"], carry)
   else:

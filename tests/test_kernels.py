@@ -17,7 +17,7 @@ from training.config import Config, ConfigError
 from training.loop.trainer import train_and_evaluate
 from training.model.kernels import onednn
 from training.model.kernels.time_loop import MIN_STEP_WORK, recurrent_kernel
-from training.model.models import RecurrentLayer, SequenceClassifier
+from training.model.models import ModelConfig, RecurrentLayer, SequenceClassifier
 from training.model.recurrence import scan_layer
 
 pytestmark = pytest.mark.newest_jax  # also run on Python 3.13's jax (.ci/run)
@@ -197,7 +197,9 @@ def test_classifier_on_bucketed_and_packed_batches_matches_the_scan():
   packed = (jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(segment_ids), jnp.asarray(ends))
   for pooling in ("last", "max"):
     models = {
-      kernel: SequenceClassifier(30, 8, 16, 2, "lstm", 2, pooling=pooling, kernel=kernel)
+      kernel: SequenceClassifier(
+        ModelConfig(30, 8, 16, 2, "lstm", num_classes=2, pooling=pooling, kernel=kernel)
+      )
       for kernel in ("onednn", "scan")
     }
     params = models["scan"].init(jax.random.PRNGKey(0), *unpacked, train=False)["params"]

@@ -14,6 +14,7 @@ from training.model.cells import CELLS
 from training.model.models import (
   Encoder,
   LanguageModel,
+  ModelConfig,
   SequenceClassifier,
   pool,
   reversal_index,
@@ -31,7 +32,7 @@ def one_segment(mask):
 
 
 def test_classifier_padded_batch_equals_each_sequence_alone():
-  model = SequenceClassifier(V, E, H, L, "gru", num_classes=3, head_widths=(16, 16))
+  model = SequenceClassifier(ModelConfig(V, E, H, L, "gru", num_classes=3, head_widths=(16, 16)))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 9), 3, V)
   lengths = jnp.array([9, 5, 2])
   mask = jnp.arange(9)[None, :] < lengths[:, None]
@@ -66,7 +67,9 @@ READING = {
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, reading):
   model = SequenceClassifier(
-    V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling, **READING[reading]
+    ModelConfig(
+      V, E, H, L, cell, num_classes=3, head_widths=(8,), pooling=pooling, **READING[reading]
+    )
   )
   lengths = [4, 2, 3, 5, 1]
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
@@ -99,7 +102,9 @@ def test_packed_rows_give_exactly_the_unpacked_results(pooling, cell, reading):
 @pytest.mark.parametrize("reading", READING)
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 def test_classifier_features_ignore_what_follows_the_sequence(pooling, reading):
-  model = SequenceClassifier(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, **READING[reading])
+  model = SequenceClassifier(
+    ModelConfig(V, E, H, 1, "lstm", num_classes=2, pooling=pooling, **READING[reading])
+  )
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 3, V)
   mask = jnp.array([[1, 1, 1, 0, 0, 0]] * 2, bool)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, *one_segment(mask), train=False)[
@@ -114,7 +119,7 @@ def test_classifier_features_ignore_what_follows_the_sequence(pooling, reading):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_carried_state_makes_two_windows_equal_one_long_window(cell):
-  model = LanguageModel(V, E, H, L, cell)
+  model = LanguageModel(ModelConfig(V, E, H, L, cell))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 12), 0, V)
   mask = jnp.ones((4, 12), bool)
   carry = zero_carry(cell, L, 4, H)
@@ -130,7 +135,7 @@ def test_carried_state_makes_two_windows_equal_one_long_window(cell):
 
 
 def test_dropout_is_active_only_in_training():
-  model = LanguageModel(V, E, H, 1, "lstm", dropout_rate=0.5)
+  model = LanguageModel(ModelConfig(V, E, H, 1, "lstm", dropout_rate=0.5))
   tokens = jnp.ones((2, 5), jnp.int32)
   mask = jnp.ones((2, 5), bool)
   carry = zero_carry("lstm", 1, 2, H)
@@ -144,7 +149,7 @@ def test_dropout_is_active_only_in_training():
 
 
 def test_word_dropout_drops_whole_token_embeddings_in_training_only():
-  model = LanguageModel(V, E, H, 1, "lstm", word_dropout_rate=0.5)
+  model = LanguageModel(ModelConfig(V, E, H, 1, "lstm", word_dropout_rate=0.5))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (16, 32), 0, V)
   mask = jnp.ones(tokens.shape, bool)
   carry = zero_carry("lstm", 1, 16, H)
@@ -176,7 +181,9 @@ def test_word_dropout_drops_whole_token_embeddings_in_training_only():
 
 @pytest.mark.parametrize("variational", [False, True])
 def test_variational_dropout_drops_the_same_units_at_every_time_step(variational):
-  model = LanguageModel(V, E, H, 2, "lstm", dropout_rate=0.5, variational_dropout=variational)
+  model = LanguageModel(
+    ModelConfig(V, E, H, 2, "lstm", dropout_rate=0.5, variational_dropout=variational)
+  )
   tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 12), 3, V)
   mask = jnp.ones(tokens.shape, bool)
   carry = zero_carry("lstm", 2, 4, H)
@@ -215,7 +222,7 @@ def test_reversal_index_reverses_each_packed_sequence_in_place():
 def test_backward_stack_reads_each_sequence_from_its_end():
   """The backward half of a bidirectional encoder at position t equals a forward stack with the
   backward stack's parameters run over the reversed sequence, at its position length-1-t."""
-  encoder = Encoder(V, E, H, L, "gru", bidirectional=True)
+  encoder = Encoder(ModelConfig(V, E, H, L, "gru", bidirectional=True))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 7), 3, V)
   mask = jnp.arange(7)[None, :] < 5  # 5 real tokens, 2 of padding
   segment_ids, segment_ends = one_segment(mask)
@@ -232,7 +239,7 @@ def test_backward_stack_reads_each_sequence_from_its_end():
     **{f"layer_{i}": params[f"backward_layer_{i}"] for i in range(L)},
   }
   reversed_tokens = tokens[:, :5][:, ::-1]
-  alone, _ = Encoder(V, E, H, L, "gru").apply(
+  alone, _ = Encoder(ModelConfig(V, E, H, L, "gru")).apply(
     {"params": backward_params}, reversed_tokens, jnp.ones((1, 5), bool), carry, train=False
   )
   np.testing.assert_allclose(outputs[0, :5, H:], alone[0, ::-1], rtol=1e-5, atol=1e-6)
@@ -244,9 +251,13 @@ def test_a_backward_reading_classifier_is_a_forward_one_on_each_sequence_reverse
   """`read_backward`: the same parameters, fed each sequence with its real tokens in reverse
   order, give a forward classifier the same logits (padded rows of different lengths)."""
   backward = SequenceClassifier(
-    V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling, read_backward=True
+    ModelConfig(
+      V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling, read_backward=True
+    )
   )
-  forward = SequenceClassifier(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling)
+  forward = SequenceClassifier(
+    ModelConfig(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling=pooling)
+  )
   lengths = jnp.array([7, 4, 1])
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 7), 3, V)
   mask = jnp.arange(7)[None, :] < lengths[:, None]
@@ -286,15 +297,17 @@ def test_concat_pooling_is_last_max_and_mean_side_by_side(bidirectional):
   segment_ends, mask = jnp.array([[2, 4], [6, 0]]), segment_ids > 0
   models = {
     pooling: SequenceClassifier(
-      V,
-      E,
-      H,
-      1,
-      "lstm",
-      num_classes=2,
-      head_widths=(),
-      pooling=pooling,
-      bidirectional=bidirectional,
+      ModelConfig(
+        V,
+        E,
+        H,
+        1,
+        "lstm",
+        num_classes=2,
+        head_widths=(),
+        pooling=pooling,
+        bidirectional=bidirectional,
+      )
     )
     for pooling in ("last", "max", "mean", "concat")
   }
@@ -322,7 +335,7 @@ def test_concat_pooling_is_last_max_and_mean_side_by_side(bidirectional):
 
 @pytest.mark.parametrize("embed_size", [H, 5])
 def test_tied_output_layer_is_the_embedding_transposed(embed_size):
-  model = LanguageModel(V, embed_size, H, 1, "lstm", tie_embeddings=True)
+  model = LanguageModel(ModelConfig(V, embed_size, H, 1, "lstm", tie_embeddings=True))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 4), 0, V)
   mask, carry = jnp.ones((2, 4), bool), zero_carry("lstm", 1, 2, H)
   params = model.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]
@@ -341,7 +354,7 @@ def test_tied_output_layer_is_the_embedding_transposed(embed_size):
 def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence():
   """A classifier with a next-token head scores each packed sequence's next tokens exactly as
   a language model with the same encoder and head scores that sequence alone."""
-  classifier = SequenceClassifier(V, E, H, L, "lstm", num_classes=2, next_token_head=True)
+  classifier = SequenceClassifier(ModelConfig(V, E, H, L, "lstm", num_classes=2, next_token_head=True))
   lengths, width = [4, 3], 9
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   row = jnp.pad(jnp.concatenate(sequences), (0, width - 7))[None]
@@ -358,7 +371,7 @@ def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence
     jax.random.PRNGKey(1), row, batch["mask"], segment_ids, batch["segment_ends"], train=False
   )["params"]
   sums, _ = classify_loss(classifier, params, batch, None, {}, False)
-  lm = LanguageModel(V, E, H, L, "lstm")
+  lm = LanguageModel(ModelConfig(V, E, H, L, "lstm"))
   lm_params = {"encoder": params["encoder"], "lm_head": params["lm_head"]}
   expected_sum, expected_weight = 0.0, 0.0
   for sequence in sequences:
@@ -384,8 +397,8 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
   frequent); its logits are the full model's first K (same embedding), and a rarer target
   costs what `<unk>` costs."""
   K = 6
-  small = LanguageModel(V, E, H, 1, "lstm", tie_embeddings=tie, softmax_vocab_size=K)
-  full = LanguageModel(V, E, H, 1, "lstm", tie_embeddings=tie)
+  small = LanguageModel(ModelConfig(V, E, H, 1, "lstm", tie_embeddings=tie, softmax_vocab_size=K))
+  full = LanguageModel(ModelConfig(V, E, H, 1, "lstm", tie_embeddings=tie))
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 5), 0, V)
   mask, carry = jnp.ones((2, 5), bool), zero_carry("lstm", 1, 2, H)
   params = small.init(jax.random.PRNGKey(1), tokens, mask, carry, train=False)["params"]

@@ -13,7 +13,7 @@ from training.loop import parallel
 from training.loop.objectives import FAST_PATHS, OBJECTIVES, combine_sums, no_sums
 from training.loop.steps import train_step
 from training.model.kernels import onednn
-from training.model.models import LanguageModel, SequenceClassifier
+from training.model.models import LanguageModel, ModelConfig, SequenceClassifier, with_path
 from training.state import create_train_state
 
 V, E, H, L, B, T = 13, 6, 8, 2, 3, 7
@@ -93,10 +93,10 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
   if kernel == "onednn":
     require_onednn()
   if task == "lm":
-    model, batch = LanguageModel(V, E, H, L, "lstm", kernel=kernel), lm_batch(kind)
+    model, batch = LanguageModel(ModelConfig(V, E, H, L, "lstm", kernel=kernel)), lm_batch(kind)
   else:
     model = SequenceClassifier(
-      V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel
+      ModelConfig(V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", kernel=kernel)
     )
     batch = classify_batch(kind)
   applies = bool(FAST_PATHS[task](batch))
@@ -114,7 +114,7 @@ def test_one_choice_per_batch_updates_as_each_layer_choosing_does(task, kind, ke
   # The fast loop, forced on a batch it does not apply to, computes something else (a language
   # model's final state, a packed row's second sequence): the choice matters.
   if not applies:
-    forced = one_step(task, model.clone(path="fast"), batch, None)
+    forced = one_step(task, with_path(model, "fast"), batch, None)
     assert not all(
       np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
       for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(once))
@@ -126,7 +126,9 @@ def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train(
   encoder and the next-token head move, the classifier's head does not); after them the step is
   the joint one, exactly as with no per-token steps."""
   model = SequenceClassifier(
-    V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", next_token_head=True
+    ModelConfig(
+      V, E, H, L, "lstm", num_classes=3, head_widths=(8,), pooling="max", next_token_head=True
+    )
   )
   batch, optimizer = classify_batch("packed"), optax.adam(1e-2)
   init_args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
@@ -182,7 +184,7 @@ def test_per_token_steps_leave_the_classifier_head_alone_then_both_losses_train(
 def test_a_runs_train_step_is_traced_once_for_its_sums_shapes_and_its_compiled_call():
   """A run asks for the shapes of the step's metric sums before its first step; the compiled
   step must reuse that trace (a second trace was a second of every run's start)."""
-  model = LanguageModel(V, E, H, L, "lstm")
+  model = LanguageModel(ModelConfig(V, E, H, L, "lstm"))
   optimizer = optax.adam(1e-2)
   batch = jax.tree.map(np.asarray, lm_batch(padded=False))  # host arrays, as the trainer feeds
   carry = jnp.zeros((L, 2, B, H))

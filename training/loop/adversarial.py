@@ -37,7 +37,7 @@ def perturbed_tables(params) -> dict:
 def zero_perturbations(model, params, inputs) -> dict:
   """A zero perturbation [T, B, E] (time-major, as the encoder embeds) for each embedding the
   model's encoder reads, under the names `Module.perturb` gives them."""
-  shape = (inputs.shape[1], inputs.shape[0], model.embed_size)
+  shape = (inputs.shape[1], inputs.shape[0], model.config.embed_size)
   return {"encoder": {name: jnp.zeros(shape, jnp.float32) for name in perturbed_tables(params)}}
 
 

@@ -75,7 +75,7 @@ def classify_loss(model, params, batch, carry, rngs, train: bool, perturbations=
   """
   del carry
   args = (batch["inputs"], batch["mask"], batch["segment_ids"], batch["segment_ends"])
-  if not getattr(model, "next_token_head", False):
+  if not model.config.next_token_head:
     logits = model.apply(model_variables(params, perturbations), *args, train=train, rngs=rngs)
     return sequence_cross_entropy(logits, batch["labels"], batch["example_mask"]), None
   logits, token_logits = model.apply(

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from training.loop import adversarial
+from training.model.models import with_path
 from training.state import TrainState
 
 
@@ -87,8 +88,8 @@ def train_step(
       applies = jax.lax.pmin(applies.astype(jnp.int32), axis_name) == 1
     (loss, (sums, carry)), grads = jax.lax.cond(
       applies,
-      lambda: gradients(model.clone(path="fast")),
-      lambda: gradients(model.clone(path="general")),
+      lambda: gradients(with_path(model, "fast")),
+      lambda: gradients(with_path(model, "general")),
     )
   loss, grads, sums = total(loss), total(grads), total(sums)
   grad_norm = optax.tree.norm(grads)

@@ -2,7 +2,7 @@
 gives (what an exported file stores), and the module itself."""
 
 from training.config import Config
-from training.model.models import LanguageModel, SequenceClassifier
+from training.model.models import model_from_spec
 
 
 def model_spec(
@@ -50,9 +50,6 @@ def model_spec(
   return "SequenceClassifier", kwargs
 
 
-MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
-
-
 def build_model(config: Config, vocab_size: int, num_classes: int, kernel: str = "scan"):
   name, kwargs = model_spec(config, vocab_size, num_classes, kernel)
-  return MODEL_CLASSES[name](**kwargs)
+  return model_from_spec(name, kwargs)

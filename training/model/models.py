@@ -12,6 +12,7 @@ The carried state of a stack is one array `carry [L, S, B, H]`: layer, state par
 and c), batch row, unit. One array is simple to checkpoint and to shard on its batch axis.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -30,6 +31,50 @@ EMBEDDING_PERTURBATIONS = {"embed": "embedded", "backward_embed": "backward_embe
 def zero_carry(cell: str, num_layers: int, batch_size: int, hidden_size: int) -> jax.Array:
   """The initial state: zeros [L, S, B, H]."""
   return jnp.zeros((num_layers, CELLS[cell].num_states, batch_size, hidden_size), jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every choice of a model's architecture, in one object that the encoder, the language model
+  and the classifier share (as Flax's lm1b passes one `TransformerConfig`). `training.model.build`
+  makes it from a run's `Config`; an exported file keeps its fields (`model_spec`)."""
+
+  vocab_size: int
+  embed_size: int
+  hidden_size: int
+  num_layers: int
+  cell: str  # "lstm", "gru" or "rnn"
+  _: dataclasses.KW_ONLY
+  dropout_rate: float = 0.0
+  # Each token's whole embedding is zeroed with this probability in training: the word is dropped
+  # from the text (word dropout, Iyyer et al. 2015), where `dropout_rate` drops single units.
+  word_dropout_rate: float = 0.0
+  # `dropout_rate`'s units are dropped for a whole sequence (window), the same at every time step,
+  # rather than drawn anew at each (variational dropout, Gal & Ghahramani 2016).
+  variational_dropout: bool = False
+  unroll: int = 1
+  backward: str = "fused"  # the time loop's gradient: "fused" (hand-written) or "autodiff"
+  remat: bool = False
+  kernel: str = "scan"  # the LSTM's time loop (training.model.kernels.time_loop)
+  path: str = "auto"  # (see RecurrentLayer)
+  chrono_max_length: int = 0  # (see RecurrentLayer)
+  tie_embeddings: bool = False
+  # Tokens the next-token softmax predicts, the most frequent first (rarer ones are read but
+  # predicted as <unk>; see `objectives.token_cross_entropy`); 0: all `vocab_size`.
+  softmax_vocab_size: int = 0
+  # Classifiers only.
+  num_classes: int = 0
+  head_widths: Sequence[int] = (128,)
+  pooling: str = "last"  # "last", "mean", "max" or "concat" (all three)
+  bidirectional: bool = False  # (see Encoder)
+  backward_embedding: bool = False  # (see Encoder)
+  next_token_head: bool = False  # (see SequenceClassifier)
+  read_backward: bool = False  # (see SequenceClassifier)
+
+  def __post_init__(self):
+    object.__setattr__(
+      self, "head_widths", tuple(self.head_widths)
+    )  # (a list from JSON or msgpack)
 
 
 class RecurrentLayer(nn.Module):
@@ -190,27 +235,9 @@ class Encoder(nn.Module):
   layers can start it together (`--init_backward_from`).
   """
 
-  vocab_size: int
-  embed_size: int
-  hidden_size: int
-  num_layers: int
-  cell: str
-  dropout_rate: float = 0.0
-  unroll: int = 1
-  backward: str = "fused"
-  remat: bool = False
-  bidirectional: bool = False
-  backward_embedding: bool = False
-  kernel: str = "scan"
+  config: ModelConfig
+
   final_carry_used: bool = True  # (see RecurrentLayer)
-  # Each token's whole embedding is zeroed with this probability in training: the word is dropped
-  # from the text (word dropout, Iyyer et al. 2015), where `dropout_rate` drops single units.
-  word_dropout_rate: float = 0.0
-  # `dropout_rate`'s units are dropped for a whole sequence (window), the same at every time step,
-  # rather than drawn anew at each (variational dropout, Gal & Ghahramani 2016).
-  variational_dropout: bool = False
-  path: str = "auto"  # (see RecurrentLayer)
-  chrono_max_length: int = 0  # (see RecurrentLayer)
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool, reversal=None):
@@ -222,12 +249,14 @@ class Encoder(nn.Module):
     resets = None if resets is None else resets.T
     x = self._embed("embed", tokens, train)
     outputs, final = self._stack("layer", x, mask, carry, resets, train)
-    if self.bidirectional:
+    if self.config.bidirectional:
       # A sequence reversed in place occupies the same positions, so mask and resets still hold.
       reverse = lambda a: jnp.take_along_axis(
         a, reversal.T.reshape(reversal.T.shape + (1,) * (a.ndim - 2)), axis=0
       )
-      backward_x = self._embed("backward_embed", tokens, train) if self.backward_embedding else x
+      backward_x = (
+        self._embed("backward_embed", tokens, train) if self.config.backward_embedding else x
+      )
       backward_outputs, _ = self._stack(
         "backward_layer", reverse(backward_x), mask, jnp.zeros_like(carry), resets, train
       )
@@ -236,14 +265,16 @@ class Encoder(nn.Module):
 
   def _embed(self, name: str, tokens, train: bool):
     """tokens [T, B] -> embeddings [T, B, E], with word and unit dropout."""
-    x = nn.Embed(self.vocab_size, self.embed_size, name=name)(tokens)
+    x = nn.Embed(self.config.vocab_size, self.config.embed_size, name=name)(tokens)
     # The identity unless a "perturbations" collection is passed: then jax.grad with respect to
     # it is the gradient with respect to each input step (bench/dependency_distance.py), and a
     # value in it moves the embeddings (training/loop/adversarial.py).
     x = self.perturb(EMBEDDING_PERTURBATIONS[name], x)
-    if self.word_dropout_rate:  # one draw per token, shared by its embedding's units (x: [T, B, E])
+    if (
+      self.config.word_dropout_rate
+    ):  # one draw per token, shared by its embedding's units (x: [T, B, E])
       x = nn.Dropout(
-        self.word_dropout_rate,
+        self.config.word_dropout_rate,
         broadcast_dims=(2,),
         deterministic=not train,
         name=name.replace("embed", "word_dropout"),
@@ -253,25 +284,25 @@ class Encoder(nn.Module):
   def _dropout(self, x, train: bool):
     # x: [T, B, F]; variational: one draw per row and unit, shared over time (axis 0).
     return nn.Dropout(
-      self.dropout_rate,
-      broadcast_dims=(0,) if self.variational_dropout else (),
+      self.config.dropout_rate,
+      broadcast_dims=(0,) if self.config.variational_dropout else (),
       deterministic=not train,
     )(x)
 
   def _stack(self, prefix, x, mask, carry, resets, train):
     final = []
-    for layer in range(self.num_layers):
+    for layer in range(self.config.num_layers):
       layer_module = RecurrentLayer(
-        self.cell,
-        self.hidden_size,
-        self.unroll,
-        self.backward,
+        self.config.cell,
+        self.config.hidden_size,
+        self.config.unroll,
+        self.config.backward,
         time_major=True,
-        remat=self.remat,
-        kernel=self.kernel,
+        remat=self.config.remat,
+        kernel=self.config.kernel,
         final_carry_used=self.final_carry_used,
-        path=self.path,
-        chrono_max_length=self.chrono_max_length,
+        path=self.config.path,
+        chrono_max_length=self.config.chrono_max_length,
         name=f"{prefix}_{layer}",
       )
       x, layer_carry = layer_module(x, mask, carry[layer], resets)
@@ -308,55 +339,29 @@ def next_token_logits(
   """`module`'s `lm_head` applied to `outputs`, with the encoder's embedding when tied. The
   softmax covers the `softmax_vocab_size` most frequent tokens (0: all the encoder reads)."""
   embedding = encoder.variables["params"]["embed"]["embedding"] if tie else None
-  size = min(softmax_vocab_size, encoder.vocab_size) if softmax_vocab_size else encoder.vocab_size
+  size = (
+    min(softmax_vocab_size, encoder.config.vocab_size)
+    if softmax_vocab_size
+    else encoder.config.vocab_size
+  )
   return NextTokenHead(size, tie, name="lm_head")(outputs, embedding)
 
 
 class LanguageModel(nn.Module):
   """Next-token logits at every position."""
 
-  vocab_size: int
-  embed_size: int
-  hidden_size: int
-  num_layers: int
-  cell: str
-  dropout_rate: float = 0.0
-  unroll: int = 1
-  backward: str = "fused"
-  remat: bool = False
-  tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.model.kernels.time_loop)
-  path: str = "auto"  # (see RecurrentLayer)
-  word_dropout_rate: float = 0.0  # (see Encoder)
-  variational_dropout: bool = False  # (see Encoder)
-  # Tokens the next-token softmax predicts, the most frequent first (rarer ones are read but
-  # predicted as <unk>; see `objectives.token_cross_entropy`); 0: all `vocab_size`.
-  softmax_vocab_size: int = 0
-  chrono_max_length: int = 0  # (see RecurrentLayer)
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens, mask, carry, resets=None, *, train: bool):
     """Returns (logits [B, T, V] (V: the softmax's tokens), carry [L, S, B, H])."""
     encoder = Encoder(
-      self.vocab_size,
-      self.embed_size,
-      self.hidden_size,
-      self.num_layers,
-      self.cell,
-      self.dropout_rate,
-      self.unroll,
-      self.backward,
-      self.remat,
-      kernel=self.kernel,
-      path=self.path,
-      word_dropout_rate=self.word_dropout_rate,
-      variational_dropout=self.variational_dropout,
-      chrono_max_length=self.chrono_max_length,
+      self.config,
       name="encoder",
     )
     outputs, carry = encoder(tokens, mask, carry, resets, train=train)
     return next_token_logits(
-      self, encoder, outputs, self.tie_embeddings, self.softmax_vocab_size
+      self, encoder, outputs, self.config.tie_embeddings, self.config.softmax_vocab_size
     ), carry
 
 
@@ -377,63 +382,28 @@ class SequenceClassifier(nn.Module):
   is reversed in place (`reversal_index`), and the last state is the one at its first token.
   """
 
-  vocab_size: int
-  embed_size: int
-  hidden_size: int
-  num_layers: int
-  cell: str
-  num_classes: int
-  head_widths: Sequence[int] = (128,)
-  pooling: str = "last"  # "last", "mean", "max" or "concat" (all three)
-  dropout_rate: float = 0.0
-  unroll: int = 1
-  backward: str = "fused"
-  remat: bool = False
-  bidirectional: bool = False
-  backward_embedding: bool = False  # (see Encoder)
-  next_token_head: bool = False
-  tie_embeddings: bool = False
-  kernel: str = "scan"  # the LSTM's time loop (training.model.kernels.time_loop)
-  path: str = "auto"  # (see RecurrentLayer)
-  word_dropout_rate: float = 0.0  # (see Encoder)
-  variational_dropout: bool = False  # (see Encoder)
-  softmax_vocab_size: int = 0  # of the next-token head (see LanguageModel)
-  read_backward: bool = False
-  chrono_max_length: int = 0  # (see RecurrentLayer)
+  config: ModelConfig
 
   @nn.compact
   def __call__(
     self, tokens, mask, segment_ids, segment_ends, *, train: bool, token_logits: bool = False
   ):
     """tokens, mask, segment_ids [B, T]; segment_ends [B, S] -> logits [B, S, C]."""
-    carry = zero_carry(self.cell, self.num_layers, tokens.shape[0], self.hidden_size)
+    carry = zero_carry(
+      self.config.cell, self.config.num_layers, tokens.shape[0], self.config.hidden_size
+    )
     resets = segment_resets(segment_ids, mask)
     # Where each sequence starts: only a backward reader needs it (computed per batch, so not
     # for a forward-only model).
-    reads_backward = self.bidirectional or self.read_backward
+    reads_backward = self.config.bidirectional or self.config.read_backward
     segment_starts = starts_of(segment_ids, segment_ends) if reads_backward else None
     encoder = Encoder(
-      self.vocab_size,
-      self.embed_size,
-      self.hidden_size,
-      self.num_layers,
-      self.cell,
-      self.dropout_rate,
-      self.unroll,
-      self.backward,
-      self.remat,
-      self.bidirectional,
-      backward_embedding=self.backward_embedding,
-      kernel=self.kernel,
+      self.config,
       final_carry_used=False,
-      path=self.path,
-      word_dropout_rate=self.word_dropout_rate,
-      variational_dropout=self.variational_dropout,
-      chrono_max_length=self.chrono_max_length,
       name="encoder",
     )
     reversal = reversal_index(segment_ids, segment_starts, segment_ends) if reads_backward else None
-    if self.read_backward:
+    if self.config.read_backward:
       # Reversed in place, a sequence keeps its positions: mask, resets and pooling still hold,
       # and the outputs are turned back so that position t is token t's state.
       tokens = jnp.take_along_axis(tokens, reversal, axis=1)
@@ -442,7 +412,9 @@ class SequenceClassifier(nn.Module):
     else:
       outputs, _ = encoder(tokens, mask, carry, resets, train=train, reversal=reversal)
     # "concat" (ULMFiT's concat pooling): the last state beside the max and the mean of all states.
-    poolings = ("last", "max", "mean") if self.pooling == "concat" else (self.pooling,)
+    poolings = (
+      ("last", "max", "mean") if self.config.pooling == "concat" else (self.config.pooling,)
+    )
     features = jnp.concatenate(
       [
         self._pool(outputs, segment_ids, segment_starts, segment_ends, pooling)
@@ -450,29 +422,29 @@ class SequenceClassifier(nn.Module):
       ],
       axis=-1,
     )
-    for i, width in enumerate(self.head_widths):
+    for i, width in enumerate(self.config.head_widths):
       features = nn.relu(nn.Dense(width, name=f"head_{i}")(features))
-      features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-    logits = nn.Dense(self.num_classes, name="head_out")(features)
-    if self.next_token_head and (token_logits or self.is_initializing()):
+      features = nn.Dropout(self.config.dropout_rate, deterministic=not train)(features)
+    logits = nn.Dense(self.config.num_classes, name="head_out")(features)
+    if self.config.next_token_head and (token_logits or self.is_initializing()):
       # Only the forward stack may predict the next token: the backward one has read it.
       tokens_out = next_token_logits(
         self,
         encoder,
-        outputs[..., : self.hidden_size],
-        self.tie_embeddings,
-        self.softmax_vocab_size,
+        outputs[..., : self.config.hidden_size],
+        self.config.tie_embeddings,
+        self.config.softmax_vocab_size,
       )
       if token_logits:
         return logits, tokens_out
     return logits
 
   def _pool(self, outputs, segment_ids, segment_starts, segment_ends, pooling: str):
-    if self.read_backward and pooling == "last":
+    if self.config.read_backward and pooling == "last":
       return pool(
         outputs, segment_ids, segment_starts, "last"
       )  # it has read the whole sequence there
-    if self.bidirectional and pooling == "last":
+    if self.config.bidirectional and pooling == "last":
       # The backward stack has read a whole sequence when it reaches the sequence's first token.
       forward, backward = jnp.split(outputs, 2, axis=-1)
       return jnp.concatenate(
@@ -524,3 +496,17 @@ def pool(outputs, segment_ids, segment_ends, pooling: str):
     maxima = jax.ops.segment_max(flat, ids, slots).reshape(batch, -1, width)[:, 1:]
     return jnp.where(counts > 0, maxima, 0.0)
   raise ValueError(f"unknown pooling {pooling!r}")
+
+
+MODEL_CLASSES = {"LanguageModel": LanguageModel, "SequenceClassifier": SequenceClassifier}
+
+
+def with_path(model: nn.Module, path: str) -> nn.Module:
+  """`model` with every layer's time loop fixed to `path` ("fast", "general" or "auto": see
+  RecurrentLayer); the train step picks one for the whole model per batch."""
+  return model.clone(config=dataclasses.replace(model.config, path=path))
+
+
+def model_from_spec(class_name: str, fields: dict) -> nn.Module:
+  """The model an exported file describes: its class name and its `ModelConfig`'s fields."""
+  return MODEL_CLASSES[class_name](ModelConfig(**fields))

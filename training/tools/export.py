@@ -11,7 +11,7 @@ by hand as the README shows):
   from flax import serialization
   from training.model import models
   blob = serialization.msgpack_restore(open("model.msgpack", "rb").read())
-  model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
+  model = models.model_from_spec(blob["model"]["class"], blob["model"]["kwargs"])
   logits = model.apply({"params": blob["params"]}, tokens, mask, ..., train=False)
 """
 

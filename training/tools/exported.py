@@ -51,7 +51,7 @@ def load_exported(path: str):
       f"{path}: not an exported model of format {FORMAT}"
       f"{f' (its format is {found})' if found is not None else ''}; write one with rnn-export"
     )
-  model = getattr(models, blob["model"]["class"])(**blob["model"]["kwargs"])
+  model = models.model_from_spec(blob["model"]["class"], blob["model"]["kwargs"])
   vocab = Vocabulary(blob["vocab"]["kind"], list(blob["vocab"]["tokens"]))
   labels = None
   if blob["labels"] is not None:
