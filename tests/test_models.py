@@ -354,7 +354,9 @@ def test_tied_output_layer_is_the_embedding_transposed(embed_size):
 def test_joint_objective_token_loss_is_the_language_models_loss_on_each_sequence():
   """A classifier with a next-token head scores each packed sequence's next tokens exactly as
   a language model with the same encoder and head scores that sequence alone."""
-  classifier = SequenceClassifier(ModelConfig(V, E, H, L, "lstm", num_classes=2, next_token_head=True))
+  classifier = SequenceClassifier(
+    ModelConfig(V, E, H, L, "lstm", num_classes=2, next_token_head=True)
+  )
   lengths, width = [4, 3], 9
   sequences = [jax.random.randint(jax.random.PRNGKey(i), (n,), 3, V) for i, n in enumerate(lengths)]
   row = jnp.pad(jnp.concatenate(sequences), (0, width - 7))[None]
