@@ -60,9 +60,8 @@ def first_step_gradient_norm(workdir: str, distance: int, trained: bool) -> floa
   labels = jnp.array([e["label"] for e in examples])
   mask = jnp.ones(tokens.shape, bool)
   segment_ids, ends = mask.astype(jnp.int32), jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1)
-  zeros = jnp.zeros(
-    (tokens.shape[1], tokens.shape[0], run.config.embed_size)
-  )  # time-major, as embedded
+  # Time-major, as embedded
+  zeros = jnp.zeros((tokens.shape[1], tokens.shape[0], run.config.embed_size))
 
   def loss(perturbation):
     logits = run.model.apply(

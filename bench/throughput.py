@@ -399,9 +399,8 @@ def main() -> None:
   unknown = [name for name in names if name not in CONFIGS]
   if unknown:
     parser.error(f"unknown config(s) {', '.join(unknown)}; expected some of {', '.join(CONFIGS)}")
-  cache = tempfile.TemporaryDirectory(
-    prefix="jax-cache-"
-  )  # the project's sides share it (`bench.project_side`)
+  # The project's sides share it (`bench.project_side`)
+  cache = tempfile.TemporaryDirectory(prefix="jax-cache-")
   peaks = [matmul_flops_per_sec()]
   results = []
   for name in names:

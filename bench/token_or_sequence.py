@@ -60,9 +60,8 @@ def main() -> None:
   results, table = [], []
   for index, (name, flags) in enumerate(variants(args.corpus, lm_workdir)):
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.corpus}_{index + 1}"))
-    shown = (
-      "`" + " ".join(flags).replace(lm_workdir, args.lm_workdir) + "`"
-    )  # the path as the user gave it
+    # The path as the user gave it
+    shown = "`" + " ".join(flags).replace(lm_workdir, args.lm_workdir) + "`"
     if args.finished_only and not runs.finished(workdir):
       table.append([name, shown, "(not finished)", "", "", ""])
       continue

@@ -20,9 +20,8 @@ from pipeline.errors import DataError
 class Labels:
   num_classes: int
   names: tuple[str, ...] | None = None  # None: the data's labels are class ids
-  origin: str = dataclasses.field(
-    default="", compare=False
-  )  # where the class count came from, for errors
+  # Where the class count came from, for errors
+  origin: str = dataclasses.field(default="", compare=False)
 
   @classmethod
   def from_training(cls, examples: Sequence[dict], num_classes: int, what: str) -> "Labels":

@@ -245,9 +245,8 @@ class PreparedStream:
     ends = np.asarray(dataset.ends_document[records], bool)
     sizes = np.asarray(dataset.lengths[records], np.int64) + ends
     self._ends = ends
-    self._offsets = np.concatenate(
-      [[0], np.cumsum(sizes)]
-    )  # record k covers [offsets[k], offsets[k+1])
+    # Record k covers [offsets[k], offsets[k+1])
+    self._offsets = np.concatenate([[0], np.cumsum(sizes)])
     self._start, self._stop = token_range or (0, int(self._offsets[-1]))
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._cache_bytes, self._cached_bytes = cache_bytes, 0
@@ -293,9 +292,8 @@ class PreparedStream:
     starts = np.maximum(starts, 0) + self._start
     stops = np.maximum(np.minimum(stops + self._start, self._stop), starts)
     firsts = np.searchsorted(self._offsets, starts, side="right") - 1
-    lasts = np.where(
-      stops > starts, np.searchsorted(self._offsets, stops, side="left"), firsts
-    )  # exclusive
+    # Exclusive
+    lasts = np.where(stops > starts, np.searchsorted(self._offsets, stops, side="left"), firsts)
     fetched = self._fetch(
       sorted(
         {k for first, last in zip(firsts.tolist(), lasts.tolist()) for k in range(first, last)}

@@ -351,9 +351,8 @@ def _write_records(
         lengths.append(chunk_lengths)
         ends.append(np.array(chunk_ends, bool))
         if labels is not None:
-          label_ids.append(
-            labels.ids(owners, f"--{flag}")
-          )  # a label this run does not know fails here
+          # A label this run does not know fails here
+          label_ids.append(labels.ids(owners, f"--{flag}"))
         documents += int(sum(chunk_ends))
         bar.update(len(records))
     finally:

@@ -141,9 +141,8 @@ class PlannedBatches:
     segment_ends = np.zeros((size, segments), np.int32)
     labels = np.zeros((size, segments), np.int32)
     example_mask = np.zeros((size, segments), bool)
-    fetched = iter(
-      self._sequences.get([example for row in rows for example in row])
-    )  # one batched read
+    # One batched read
+    fetched = iter(self._sequences.get([example for row in rows for example in row]))
     for r, row in enumerate(rows):
       position = 0
       for s, example in enumerate(row):

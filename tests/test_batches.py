@@ -122,9 +122,8 @@ def test_processes_batch_k_together_hold_a_single_process_batch_k(batching):
   for _ in range(20):  # several epochs
     expected = next(whole)
     got = [next(part) for part in parts]
-    assert all(
-      g["inputs"].shape == (2, expected["inputs"].shape[1]) for g in got
-    )  # same shape everywhere
+    # Same shape everywhere
+    assert all(g["inputs"].shape == (2, expected["inputs"].shape[1]) for g in got)
     assert sorted(sequences_in(got[0]) + sequences_in(got[1])) == sorted(sequences_in(expected))
 
 

@@ -75,9 +75,8 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, task):
 
 
 def test_a_checkpoint_of_two_processes_resumes_on_one_with_the_same_losses(tmp_path):
-  reference = train(
-    tmp_path / "2x1", "--num_steps=20", processes=2, devices=1
-  )  # checkpoints 10 and 20
+  # Checkpoints 10 and 20
+  reference = train(tmp_path / "2x1", "--num_steps=20", processes=2, devices=1)
   shutil.copytree(tmp_path / "2x1", tmp_path / "1x1")
   resumed = train(tmp_path / "1x1", "--num_steps=20", "--restore_step=10")
   after = lambda rows: [(r["step"], r["split"], r["loss"]) for r in rows if r["step"] > 10]

@@ -59,9 +59,8 @@ def test_four_devices_match_one_device(tmp_path, task):
 
 
 @needs_onednn
-@pytest.mark.parametrize(
-  "task", ["lm"]
-)  # (classifier batches through the kernel: tests/test_kernels.py)
+# (classifier batches through the kernel: tests/test_kernels.py)
+@pytest.mark.parametrize("task", ["lm"])
 def test_four_devices_each_running_the_onednn_kernel_match_the_scan(tmp_path, task):
   """Under shard_map every device runs oneDNN's LSTM on its own rows (each with its own dropout
   masks, so the reference is the scan under shard_map on as many devices)."""

@@ -153,9 +153,8 @@ def test_sigterm_saves_at_the_current_step_exits_zero_and_resumes_exactly(tmp_pa
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr[-2000:]
   stopped_at = logged_steps(workdir)[-1]
-  assert (
-    checkpoint_steps(workdir)[-1] == stopped_at
-  )  # saved where it stopped, not at a multiple of 5
+  # Saved where it stopped, not at a multiple of 5
+  assert checkpoint_steps(workdir)[-1] == stopped_at
   assert f"Stopped at step {stopped_at}; checkpoint saved" in stderr
   assert not os.path.exists(workdir / "summary.json")
   result = run(workdir, f"--num_steps={NUM_STEPS}")
@@ -196,9 +195,8 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_used(
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"Checkpoint {latest} cannot be read" in result.stderr
   assert "Traceback" not in result.stderr
-  assert (
-    snapshot(workdir / "set_aside_checkpoints" / str(NUM_STEPS)) == damaged_files
-  )  # kept, not deleted
+  # Kept, not deleted
+  assert snapshot(workdir / "set_aside_checkpoints" / str(NUM_STEPS)) == damaged_files
   assert summary(workdir)["param_fingerprint"] == uninterrupted  # retrained from step 195
 
 

@@ -29,9 +29,8 @@ def test_the_tunable_joins_the_users_own_and_is_not_wanted_twice_or_when_turned_
     "A": "b",
   }
   assert huge_pages.with_tunable({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-  assert not huge_pages.wanted(
-    {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
-  )  # the user's choice stands
+  # The user's choice stands
+  assert not huge_pages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
   assert not huge_pages.wanted({huge_pages.OPT_OUT: "0"})
   # What the PyTorch peer gets: the user's other tunables, without this one.
   assert huge_pages.without_tunable(

@@ -173,9 +173,8 @@ def test_a_build_killed_half_way_leaves_nothing_a_later_process_loads(tmp_path):
   os.killpg(building.pid, signal.SIGKILL)
   building.wait()
   left = os.listdir(cache)
-  assert len(left) == 1 and left[0].endswith(f".{building.pid}.tmp"), (
-    left
-  )  # nothing at the library's own name
+  # Nothing at the library's own name
+  assert len(left) == 1 and left[0].endswith(f".{building.pid}.tmp"), left
   # A later process with a working compiler builds, loads and runs the kernel, and removes the
   # dead build's partial file.
   later = subprocess.run(

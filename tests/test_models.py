@@ -274,9 +274,8 @@ def test_a_backward_reading_classifier_is_a_forward_one_on_each_sequence_reverse
   )
   np.testing.assert_allclose(read_backward, read_forward, rtol=1e-5, atol=1e-6)
   plain = forward.apply({"params": params}, tokens, mask, *one_segment(mask), train=False)
-  assert not np.allclose(
-    read_backward[:2], plain[:2]
-  )  # (a sequence of one token reads alike both ways)
+  # (a sequence of one token reads alike both ways)
+  assert not np.allclose(read_backward[:2], plain[:2])
 
 
 def test_max_pooling_is_the_elementwise_maximum_over_each_sequence():
@@ -413,10 +412,11 @@ def test_a_smaller_softmax_predicts_the_most_frequent_tokens_and_rarer_targets_a
   for name, value in params[
     "lm_head"
   ].items():  # the full head with the small one's first K outputs
+    # (a tied head's projection to the embedding width is not)
     is_output = name in (
       "bias",
       "kernel",
-    )  # (a tied head's projection to the embedding width is not)
+    )
     full_params["lm_head"][name] = (
       full_params["lm_head"][name].at[..., :K].set(value) if is_output else value
     )

@@ -186,9 +186,8 @@ def test_sequence_batches_from_a_prepared_dataset_equal_in_memory_ones(tmp_path,
   in_memory = encode_all(examples, dataset.vocab)
   lengths = np.array([len(ids) for ids in in_memory])
   sequences = dataset.view(None, "x").sequences()
-  assert (
-    sequences.lengths.tolist() == lengths.tolist()
-  )  # empty texts read as one <unk>, as in memory
+  # Empty texts read as one <unk>, as in memory
+  assert sequences.lengths.tolist() == lengths.tolist()
   labels = dataset.view(None, "x").label_ids()
   for shard in range(2):
     expected = sequence_batch_list(in_memory, labels, lengths, batching, shard, 2)
@@ -254,9 +253,8 @@ class CountingReads:
 def test_stream_reads_equal_the_whole_stream_for_any_cache_and_cached_records_are_not_read_again(
   tmp_path, monkeypatch, cache_bytes
 ):
-  monkeypatch.setattr(
-    prepare, "PIECE_CHARS", 50
-  )  # a book in many records, some ranges spanning several
+  # A book in many records, some ranges spanning several
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
   text = " ".join(np.random.default_rng(2).choice(WORDS, size=300)) + "\n"
   (tmp_path / "book.txt").write_text(text)
   prepare.prepare_corpus(f"text:{tmp_path / 'book.txt'}", str(tmp_path / "out"), tokenizer="word")

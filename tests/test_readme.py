@@ -137,9 +137,8 @@ def test_every_command_a_page_shows_names_real_modules_flags_and_files(page):
         argv = argv[1:]  # leading VAR=value assignments
       argv = _as_python_module(argv, scripts)
       if "--" in argv and argv[:3] == ["python", "-m", "launch.local"]:
-        argv = _as_python_module(
-          argv[argv.index("--") + 1 :], scripts
-        )  # the command the launcher starts
+        # The command the launcher starts
+        argv = _as_python_module(argv[argv.index("--") + 1 :], scripts)
       if argv[:2] == ["python", "-m"]:
         module = argv[2]
         if module.split(".")[0] in ("training", "pipeline", "launch", "bench"):

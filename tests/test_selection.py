@@ -77,9 +77,8 @@ def test_loss_selects_the_lowest_and_no_dev_split_means_no_selection(tmp_path):
     dataclasses.replace(CLASSIFY, eval_data="", num_steps=20, test_data=SPLITS["eval_data"]),
     str(tmp_path / "none"),
   )
-  assert (
-    plain["best"] is None and plain["test"]["accuracy"] >= 0.0
-  )  # the final parameters, scored once
+  # The final parameters, scored once
+  assert plain["best"] is None and plain["test"]["accuracy"] >= 0.0
   assert not os.path.exists(tmp_path / "none" / "best_checkpoint")
   # Scored with the final parameters: the same figures as the run at its last step gives on the
   # test examples, predicted afresh.
@@ -302,9 +301,8 @@ def test_a_backward_language_model_starts_the_backward_stack_with_its_own_embedd
       np.testing.assert_array_equal(encoder[f"layer_{layer}"][name], value)
     for name, value in backward.params["encoder"][f"layer_{layer}"].items():
       np.testing.assert_array_equal(encoder[f"backward_layer_{layer}"][name], value)
-  assert not np.array_equal(
-    encoder["backward_layer_0"]["W_h"], encoder["layer_0"]["W_h"]
-  )  # two different LMs
+  # Two different LMs
+  assert not np.array_equal(encoder["backward_layer_0"]["W_h"], encoder["layer_0"]["W_h"])
   np.testing.assert_array_equal(params["head_out"]["kernel"], fresh["head_out"]["kernel"])
 
   summary = train_and_evaluate(dataclasses.replace(config, num_steps=20), str(tmp_path))

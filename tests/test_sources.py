@@ -218,15 +218,12 @@ def test_holdout_takes_a_fixed_random_share_out_of_training():
   examples = [{"text": str(i), "label": i % 2} for i in range(1000)]
   train, dev = sources.holdout_split(examples, "holdout:10%", "eval_data")
   assert len(dev) == 100 and len(train) == 900
-  assert sorted(e["text"] for e in train + dev) == sorted(
-    e["text"] for e in examples
-  )  # disjoint, complete
-  assert [e["text"] for e in train] == sorted(
-    (e["text"] for e in train), key=int
-  )  # training keeps its order
-  assert (
-    30 < sum(e["label"] for e in dev) < 70
-  )  # random, not the file's tail (sorted files are common)
+  # Disjoint, complete
+  assert sorted(e["text"] for e in train + dev) == sorted(e["text"] for e in examples)
+  # Training keeps its order
+  assert [e["text"] for e in train] == sorted((e["text"] for e in train), key=int)
+  # Random, not the file's tail (sorted files are common)
+  assert 30 < sum(e["label"] for e in dev) < 70
   assert sources.holdout_split(examples, "holdout:10%", "eval_data") == (train, dev)  # fixed
   # Drawn from the whole file, not its tail: every tenth of the file gives some of it, and a file
   # sorted by label (the first half 0, the second 1) gives a dev split of both classes.

@@ -119,9 +119,8 @@ def test_generate_continues_the_carried_state_exactly_as_the_model_reads_the_tex
   logits, _ = run.model.apply(
     {"params": run.params}, ids, jnp.ones(ids.shape, bool), carry, train=False
   )
-  greedy = jnp.argmax(
-    logits[0, 3:-1], axis=-1
-  )  # the predictions after "<eos>abc", then after each sample
+  # The predictions after "<eos>abc", then after each sample
+  greedy = jnp.argmax(logits[0, 3:-1], axis=-1)
   assert run.vocab.decode([int(t) for t in greedy]) == text
 
 

@@ -122,9 +122,8 @@ class TrainReporter:
       "tokens_per_sec": real / max(now - self._window_start, 1e-9),
       "padding_efficiency": real / max(fed, 1.0),
       "grad_norm": float(sums["grad_norm_sum"]) / max(float(sums["steps"]), 1.0),
-      "learning_rate": learning_rate_at(
-        self._schedule, step - 1
-      ),  # the rate of this row's last update
+      # The rate of this row's last update
+      "learning_rate": learning_rate_at(self._schedule, step - 1),
       "real_tokens": int(real),
       "fed_tokens": int(fed),
       "elapsed_s": self.elapsed(now),

@@ -88,6 +88,5 @@ def load_run(workdir: str, step: int = 0) -> TrainedRun:
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
-  return TrainedRun(
-    workdir, config, vocab, labels, model, eval_params(state), step
-  )  # the average, if kept
+  # The average, if kept
+  return TrainedRun(workdir, config, vocab, labels, model, eval_params(state), step)

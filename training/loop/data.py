@@ -44,9 +44,8 @@ class RunData:
   train_batches: Callable[
     [int], Iterator[dict]
   ]  # start (global batch index) -> this process's batches
-  eval_batches: (
-    Callable[[], Iterator[dict]] | None
-  )  # one pass over this process's share of the dev split
+  # One pass over this process's share of the dev split
+  eval_batches: Callable[[], Iterator[dict]] | None
   eval_spec: str
   truncated_examples: int = 0  # training sequences cut to the row width (classify)
   test_batches: Callable[[], Iterator[dict]] | None = None  # the test split, read once at the end

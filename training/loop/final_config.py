@@ -34,9 +34,8 @@ def resolve_config(config: Config, workdir: str, devices: int) -> tuple[Config, 
   if config.init_from:
     config = adopt_language_models(config)  # the language model's cell, sizes and tokenizer
   config = adopt_prepared_tokenizer(config)  # a prepared training set fixes the tokenizer
-  check_devices_for_resume(
-    config, workdir, devices
-  )  # before validate's check: it says what changed
+  # Before validate's check: it says what changed
+  check_devices_for_resume(config, workdir, devices)
   validate(config, devices)
   check_resume(config, workdir)
   check_writable(workdir)

@@ -54,9 +54,8 @@ def train_step(
   )
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name:
-    dropout_rng = jax.random.fold_in(
-      dropout_rng, jax.lax.axis_index(axis_name)
-    )  # own mask per device
+    # Own mask per device
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   step_number = state.step + 1  # 1-based, as logged
 
   def loss_fn(params, model, perturbations=None):

@@ -72,9 +72,8 @@ class ModelConfig:
   read_backward: bool = False  # (see SequenceClassifier)
 
   def __post_init__(self):
-    object.__setattr__(
-      self, "head_widths", tuple(self.head_widths)
-    )  # (a list from JSON or msgpack)
+    # (a list from JSON or msgpack)
+    object.__setattr__(self, "head_widths", tuple(self.head_widths))
 
 
 class RecurrentLayer(nn.Module):
@@ -441,9 +440,8 @@ class SequenceClassifier(nn.Module):
 
   def _pool(self, outputs, segment_ids, segment_starts, segment_ends, pooling: str):
     if self.config.read_backward and pooling == "last":
-      return pool(
-        outputs, segment_ids, segment_starts, "last"
-      )  # it has read the whole sequence there
+      # It has read the whole sequence there
+      return pool(outputs, segment_ids, segment_starts, "last")
     if self.config.bidirectional and pooling == "last":
       # The backward stack has read a whole sequence when it reaches the sequence's first token.
       forward, backward = jnp.split(outputs, 2, axis=-1)

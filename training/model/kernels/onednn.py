@@ -279,9 +279,8 @@ def _lstm_bwd(saved, cotangents):
   x, w_x, w_h, b, h0, c0 = saved[:6]
   d_y, d_h_t, d_c_t = cotangents
   results = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (x, w_x, w_h, b, h0, c0)]
-  chunks, team = split(
-    x.shape[1], w_h.shape[0]
-  )  # as the forward call (its workspace is laid out so)
+  # As the forward call (its workspace is laid out so)
+  chunks, team = split(x.shape[1], w_h.shape[0])
   return tuple(
     jax.ffi.ffi_call("onednn_lstm_backward", results, vmap_method="sequential")(
       *saved, d_y, d_h_t, d_c_t, chunks=np.int64(chunks), team=np.int64(team)
