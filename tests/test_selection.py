@@ -334,7 +334,7 @@ def test_a_classifier_reading_backwards_starts_from_a_backward_language_model(
   summary = train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(summary["eval"]["loss"])
   served = load_run(str(tmp_path))
-  assert served.config.read_backward and served.model.read_backward
+  assert served.config.read_backward and served.model.config.read_backward
 
 
 def test_backward_language_models_are_checked(language_model, backward_language_model, tmp_path):
