@@ -41,6 +41,11 @@ def main(argv):
     sys.exit(2)
   import jax
 
+  if jax.process_count() > 1 and _jax_version() >= (0, 12):
+    # On jax 0.12, the processes of a job that read their executables from a persistent
+    # compilation cache (JAX_COMPILATION_CACHE_DIR) waited for each other for good: a 2 x 2 job
+    # ran cold and hung warm. Each process compiles for itself instead.
+    jax.config.update("jax_enable_compilation_cache", False)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # Process 0 reports; the others speak only of trouble.
   logging.info(
@@ -72,6 +77,12 @@ def main(argv):
     # Leave the job together, now, while every process is here. Left to the interpreter's exit,
     # jax 0.12.1 (Python 3.13) kept a process of a finished 2 x 2 job waiting for good.
     jax.distributed.shutdown()
+
+
+def _jax_version() -> tuple[int, ...]:
+  import jax
+
+  return tuple(int(part) for part in jax.__version__.split(".")[:2])
 
 
 def _exit_with_error(error: Exception, status: int) -> None:
