@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from launch.processes import is_alive
 from pipeline import prepare_workers, prepared, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
@@ -151,21 +152,11 @@ def remove_dead_temporaries(out_path: epath.Path) -> None:
         host,
         pid,
       )
-    elif not _process_alive(int(pid)):
+    elif not is_alive(int(pid)):
       logging.warning(
         "%s: removing what a prepare that died (process %s) left half written", entry, pid
       )
       entry.rmtree(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # another user's live process
-  return True
 
 
 def _fixed_vocabulary(vocab_from: str, tokenizer: str, with_labels: bool):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from launch.cores import kernel_threads
+from launch.processes import is_alive
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_lstm.cc")
 _TARGETS = {
@@ -128,24 +129,9 @@ def _remove_dead_builds(directory: str) -> None:
   compiling); a build still running keeps its own."""
   for name in os.listdir(directory):
     parts = name.rsplit(".", 2)
-    if (
-      len(parts) == 3
-      and parts[2] == "tmp"
-      and parts[1].isdigit()
-      and not _process_alive(int(parts[1]))
-    ):
+    if len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit() and not is_alive(int(parts[1])):
       with contextlib.suppress(OSError):
         os.remove(os.path.join(directory, name))
-
-
-def _process_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # another user's live process
-  return True
 
 
 def _load() -> ctypes.CDLL:
