@@ -82,10 +82,6 @@ def test_the_second_command_installs_the_test_extra_and_runs_what_ci_runs(tmp_pa
   assert " tests collected" in result.stdout or "tests collected" in result.stdout
 
 
-def _flag_names(argv: list[str]) -> list[str]:
-  return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
-
-
 def _console_scripts() -> dict[str, str]:
   """Console script -> the module it runs (pyproject.toml's [project.scripts])."""
   with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
