@@ -5,7 +5,7 @@ r"""The quality table: each real-corpus config's dev and test figures, read from
 Each config `configs/NAME.flags` is expected in `WORKDIR/NAME` (the README's command:
 `python -m training.train --flagfile=configs/NAME.flags --workdir=runs/NAME`). With `--train`
 the missing runs are trained first, in order (the language model before the configs that start
-from it). Writes docs/quality.md; a config without a finished run is listed as not run.
+from it). Writes runs/quality.md; a config without a finished run is listed as not run.
 
 An ensemble row averages the class probabilities of its members' runs (`training.tools.ensemble`):
 `sst2_pretrained` with the same config at other seeds (`WORKDIR/NAME_seedN`, trained with
@@ -157,7 +157,7 @@ def main() -> None:
   parser.add_argument(
     "--train", action="store_true", help="train the configs that have no finished run"
   )
-  parser.add_argument("--out", default="docs/quality.md")
+  parser.add_argument("--out", default="runs/quality.md")
   args = parser.parse_args()
   table = []
   for name, metric, target, anchors in CONFIGS:
