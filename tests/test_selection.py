@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from training.bookkeeping.class_report import scalar_metrics
 from training.bookkeeping.trained_run import load_run
 from training.config import Config, ConfigError, validate
 from training.loop import final_config, pretrained
@@ -59,7 +60,10 @@ def test_best_evaluation_is_kept_and_the_test_split_is_scored_with_its_parameter
   best = first_best(eval_rows(tmp_path))
   assert summary["best"]["step"] == best["step"] and summary["best"]["select_metric"] == "accuracy"
   assert summary["best"]["eval"]["accuracy"] == best["accuracy"]
-  assert summary["test"] == pytest.approx(summary["best"]["eval"], rel=1e-6)
+  test, dev = summary["test"], summary["best"]["eval"]
+  assert test["confusion_matrix"] == dev["confusion_matrix"]  # the same predictions
+  assert test["per_class"] == dev["per_class"]
+  assert scalar_metrics(test) == pytest.approx(scalar_metrics(dev), rel=1e-6)
   # The best checkpoint outlives --keep_checkpoints=1, and inference loads it by default.
   assert os.listdir(tmp_path / "best_checkpoint") == [str(best["step"])]
   assert os.listdir(tmp_path / "checkpoints") == ["60"]

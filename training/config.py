@@ -15,7 +15,9 @@ from pipeline.sources import with_absolute_path
 TASKS = ("lm", "classify")
 MODELS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean", "max", "concat")
-SELECT_METRICS = ("loss", "accuracy")
+SELECT_METRICS = ("loss", "accuracy", "macro_f1")
+# --select_metric=f1:CLASS: the F1 of one named class (imbalanced data where one class matters).
+CLASS_F1_PREFIX = "f1:"
 LR_DECAYS = ("none", "cosine")
 ON_NONFINITE = ("stop", "skip")
 UTF8_ERRORS = ("strict", "replace")
@@ -294,8 +296,9 @@ class Config:
   )
   select_metric: str = setting(
     "",
-    "Eval metric that picks the best checkpoint (kept in WORKDIR/best_checkpoint): "
-    "loss | accuracy; empty: accuracy to classify, loss for lm.",
+    "Eval metric that picks the best checkpoint (kept in WORKDIR/best_checkpoint) and stops "
+    "early: loss | accuracy | macro_f1 | f1:CLASS (one class's F1); empty: accuracy to "
+    "classify, loss for lm.",
   )
   patience: int = setting(
     0,
@@ -445,14 +448,19 @@ def validate(config: Config, device_count: int = 1) -> None:
     "--eval_data or --test_data was given without --train_data",
   )
   _require(
-    config.select_metric in ("",) + SELECT_METRICS,
+    config.select_metric in ("",) + SELECT_METRICS
+    or (
+      config.select_metric.startswith(CLASS_F1_PREFIX)
+      and len(config.select_metric) > len(CLASS_F1_PREFIX)
+    ),
     "select_metric",
-    f"unknown value {config.select_metric!r}; expected one of {', '.join(SELECT_METRICS)}",
+    f"unknown value {config.select_metric!r}; expected one of {', '.join(SELECT_METRICS)}"
+    f" or {CLASS_F1_PREFIX}CLASS",
   )
   _require(
-    config.selection_metric() != "accuracy" or config.task == "classify",
+    config.selection_metric() == "loss" or config.task == "classify",
     "select_metric",
-    "accuracy is measured for --task=classify only; use loss",
+    f"{config.select_metric} is measured for --task=classify only; use loss",
   )
   _require(config.patience >= 0, "patience", f"must be >= 0, got {config.patience}")
   _require(

@@ -29,7 +29,8 @@ class MetricsLog:
   TensorBoard event files in `tensorboard_dir` (when given).
 
   On resume, rows logged after the restored step (by a run that crashed before its next
-  checkpoint) are dropped, so the file reads as if the run had never stopped.
+  checkpoint) are dropped, so the file reads as if the run had never stopped; so is the test
+  split's row, which the run writes again when it ends.
   """
 
   def __init__(
@@ -42,7 +43,11 @@ class MetricsLog:
     self._rows = []
     if enabled and paths.exists(path):
       lines = paths.read_text(path).split("\n")
-      self._rows = [row for row in map(_parse_row, lines) if row and row["step"] <= resume_step]
+      self._rows = [
+        row
+        for row in map(_parse_row, lines)
+        if row and row["step"] <= resume_step and row["split"] != "test"
+      ]
       paths.write_text(path, self._text())
 
   def _text(self) -> str:

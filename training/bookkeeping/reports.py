@@ -13,6 +13,7 @@ import time
 import jax
 from absl import logging
 
+from training.bookkeeping.class_report import scalar_metrics
 from training.bookkeeping.metrics_log import MetricsLog
 from training.loop.objectives import combine_sums, finalize_metrics
 from training.state import learning_rate_at
@@ -149,7 +150,11 @@ class TrainReporter:
 
   def log_eval(self, step: int, metrics: dict) -> None:
     self.metrics_log.write({"step": step, "split": "eval", **metrics, "elapsed_s": self.elapsed()})
-    logging.info("eval at step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    logging.info(
+      "eval at step %d: %s",
+      step,
+      "  ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(metrics).items()),
+    )
 
   def restart_clock(self) -> None:
     """After an evaluation: its time is not training throughput."""

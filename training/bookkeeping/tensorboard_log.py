@@ -1,7 +1,9 @@
 """TensorBoard event files beside `metrics.jsonl`, written without TensorFlow (tensorboardX).
 
 Every numeric field of a metrics row becomes a scalar named `SPLIT/FIELD` (`train/loss`,
-`eval/accuracy`, `train/learning_rate`, ...) at the row's step. A resumed run opens the writer
+`eval/accuracy`, `train/learning_rate`, ...) at the row's step; a classifier's evaluation adds
+each class's `SPLIT/f1/CLASS`, `SPLIT/precision/CLASS` and `SPLIT/recall/CLASS`, and its
+confusion matrix as the image `SPLIT/confusion_matrix`. A resumed run opens the writer
 with `purge_step` = the first step after its checkpoint: TensorBoard then hides the points that
 the crashed run wrote after that checkpoint, so the curves continue without duplicates, as
 `metrics.jsonl` does.
@@ -42,11 +44,21 @@ class TensorBoardLog:
       return
     for name, value in row.items():
       if (
-        name not in ("step", "split")
+        name not in ("step", "split", "parameters_of_step")
         and isinstance(value, numbers.Real)
         and not isinstance(value, bool)
       ):
         self._writer.add_scalar(f"{row['split']}/{name}", value, row["step"])
+    for name, figures in row.get("per_class", {}).items():
+      for measure in ("f1", "precision", "recall"):
+        self._writer.add_scalar(f"{row['split']}/{measure}/{name}", figures[measure], row["step"])
+    if "confusion_matrix" in row:
+      from training.bookkeeping.class_report import confusion_matrix_image
+
+      image = confusion_matrix_image(row, f"{row['split']}, step {row['step']}")
+      self._writer.add_image(
+        f"{row['split']}/confusion_matrix", image, row["step"], dataformats="HWC"
+      )
 
   def close(self) -> None:
     if self._writer is not None:

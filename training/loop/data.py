@@ -35,6 +35,7 @@ from pipeline.sequence_batches import make_plan_function, sequence_batches
 from pipeline.token_windows import window_batches
 from pipeline.tokenizers import Vocabulary
 from training.config import Config, ConfigError, source_read_options
+from training.loop.class_balance import class_counts, imbalance_warning
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class RunData:
   eval_spec: str
   truncated_examples: int = 0  # training sequences cut to the row width (classify)
   test_batches: Callable[[], Iterator[dict]] | None = None  # the test split, read once at the end
+  class_names: tuple[str, ...] | None = None  # a classifier's classes, in class id order
 
 
 @dataclasses.dataclass
@@ -103,6 +105,9 @@ def prepare_data(config: Config, workdir: str) -> RunData:
       test_batches=lm_batches(held_out["test_data"], "test_data"),
     )
 
+  class_names = labels.names or tuple(str(i) for i in range(labels.num_classes))
+  if jax.process_index() == 0:
+    _warn_of_imbalance(train, held_out, labels.num_classes, class_names)
   if len(train.sequences) < config.batch_size:
     raise DataError(
       f"--train_data={train_spec}: {len(train.sequences)} examples cannot fill one"
@@ -161,7 +166,20 @@ def prepare_data(config: Config, workdir: str) -> RunData:
     eval_spec,
     truncated,
     test_batches=batches(held_out["test_data"], False),
+    class_names=class_names,
   )
+
+
+def _warn_of_imbalance(train: _Split, held_out: dict, num_classes: int, class_names) -> None:
+  """Logs, once, each dev or test split whose classes are not distributed like training's."""
+  train_counts = class_counts(train.labels, num_classes)
+  for flag, split in held_out.items():
+    if split is not None:
+      warning = imbalance_warning(
+        flag, class_counts(split.labels, num_classes), train_counts, class_names
+      )
+      if warning:
+        logging.warning("%s", warning)
 
 
 def is_prepared(spec: str) -> bool:

@@ -8,7 +8,9 @@ as much as a full one.
 - per token (`lm`): next-token cross-entropy at every real position, averaged over real
   tokens;
 - per sequence (`classify`): cross-entropy of one label per sequence, averaged over real
-  examples, with the number of correct predictions for accuracy.
+  examples, with the number of correct predictions for accuracy and the confusion matrix of
+  true against predicted classes (counts, so that they add up exactly across batches, devices
+  and hosts; `class_report` derives precision, recall and F1 from it).
 """
 
 import jax
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from pipeline.tokenizers import UNK
+from training.bookkeeping.class_report import class_report
 from training.model.models import fast_path_applies, segment_resets
 
 
@@ -34,11 +37,20 @@ def sequence_cross_entropy(logits, labels, example_mask) -> dict:
   """logits [..., C], labels [...] int, example_mask [...] bool -> sums over real examples."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   weights = example_mask.astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  predicted = jnp.argmax(logits, axis=-1)
+  correct = (predicted == labels).astype(jnp.float32)
+  num_classes = logits.shape[-1]
+  true_one_hot = jax.nn.one_hot(labels.reshape(-1), num_classes) * weights.reshape(-1, 1)
+  predicted_one_hot = jax.nn.one_hot(predicted.reshape(-1), num_classes)
   return {
     "loss_sum": (losses * weights).sum(),
     "weight": weights.sum(),
     "correct_sum": (correct * weights).sum(),
+    # [true class, predicted class] counts; exact in float32 up to 2^24 examples per cell (the
+    # products are 0 or 1 and HIGHEST keeps an accelerator from rounding them through bfloat16).
+    "confusion_sum": jnp.einsum(
+      "nt,np->tp", true_one_hot, predicted_one_hot, precision=jax.lax.Precision.HIGHEST
+    ),
   }
 
 
@@ -134,8 +146,10 @@ def no_sums(abstract_sums: dict) -> dict:
   return {name: identity(name, leaf) for name, leaf in abstract_sums.items()}
 
 
-def finalize_metrics(sums: dict) -> dict:
-  """Means from summed metrics: `loss` (nats), and `accuracy` where predictions were counted."""
+def finalize_metrics(sums: dict, class_names=None) -> dict:
+  """Means from summed metrics: `loss` (nats), and `accuracy` where predictions were counted.
+  With `class_names` (a classifier's evaluation), also its per-class precision, recall, F1 and
+  support, their macro and weighted averages, and the confusion matrix (`class_report`)."""
   sums = jax.device_get(sums)
   weight = max(float(sums["weight"]), 1.0)
   metrics = {"loss": float(sums["loss_sum"]) / weight}
@@ -147,4 +161,6 @@ def finalize_metrics(sums: dict) -> dict:
     metrics["adversarial_loss"] = float(sums["adversarial_loss_sum"]) / weight
   if "lm_loss_sum" in sums:
     metrics["lm_loss"] = float(sums["lm_loss_sum"]) / max(float(sums["lm_weight"]), 1.0)
+  if class_names is not None and "confusion_sum" in sums:
+    metrics.update(class_report(sums["confusion_sum"], class_names))
   return metrics

@@ -19,14 +19,24 @@ import os
 from absl import logging
 
 from training.bookkeeping.checkpoints import BEST_DIR, Checkpointer
+from training.config import CLASS_F1_PREFIX
 from training.state import TrainState
 
-HIGHER_IS_BETTER = {"accuracy": True, "loss": False}
+
+def metric_value(metrics: dict, metric: str) -> float | None:
+  """`metric` in an evaluation's metrics (`f1:CLASS` is that class's F1); None where they lack it
+  (a best evaluation saved before the metric was measured)."""
+  if metric.startswith(CLASS_F1_PREFIX):
+    return metrics.get("per_class", {}).get(metric[len(CLASS_F1_PREFIX) :], {}).get("f1")
+  return metrics.get(metric)
 
 
-def is_better(metric: str, value: float, best: float) -> bool:
-  """Strictly better (a tie keeps the earlier step; NaN is never better)."""
-  return value > best if HIGHER_IS_BETTER[metric] else value < best
+def is_better(metric: str, value: float, best: float | None) -> bool:
+  """Strictly better (a tie keeps the earlier step; NaN is never better). Loss is better lower,
+  every other metric (accuracy, F1) higher; anything beats a best that lacks the metric."""
+  if best is None:
+    return value == value
+  return value < best if metric == "loss" else value > best
 
 
 class ModelSelection:
@@ -62,8 +72,10 @@ class ModelSelection:
 
   def observe(self, step: int, metrics: dict, state: TrainState) -> bool:
     """Keeps `state` if `metrics` beat the best so far; returns whether they did."""
-    value = metrics[self.metric]
-    if self.best is not None and not is_better(self.metric, value, self.best[self.metric]):
+    value = metric_value(metrics, self.metric)
+    if self.best is not None and not is_better(
+      self.metric, value, metric_value(self.best, self.metric)
+    ):
       return False
     self._checkpointer.save(state, metrics=dict(metrics))
     self._checkpointer.wait_until_finished()  # the best is on disk before training goes on

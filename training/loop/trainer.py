@@ -11,11 +11,12 @@ import jax
 from absl import logging
 
 from training.bookkeeping.checkpoints import Checkpointer
+from training.bookkeeping.class_report import format_report, scalar_metrics
 from training.bookkeeping.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.bookkeeping.reports import ProgressBar, TrainReporter, add_sums
 from training.bookkeeping.run_config import record_run
 from training.bookkeeping.workdir import WorkdirLock, free_bytes, require_free_space
-from training.config import Config
+from training.config import CLASS_F1_PREFIX, Config, ConfigError
 from training.loop import parallel
 from training.loop.data import RunData, prepare_data
 from training.loop.final_config import resolve_config
@@ -154,11 +155,18 @@ def _no_sums_fn(sums_shapes, mesh) -> Callable[[dict], dict]:
 
 
 def evaluate(
-  eval_fn, params, batches: Callable, config: Config, mesh, initial_carry, split: str = "eval"
+  eval_fn,
+  params,
+  batches: Callable,
+  config: Config,
+  mesh,
+  initial_carry,
+  split: str = "eval",
+  class_names=None,
 ) -> dict:
   """Metrics over one pass of `batches()` (the dev split: at most `eval_steps` batches; the test
   split: all of it); per-token evaluation carries the state across windows from
-  `initial_carry` (zeros)."""
+  `initial_carry` (zeros). A classifier's (`class_names`) include the per-class report."""
   carry = initial_carry
   totals = None
   limit = config.eval_steps if split == "eval" else 0
@@ -170,7 +178,7 @@ def evaluate(
     totals = add_sums(totals, sums)
     bar.update()
   bar.close()
-  return finalize_metrics(totals)
+  return finalize_metrics(totals, class_names)
 
 
 SET_ASIDE_DIR = "set_aside_checkpoints"
@@ -213,6 +221,7 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if config.init_from:
     copy_vocabulary(config.init_from, workdir)
   data = prepare_data(config, workdir)
+  _require_selected_class(config, data.class_names)
   mesh = parallel.make_mesh()
 
   steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
@@ -328,6 +337,13 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if evaluated_at != step:  # (an early stop has just evaluated this step)
     eval_metrics = _evaluate_and_select(evaluator, state, step, reporter, selection)
   test_metrics = _evaluate_test(evaluator, state, step, selection)
+  if test_metrics is not None:
+    chosen_step = selection.best["step"] if selection.best else step
+    metrics_log.write(
+      {"step": step, "split": "test", "parameters_of_step": chosen_step, **test_metrics}
+    )
+  if is_lead:
+    _log_class_reports(selection.summary(), test_metrics)
   reporter.close()
   selection.close()
   summary = {
@@ -347,6 +363,18 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if is_lead:
     write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+def _require_selected_class(config: Config, class_names) -> None:
+  """`--select_metric=f1:CLASS` names one of the run's classes."""
+  metric = config.selection_metric()
+  if metric.startswith(CLASS_F1_PREFIX) and metric[len(CLASS_F1_PREFIX) :] not in (
+    class_names or ()
+  ):
+    raise ConfigError(
+      f"--select_metric={metric}: no class {metric[len(CLASS_F1_PREFIX) :]!r}; the run's"
+      f" classes are {', '.join(class_names or ())}"
+    )
 
 
 def _loop_acts_at(step: int, config: Config) -> bool:
@@ -411,7 +439,13 @@ class Evaluator:
     if self._data.eval_batches is None:
       return None
     return evaluate(
-      self._eval_fn, params, self._data.eval_batches, self._config, self._mesh, self._carry
+      self._eval_fn,
+      params,
+      self._data.eval_batches,
+      self._config,
+      self._mesh,
+      self._carry,
+      class_names=self._data.class_names,
     )
 
   @property
@@ -420,7 +454,14 @@ class Evaluator:
 
   def test(self, params) -> dict:
     return evaluate(
-      self._eval_fn, params, self._data.test_batches, self._config, self._mesh, self._carry, "test"
+      self._eval_fn,
+      params,
+      self._data.test_batches,
+      self._config,
+      self._mesh,
+      self._carry,
+      "test",
+      self._data.class_names,
     )
 
 
@@ -448,9 +489,18 @@ def _evaluate_test(
   logging.info(
     "test (parameters of step %d): %s",
     chosen_step,
-    "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+    "  ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(metrics).items()),
   )
   return metrics
+
+
+def _log_class_reports(best: dict | None, test: dict | None) -> None:
+  """The classifier's reports as tables, at the end of the run: the dev evaluation that chose the
+  parameters, and the test split read with them."""
+  if best and "per_class" in best["eval"]:
+    logging.info("%s", format_report(best["eval"], f"dev, step {best['step']} (best):"))
+  if test and "per_class" in test:
+    logging.info("%s", format_report(test, "test:"))
 
 
 def _check_finite(sums, on_nonfinite: str, checkpointer: Checkpointer) -> None:

@@ -24,6 +24,7 @@ from absl import flags
 from launch import cli
 from pipeline import paths
 from pipeline.errors import DataError
+from training.bookkeeping.class_report import format_report
 from training.tools.scoring import score
 
 _WORKDIRS = flags.DEFINE_list(
@@ -56,6 +57,7 @@ def main(argv):
       f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
       f" members {members} (mean {mean:.4f})"
     )
+    print(format_report(summary["ensemble"][split], f"{split}, ensemble:"))
 
 
 def run_main():

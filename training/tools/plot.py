@@ -6,6 +6,11 @@ One panel per metric (loss, and accuracy for classifiers; `--metrics` picks othe
 `tokens_per_sec` or `grad_norm`), train as solid lines and eval as dashed ones, one colour per
 run, read from each workdir's `metrics.jsonl`. Writes a PNG (or any format matplotlib knows by
 the file's extension).
+
+`--metrics=confusion_matrix` draws a finished classifier's confusion matrices instead, from its
+`summary.json`: the dev evaluation that chose its parameters, and the test split read with them.
+
+  python -m training.tools.plot runs/recall_lstm --metrics=confusion_matrix --out=runs/recall_lstm_confusion.png
 """
 
 import json
@@ -18,8 +23,12 @@ from pipeline import paths
 
 _OUT = flags.DEFINE_string("out", None, "The image to write (e.g. curves.png).", required=True)
 _METRICS = flags.DEFINE_list(
-  "metrics", [], "Metrics to draw; empty: loss, and accuracy where logged."
+  "metrics",
+  [],
+  "Metrics to draw; empty: loss, and accuracy where logged; confusion_matrix: a finished"
+  " classifier's confusion matrices (dev and test) instead of curves.",
 )
+CONFUSION_MATRIX = "confusion_matrix"
 _TITLE = flags.DEFINE_string("title", "", "Figure title.")
 
 
@@ -40,12 +49,73 @@ def read_rows(workdir: str) -> list[dict]:
   return rows
 
 
-def plot_runs(workdirs: list[str], out: str, metrics: list[str] = (), title: str = "") -> list[str]:
-  """Draws the runs' curves into `out`; returns the metrics drawn."""
+def confusion_matrices(workdir: str) -> list[tuple[str, dict]]:
+  """(title, evaluation) of each confusion matrix in a finished run's summary: dev (best), test."""
+  path = os.path.join(workdir, "summary.json")
+  if not paths.exists(path):
+    raise PlotError(f"{workdir}: no summary.json (has the run finished?)")
+  summary = json.loads(paths.read_text(path))
+  best, test = summary.get("best") or {}, summary.get("test") or {}
+  found = []
+  if CONFUSION_MATRIX in best.get("eval", {}):
+    found.append((f"dev, step {best['step']} (best)", best["eval"]))
+  elif CONFUSION_MATRIX in (summary.get("eval") or {}):
+    found.append((f"dev, step {summary['step']}", summary["eval"]))
+  if CONFUSION_MATRIX in test:
+    found.append(("test", test))
+  if not found:
+    raise PlotError(
+      f"{workdir}: its summary.json has no confusion matrix (a language model, or a classifier"
+      " trained before they were recorded: evaluate it with rnn-predict --data)"
+    )
+  return found
+
+
+def plot_confusion_matrices(workdirs: list[str], out: str, title: str = "") -> list[str]:
+  """Draws each run's confusion matrices into `out`, one panel per run and split."""
+  plt = _pyplot()
+  from training.bookkeeping.class_report import draw_confusion_matrix
+
+  panels = [
+    (f"{os.path.basename(os.path.normpath(w)) or w}: {split}", evaluation)
+    for w in workdirs
+    for split, evaluation in confusion_matrices(w)
+  ]
+  size = 2.5 + 0.4 * max(len(evaluation["classes"]) for _, evaluation in panels)
+  figure, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+  for axis, (name, evaluation) in zip(axes[0], panels):
+    draw_confusion_matrix(axis, evaluation, name)
+  return _save(plt, figure, out, title, [CONFUSION_MATRIX])
+
+
+def _pyplot():
   import matplotlib
 
   matplotlib.use("Agg")  # files only: no display needed
   import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _save(plt, figure, out: str, title: str, drawn: list[str]) -> list[str]:
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  figure.savefig(out, dpi=120)
+  plt.close(figure)
+  return drawn
+
+
+def plot_runs(workdirs: list[str], out: str, metrics: list[str] = (), title: str = "") -> list[str]:
+  """Draws the runs' curves into `out`; returns the metrics drawn."""
+  if CONFUSION_MATRIX in metrics:
+    if list(metrics) != [CONFUSION_MATRIX]:
+      raise PlotError(
+        f"--metrics={','.join(metrics)}: {CONFUSION_MATRIX} is drawn on its own, not beside curves"
+      )
+    return plot_confusion_matrices(workdirs, out, title)
+  plt = _pyplot()
 
   runs = {os.path.basename(os.path.normpath(w)) or w: read_rows(w) for w in workdirs}
   if not metrics:
@@ -76,13 +146,7 @@ def plot_runs(workdirs: list[str], out: str, metrics: list[str] = (), title: str
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small")
-  if title:
-    figure.suptitle(title)
-  figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  figure.savefig(out, dpi=120)
-  plt.close(figure)
-  return list(metrics)
+  return _save(plt, figure, out, title, list(metrics))
 
 
 def main(argv):

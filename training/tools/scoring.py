@@ -6,6 +6,7 @@ import numpy as np
 
 from pipeline import sources
 from pipeline.errors import DataError
+from training.bookkeeping.class_report import class_report, confusion_from_predictions
 from training.config import source_read_options
 
 _SPLITS = (("eval", "eval_data"), ("test", "test_data"))
@@ -35,14 +36,24 @@ def split_examples(config, flag: str) -> list[dict] | None:
   return list(sources.read_joined(spec, flag, **options))
 
 
-def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-  """Accuracy and mean negative log-likelihood of `labels` under `probabilities` [N, C]."""
+def metrics(probabilities: np.ndarray, labels: np.ndarray, class_names=None) -> dict:
+  """Accuracy and mean negative log-likelihood of `labels` under `probabilities` [N, C], and with
+  `class_names` the per-class report (`class_report`) of the most probable classes."""
   chosen = probabilities[np.arange(len(labels)), labels]
-  return {
+  predicted = probabilities.argmax(axis=1)
+  result = {
     "loss": float(-np.mean(np.log(np.maximum(chosen, 1e-12)))),
-    "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+    "accuracy": float(np.mean(predicted == labels)),
     "examples": int(len(labels)),
   }
+  if class_names is not None:
+    confusion = confusion_from_predictions(predicted, labels, probabilities.shape[1])
+    result.update(class_report(confusion, class_names))
+  return result
+
+
+def class_names(run) -> list[str]:
+  return [run.labels.name(i) for i in range(run.labels.num_classes)]
 
 
 def _check_members(runs) -> None:
@@ -104,7 +115,8 @@ def score(runs, batch_size: int = 64) -> dict:
     labels = runs[0].labels.ids(examples, getattr(runs[0].config, flag))
     texts = [example["text"] for example in examples]
     each = [np.stack(list(class_probabilities(run, texts, batch_size))) for run in runs]
+    names = class_names(runs[0])
     for member, probabilities in zip(summary["members"], each):
-      member[split] = metrics(probabilities, labels)
-    summary["ensemble"][split] = metrics(np.mean(each, axis=0), labels)
+      member[split] = metrics(probabilities, labels, names)
+    summary["ensemble"][split] = metrics(np.mean(each, axis=0), labels, names)
   return summary
