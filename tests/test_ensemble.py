@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import sklearn.metrics
 
 from pipeline import synthetic
 from pipeline.prepared_writer import prepare_corpus
@@ -111,6 +112,10 @@ def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members,
     assert member["test"]["accuracy"] == pytest.approx(own["test"]["accuracy"], abs=1e-9)
     assert member["eval"]["loss"] == pytest.approx(own["best"]["eval"]["loss"], rel=1e-4)
     assert member["test"]["loss"] == pytest.approx(own["test"]["loss"], rel=1e-4)
+    # and the same per-class report as the trainer counted on the device
+    assert member["eval"]["confusion_matrix"] == own["best"]["eval"]["confusion_matrix"]
+    for name, figures in own["test"]["per_class"].items():
+      assert member["test"]["per_class"][name] == pytest.approx(figures, abs=1e-9)
   assert (
     summary["members"][0]["eval"]["examples"] == 60
     and summary["members"][0]["test"]["examples"] == 150
@@ -137,6 +142,14 @@ def test_members_score_as_their_runs_did_and_the_ensemble_averages_them(members,
   assert summary["ensemble"]["test"]["accuracy"] == pytest.approx(
     np.mean(average.argmax(1) == labels), abs=1e-9
   )
+  ensembled = summary["ensemble"]["test"]
+  assert ensembled["confusion_matrix"] == (
+    sklearn.metrics.confusion_matrix(labels, average.argmax(1), labels=[0, 1, 2]).tolist()
+  )
+  assert ensembled["macro_f1"] == pytest.approx(
+    sklearn.metrics.f1_score(labels, average.argmax(1), average="macro"), abs=1e-12
+  )
+  assert "weighted avg" in result.stdout  # the ensemble's table
   expected_loss = -np.mean(np.log(average[np.arange(len(labels)), labels]))
   assert summary["ensemble"]["test"]["loss"] == pytest.approx(expected_loss, rel=1e-4)
 
