@@ -28,7 +28,7 @@ from absl import flags
 from pipeline import sources
 from pipeline.errors import DataError
 from pipeline.paths import absolute
-from pipeline.prepared_writer import prepare_corpus
+from pipeline.prepared_writer import DEFAULT_SAMPLE_MB, prepare_corpus
 from pipeline.tfds_corpus import write_tfds_dataset
 from pipeline.tokenizers import KINDS
 
@@ -39,16 +39,28 @@ _OUT = flags.DEFINE_string(
   "out", None, "Directory to write the prepared dataset into (must not exist, or be empty)."
 )
 _TOKENIZER = flags.DEFINE_enum(
-  "tokenizer", "char", list(KINDS), "Tokenizer (as the trainer's --tokenizer)."
+  "tokenizer",
+  "char",
+  list(KINDS),
+  "Tokenizer (as the trainer's --tokenizer); bpe and unigram are trained on the data.",
 )
 _VOCAB_SIZE = flags.DEFINE_integer(
-  "vocab_size", 0, "Keep the most frequent tokens (specials included); 0: all."
+  "vocab_size",
+  0,
+  "Keep the most frequent tokens (specials included); 0: all. bpe, unigram: the number of"
+  " subwords to learn (needed).",
 )
 _VOCAB_FROM = flags.DEFINE_string(
   "vocab_from",
   "",
   "Use the vocabulary (and labels) of this prepared dataset or"
   " run workdir: for evaluation and test splits.",
+)
+_TOKENIZER_SAMPLE_MB = flags.DEFINE_float(
+  "tokenizer_sample_mb",
+  DEFAULT_SAMPLE_MB,
+  "bpe, unigram: train the tokenizer on at most this many MB of the text (a sample fixed by the"
+  " lines' hashes: the same for the same data).",
 )
 _LABELS = flags.DEFINE_bool("labels", False, "Read and store class labels (per-sequence data).")
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -91,7 +103,7 @@ def _prepare_from_flags() -> str:
       "give --data=KIND:PATH[SLICE] and --out=DIR (or, for a TFDS text dataset, --name, --data_dir"
       " and --split)"
     )
-  for flag in (_NUM_WORKERS, _SHARD_MB):
+  for flag in (_NUM_WORKERS, _SHARD_MB, _TOKENIZER_SAMPLE_MB):
     if flag.value < 1:
       raise DataError(f"--{flag.name}: must be positive, got {flag.value}")
   read_options = dict(
@@ -108,6 +120,7 @@ def _prepare_from_flags() -> str:
     tokenizer=_TOKENIZER.value,
     vocab_size=_VOCAB_SIZE.value,
     vocab_from=absolute(_VOCAB_FROM.value),
+    tokenizer_sample_mb=_TOKENIZER_SAMPLE_MB.value,
     with_labels=_LABELS.value,
     num_classes=_NUM_CLASSES.value,
     num_workers=_NUM_WORKERS.value,

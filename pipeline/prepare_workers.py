@@ -14,17 +14,20 @@ from pipeline.tokenizers import Vocabulary, split_tokens
 _state = {}
 
 
-def start(kind: str, tokens: list[str] | None) -> None:
-  """Pool initializer: the tokenizer kind, and the vocabulary when encoding."""
+def start(kind: str, tokens: list[str] | None, model: bytes | None = None) -> None:
+  """Pool initializer: the tokenizer kind, and the vocabulary (and a subword vocabulary's
+  model) when encoding."""
   _state["kind"] = kind
-  _state["vocab"] = Vocabulary(kind, tokens) if tokens is not None else None
+  _state["vocab"] = Vocabulary(kind, tokens, model) if tokens is not None else None
 
 
-def count_tokens(texts: list[str]) -> collections.Counter:
-  counts = collections.Counter()
+def count_tokens(texts: list[str]) -> tuple[collections.Counter, int]:
+  """(token counts, UTF-8 bytes) of `texts`."""
+  counts, text_bytes = collections.Counter(), 0
   for text in texts:
     counts.update(split_tokens(text, _state["kind"]))
-  return counts
+    text_bytes += len(text.encode("utf-8"))
+  return counts, text_bytes
 
 
 def encode_texts(texts: list[str]) -> tuple[list[bytes], np.ndarray]:

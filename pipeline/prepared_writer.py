@@ -26,12 +26,15 @@ from launch.processes import is_alive
 from pipeline import prepare_workers, prepared, sources
 from pipeline.errors import DataError
 from pipeline.labels import Labels
-from pipeline.tokenizers import KINDS, Vocabulary
+from pipeline.subwords import SubwordSample
+from pipeline.tokenizers import KINDS, SUBWORD_KINDS, Vocabulary
 
 # Texts handed to a worker at a time, and the longest piece an unlabelled document is cut into
 # (at whitespace: no token spans it, so the pieces tokenise exactly as the whole).
 CHUNK_CHARS = 1 << 21
 PIECE_CHARS = 1 << 20
+# The most text a subword tokenizer is trained on (MB); a larger corpus is sampled.
+DEFAULT_SAMPLE_MB = 64
 
 
 def prepare_corpus(
@@ -41,6 +44,7 @@ def prepare_corpus(
   tokenizer: str = "char",
   vocab_size: int = 0,
   vocab_from: str = "",
+  tokenizer_sample_mb: float = DEFAULT_SAMPLE_MB,
   with_labels: bool = False,
   num_classes: int = 0,
   num_workers: int = 1,
@@ -53,6 +57,8 @@ def prepare_corpus(
 
   `holdout` (`holdout:P%`): the vocabulary and labels are fixed without the documents that a
   dev split `holdout:P%` of this dataset will hold out (they are written all the same).
+  A subword tokenizer (`bpe`, `unigram`) is trained on a sample of at most
+  `tokenizer_sample_mb` of the training text (`subwords.SubwordSample`).
   """
   read_options = read_options or {}
   out_path = epath.Path(out)
@@ -76,11 +82,21 @@ def prepare_corpus(
     if holdout:
       held = sources.holdout_mask(sum(1 for _ in examples()), holdout, "eval_data")
       training_examples = (e for e, is_held in zip(examples(), held) if not is_held)
-    counts, labels_seen = _first_pass(
-      training_examples, tokenizer if vocab is None else None, with_labels, num_workers
-    )
-    if vocab is None:
-      vocab = Vocabulary.from_counts(counts, tokenizer, vocab_size or None)
+    if vocab is None and tokenizer in SUBWORD_KINDS:
+      sample, labels_seen = _sample_pass(training_examples, with_labels, tokenizer_sample_mb)
+      vocab = Vocabulary.train_subwords(sample.lines(), tokenizer, vocab_size)
+      if not sample.sampled_all:
+        logging.info(
+          "The %s tokenizer was trained on a %g MB sample of the text (--tokenizer_sample_mb)",
+          tokenizer,
+          tokenizer_sample_mb,
+        )
+    else:
+      (counts, text_bytes), labels_seen = _first_pass(
+        training_examples, tokenizer if vocab is None else None, with_labels, num_workers
+      )
+      if vocab is None:
+        vocab = Vocabulary.from_counts(counts, tokenizer, vocab_size or None, text_bytes)
     if with_labels and labels is None:
       labels = Labels.from_training(labels_seen, num_classes, f"--{flag}={data}")
 
@@ -104,6 +120,7 @@ def prepare_corpus(
       format=prepared.FORMAT_VERSION,
       tokenizer=vocab.kind,
       vocab_size=vocab_size or 0,
+      **({"tokenizer_sample_mb": tokenizer_sample_mb} if vocab.kind in SUBWORD_KINDS else {}),
       vocab_tokens=len(vocab),
       labelled=with_labels,
       num_classes=labels.num_classes if labels else 0,
@@ -180,7 +197,8 @@ def _fixed_vocabulary(vocab_from: str, tokenizer: str, with_labels: bool):
 
 
 def _pieces(example: dict, split_documents: bool) -> list[str]:
-  """The example's text, cut at whitespace into pieces of at most about PIECE_CHARS."""
+  """The example's text, cut at whitespace into pieces of at most about PIECE_CHARS: before the
+  whitespace, so that a subword that starts with a space keeps it, as in the whole text."""
   text = example["text"]
   if not split_documents or len(text) <= PIECE_CHARS:
     return [text]
@@ -189,7 +207,7 @@ def _pieces(example: dict, split_documents: bool) -> list[str]:
     cut = max(
       text.rfind(" ", start, start + PIECE_CHARS), text.rfind("\n", start, start + PIECE_CHARS)
     )
-    cut = cut + 1 if cut > start else start + PIECE_CHARS  # no whitespace at all: cut anyway
+    cut = cut if cut > start else start + PIECE_CHARS  # no whitespace at all: cut anyway
     pieces.append(text[start:cut])
     start = cut
   pieces.append(text[start:])
@@ -215,13 +233,13 @@ def _chunks(
     yield texts, owners, ends
 
 
-def _pool(num_workers: int, kind: str, tokens: list[str] | None):
+def _pool(num_workers: int, kind: str, tokens: list[str] | None, model: bytes | None = None):
   """A process pool, or None for one worker (everything then runs in this process)."""
   if num_workers <= 1:
-    prepare_workers.start(kind, tokens)
+    prepare_workers.start(kind, tokens, model)
     return None
   return multiprocessing.get_context("spawn").Pool(
-    num_workers, prepare_workers.start, (kind, tokens)
+    num_workers, prepare_workers.start, (kind, tokens, model)
   )
 
 
@@ -248,7 +266,7 @@ def _progress(description: str):
 
 def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, num_workers: int):
   """(token counts, one example per distinct label) of the corpus; counts only when `kind`."""
-  counts, labels_seen = collections.Counter(), {}
+  counts, text_bytes, labels_seen = collections.Counter(), 0, {}
   chunks = _chunks(examples, split_documents=False)
 
   def texts_of(chunk_stream):
@@ -262,14 +280,28 @@ def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, n
   pool = _pool(num_workers if kind else 1, kind or "char", None)  # (no tokenising: no workers)
   with _progress("counting tokens" if kind else "reading labels") as bar:
     try:
-      for chunk_counts in _mapped(
+      for chunk_counts, chunk_bytes in _mapped(
         pool, prepare_workers.count_tokens, texts_of(chunks), num_workers
       ):
         counts.update(chunk_counts)
+        text_bytes += chunk_bytes
     finally:
       if pool is not None:
         pool.terminate()
-  return counts, list(labels_seen.values())
+  return (counts, text_bytes), list(labels_seen.values())
+
+
+def _sample_pass(examples: Iterable[dict], with_labels: bool, sample_mb: float):
+  """(the training text's sample for a subword tokenizer, one example per distinct label)."""
+  sample, labels_seen = SubwordSample(int(sample_mb * (1 << 20))), {}
+  with _progress("sampling text for the tokenizer") as bar:
+    for texts, owners, _ in _chunks(examples, split_documents=False):
+      if with_labels:
+        for example in owners:
+          labels_seen.setdefault(example["label"], example)
+      sample.add(texts)
+      bar.update(len(texts))
+  return sample, list(labels_seen.values())
 
 
 class _ShardWriter:
@@ -329,7 +361,7 @@ def _write_records(
       pending.append((owners, chunk_ends))
       yield texts
 
-  pool = _pool(num_workers, vocab.kind, vocab.tokens)
+  pool = _pool(num_workers, vocab.kind, vocab.tokens, vocab.model)
   documents = 0
   with _progress("writing records") as bar:
     try:

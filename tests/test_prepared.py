@@ -89,13 +89,19 @@ def test_workers_and_shards_change_nothing_in_what_is_read(tmp_path):
     assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
-def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(
+  tmp_path, monkeypatch, tokenizer
+):
   monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
-  text = " ".join(np.random.default_rng(1).choice(WORDS, size=400)) + "\n"
+  words = np.random.default_rng(1).choice(WORDS, size=400)
+  text = " ".join(w.capitalize() if i % 7 == 0 else w for i, w in enumerate(words)) + "\n"
   (tmp_path / "book.txt").write_text(text)
   (tmp_path / "other.txt").write_text("short one")
   spec = f"text:{tmp_path / 'book.txt'},text:{tmp_path / 'other.txt'}"
-  prepare.prepare_corpus(spec, str(tmp_path / "out"), tokenizer="word")
+  prepare.prepare_corpus(
+    spec, str(tmp_path / "out"), tokenizer=tokenizer, vocab_size=300 if tokenizer == "bpe" else 0
+  )
   dataset = PreparedDataset(str(tmp_path / "out"))
   assert dataset.num_records > 20 and dataset.ends_document.sum() == 2
   vocab = dataset.vocab

@@ -44,8 +44,8 @@ def test_unreadable_vocabulary_and_unknown_kind_are_clear_errors(tmp_path):
   path.write_text("{not json")
   with pytest.raises(DataError, match="vocab.json: unreadable vocabulary"):
     Vocabulary.load(str(path))
-  with pytest.raises(DataError, match="--tokenizer='bpe'"):
-    Vocabulary.build(["x"], "bpe")
+  with pytest.raises(DataError, match="--tokenizer='sentencepiece': unknown tokenizer"):
+    Vocabulary.build(["x"], "sentencepiece")
 
 
 def test_ptb_splits_raw_and_treebank_text_alike():

@@ -197,9 +197,19 @@ class Config:
     "parameters of the best --eval_data evaluation; empty: none.",
   )
   tokenizer: str = setting(
-    "char", "char | word | ptb (words split as the Penn Treebank does: does n't, it 's)."
+    "char",
+    "char | word | ptb (words split as the Penn Treebank does: does n't, it 's) | bpe | unigram"
+    " (subwords trained on the training data by SentencePiece: lossless, case and whitespace"
+    " kept; --vocab_size of them).",
   )
-  vocab_size: int = setting(0, "Keep the most frequent tokens; 0 keeps all.")
+  vocab_size: int = setting(
+    0, "Keep the most frequent tokens; 0 keeps all. bpe, unigram: the subwords to learn."
+  )
+  tokenizer_sample_mb: float = setting(
+    64.0,
+    "bpe, unigram: train the tokenizer on at most this many MB of the training text (a sample"
+    " fixed by the lines' hashes, the same for the same data).",
+  )
   text_field: str = setting(
     "text", "Text field (column) of jsonl:, csv:, tsv:, parquet: and tfds: records."
   )
@@ -401,6 +411,16 @@ def validate(config: Config, device_count: int = 1) -> None:
     config.vocab_size == 0 or config.vocab_size > 3,
     "vocab_size",
     "must leave room beyond the 3 special tokens",
+  )
+  _require(
+    config.tokenizer not in tokenizers.SUBWORD_KINDS or config.vocab_size > 0,
+    "vocab_size",
+    f"--tokenizer={config.tokenizer} needs the number of subwords to learn (e.g. --vocab_size=8000)",
+  )
+  _require(
+    config.tokenizer_sample_mb > 0,
+    "tokenizer_sample_mb",
+    f"must be positive, got {config.tokenizer_sample_mb}",
   )
   _require(
     config.softmax_vocab_size == 0 or config.softmax_vocab_size > 3,

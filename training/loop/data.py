@@ -33,7 +33,7 @@ from pipeline.prepared import LABELS_FILE, META_FILE, VOCAB_FILE, PreparedDatase
 from pipeline.prepared_writer import prepare_corpus
 from pipeline.sequence_batches import make_plan_function, sequence_batches
 from pipeline.token_windows import window_batches
-from pipeline.tokenizers import Vocabulary
+from pipeline.tokenizers import SUBWORD_KINDS, Vocabulary
 from training.config import Config, ConfigError, source_read_options
 from training.loop.class_balance import class_counts, imbalance_warning
 
@@ -65,6 +65,7 @@ class _Split:
 
 def prepare_data(config: Config, workdir: str) -> RunData:
   process_index, process_count = jax.process_index(), jax.process_count()
+  _require_vocabulary_of_checkpoints(workdir)
   train_spec, eval_spec = config.data_specs()
   holdout = eval_spec if eval_spec.startswith(sources.HOLDOUT) else ""
   train_spec = _prepared_spec(train_spec, "train_data", config, workdir, holdout=holdout)
@@ -219,6 +220,8 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
       config.vocab_size,
       config.num_classes,
       holdout,
+      # (only where it changes the data: the keys of char, word and ptb copies stay as they were)
+      *([config.tokenizer_sample_mb] if config.tokenizer in SUBWORD_KINDS else []),
     ]
   )
   directory = os.path.join(
@@ -261,6 +264,7 @@ def _prepare_into(
     tokenizer=config.tokenizer,
     vocab_size=config.vocab_size,
     vocab_from=workdir if has_vocabulary else "",
+    tokenizer_sample_mb=config.tokenizer_sample_mb,
     with_labels=config.task == "classify",
     num_classes=config.num_classes,
     read_options=read_options,
@@ -338,6 +342,19 @@ def _held_out_split(
       f"--{flag}={spec}: {dataset.labels.num_classes} classes, more than the run's {labels.num_classes}"
     )
   return _view_split(view, config)
+
+
+def _require_vocabulary_of_checkpoints(workdir: str) -> None:
+  """A workdir with checkpoints keeps the vocabulary their token ids refer to: without it, the
+  run would fix another from the data as it is now, and resume on ids that mean other tokens."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not paths.exists(os.path.join(workdir, VOCAB_FILE)) and paths.exists(checkpoints):
+    if any(path.name.isdigit() for path in epath.Path(checkpoints).iterdir()):
+      raise DataError(
+        f"{os.path.join(workdir, VOCAB_FILE)}: missing, but the workdir has checkpoints whose token"
+        " ids refer to it; put it back (WORKDIR/data/*/vocab.json holds a copy) or use a new"
+        " --workdir"
+      )
 
 
 def _adopt_vocabulary(vocab: Vocabulary, path: str, spec: str) -> Vocabulary:

@@ -13,6 +13,8 @@ as much as a full one.
   and hosts; `class_report` derives precision, recall and F1 from it).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,15 +24,20 @@ from training.bookkeeping.class_report import class_report
 from training.model.models import fast_path_applies, segment_resets
 
 
-def token_cross_entropy(logits, targets, mask) -> dict:
+def token_cross_entropy(logits, targets, mask, token_bytes=None) -> dict:
   """logits [B, T, V], targets [B, T] int, mask [B, T] bool -> sums over real tokens.
 
   A target outside the softmax (a token rarer than the V it predicts, `--softmax_vocab_size`)
-  is to be predicted as `<unk>`, as if the vocabulary ended at V."""
+  is to be predicted as `<unk>`, as if the vocabulary ended at V. With `token_bytes` [vocabulary]
+  (the UTF-8 bytes of text each id stands for, `Vocabulary.byte_lengths`), also the bytes the
+  real targets cover, `byte_sum`: bits per byte compare models whatever their tokenizer."""
+  weights = mask.astype(jnp.float32)
+  sums = {}
+  if token_bytes is not None:
+    sums["byte_sum"] = (jnp.asarray(token_bytes)[targets] * weights).sum()
   targets = jnp.where(targets < logits.shape[-1], targets, UNK)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  weights = mask.astype(jnp.float32)
-  return {"loss_sum": (losses * weights).sum(), "weight": weights.sum()}
+  return {"loss_sum": (losses * weights).sum(), "weight": weights.sum(), **sums}
 
 
 def sequence_cross_entropy(logits, labels, example_mask) -> dict:
@@ -64,7 +71,7 @@ def model_variables(params, perturbations=None) -> dict:
   )
 
 
-def lm_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
+def lm_loss(model, params, batch, carry, rngs, train: bool, perturbations=None, token_bytes=None):
   """Per-token objective. Returns (sums, carry after the window)."""
   # Rows that start a new stream (first window of an epoch, or no carrying) start from zeros.
   carry = jnp.where(batch["resets"][None, None, :, None], 0.0, carry)
@@ -76,7 +83,7 @@ def lm_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
     train=train,
     rngs=rngs,
   )
-  return token_cross_entropy(logits, batch["targets"], batch["mask"]), carry
+  return token_cross_entropy(logits, batch["targets"], batch["mask"], token_bytes), carry
 
 
 def classify_loss(model, params, batch, carry, rngs, train: bool, perturbations=None):
@@ -161,6 +168,10 @@ def finalize_metrics(sums: dict, class_names=None) -> dict:
     metrics["adversarial_loss"] = float(sums["adversarial_loss_sum"]) / weight
   if "lm_loss_sum" in sums:
     metrics["lm_loss"] = float(sums["lm_loss_sum"]) / max(float(sums["lm_weight"]), 1.0)
+  if "byte_sum" in sums:  # the summed loss in bits over the UTF-8 bytes of the text covered
+    metrics["bits_per_byte"] = (
+      float(sums["loss_sum"]) / math.log(2) / max(float(sums["byte_sum"]), 1.0)
+    )
   if class_names is not None and "confusion_sum" in sums:
     metrics.update(class_report(sums["confusion_sum"], class_names))
   return metrics

@@ -3,11 +3,13 @@ reports. `train_and_evaluate(config, workdir)` is the whole job."""
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable
 
 import jax
+import numpy as np
 from absl import logging
 
 from training.bookkeeping.checkpoints import Checkpointer
@@ -70,16 +72,20 @@ class Steps:
     )
 
 
-def build_steps(config: Config, vocab_size: int, num_classes: int, mesh) -> Steps:
+def build_steps(config: Config, vocab_size: int, num_classes: int, mesh, token_bytes=None) -> Steps:
   """The model's train and eval steps on `mesh`, and its initial state (the trainer's, and the
-  benchmarks' so that they measure exactly what the trainer runs)."""
+  benchmarks' so that they measure exactly what the trainer runs). `token_bytes` (a language
+  model's `Vocabulary.byte_lengths`) adds bits per byte to its metrics."""
   time_loop = choose_time_loop(config, mesh.devices.size)
   model = build_model(config, vocab_size, num_classes, time_loop.name)
   optimizer = make_optimizer_for(config)
+  objective = OBJECTIVES[config.task]
+  if config.task == "lm" and token_bytes is not None:
+    objective = functools.partial(objective, token_bytes=np.asarray(token_bytes, np.float32))
   train_step, eval_step = bind_steps(
     model=model,
     optimizer=optimizer,
-    objective=OBJECTIVES[config.task],
+    objective=objective,
     inject_nan_at_step=config.inject_nan_at_step,
     axis_name=parallel.DATA_AXIS if config.parallelism == "shard_map" else None,
     lm_loss_weight=config.lm_loss_weight,
@@ -224,7 +230,9 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   _require_selected_class(config, data.class_names)
   mesh = parallel.make_mesh()
 
-  steps = build_steps(config, len(data.vocab), data.num_classes, mesh)
+  steps = build_steps(
+    config, len(data.vocab), data.num_classes, mesh, token_bytes=data.vocab.byte_lengths()
+  )
   logging.info(
     "Time loop of %s: %s",
     ", ".join(recurrent_layers(steps.abstract_state.params)),

@@ -21,7 +21,12 @@ def export(run, path: str) -> int:
     "format": FORMAT,
     "model": {"class": name, "kwargs": kwargs},
     "params": jax.device_get(run.params),
-    "vocab": {"kind": run.vocab.kind, "tokens": run.vocab.tokens},
+    "vocab": {
+      "kind": run.vocab.kind,
+      "tokens": run.vocab.tokens,
+      # a subword vocabulary's SentencePiece model (bytes), which encodes and decodes
+      **({"sentencepiece_model": run.vocab.model} if run.vocab.model is not None else {}),
+    },
     "labels": None
     if run.labels is None
     else {"num_classes": run.labels.num_classes, "names": list(run.labels.names or [])},
@@ -52,7 +57,9 @@ def load_exported(path: str):
       f"{f' (its format is {found})' if found is not None else ''}; write one with rnn-export"
     )
   model = models.model_from_spec(blob["model"]["class"], blob["model"]["kwargs"])
-  vocab = Vocabulary(blob["vocab"]["kind"], list(blob["vocab"]["tokens"]))
+  vocab = Vocabulary(
+    blob["vocab"]["kind"], list(blob["vocab"]["tokens"]), blob["vocab"].get("sentencepiece_model")
+  )
   labels = None
   if blob["labels"] is not None:
     labels = Labels(blob["labels"]["num_classes"], tuple(blob["labels"]["names"]) or None)
