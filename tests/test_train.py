@@ -149,9 +149,12 @@ def test_reports_and_checkpoints_on_disk(tmp_path):
   assert all(
     {"loss", "accuracy", "tokens_per_sec", "padding_efficiency"} <= r.keys() for r in train_rows
   )
+  report = ["classes", "confusion_matrix", "macro_f1", "macro_precision", "macro_recall"]
+  report += ["per_class", "weighted_f1", "weighted_precision", "weighted_recall"]
+  evaluation = sorted(["accuracy", "elapsed_s", "loss", "split", "step", *report])
   assert [(r["step"], sorted(r)) for r in rows if r["split"] == "eval"] == [
-    (20, ["accuracy", "elapsed_s", "loss", "split", "step"]),
-    (40, ["accuracy", "elapsed_s", "loss", "split", "step"]),
+    (20, evaluation),
+    (40, evaluation),
   ]
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f) == summary
