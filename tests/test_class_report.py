@@ -72,6 +72,7 @@ def assert_equal_reports(ours: dict, theirs: dict) -> None:
       assert ours["per_class"][name][measure] == pytest.approx(value, abs=1e-12), (name, measure)
 
 
+@pytest.mark.newest_jax
 @pytest.mark.parametrize("seed", range(4))
 def test_the_report_of_a_confusion_matrix_equals_scikit_learns(seed):
   rng = np.random.default_rng(seed)
@@ -87,6 +88,7 @@ def test_the_report_of_a_confusion_matrix_equals_scikit_learns(seed):
   assert "weighted avg" in table and "third" in table and "confusion matrix" in table
 
 
+@pytest.mark.newest_jax
 def test_the_device_counts_the_confusion_of_real_examples_only():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(4, 3, 5)).astype(np.float32)  # packed rows: 3 sequences a row

@@ -67,6 +67,7 @@ def random_text(rng: random.Random, length: int) -> str:
   return "".join(chars)
 
 
+@pytest.mark.newest_jax
 def test_any_utf8_text_round_trips_exactly_without_unknown_tokens(vocab):
   rng = random.Random(0)
   latin1 = bytes(range(256)).decode("latin-1")  # a Latin-1 file decoded: every byte a character
@@ -97,6 +98,7 @@ def test_the_byte_lengths_of_the_ids_are_the_bytes_of_the_text(vocab):
     assert vocab.byte_lengths()[ids].sum() == len(text.encode("utf-8"))
 
 
+@pytest.mark.newest_jax
 def test_the_same_data_gives_the_same_file_byte_for_byte_in_any_process(tmp_path, vocab):
   kind = vocab.kind
   script = (
@@ -139,6 +141,7 @@ def test_the_training_sample_is_bounded_and_fixed_by_the_lines_whatever_their_or
   assert "".join(training_lines([long])) == long
 
 
+@pytest.mark.newest_jax
 def test_bits_per_byte_equal_a_hand_computation_on_a_tiny_model(vocab):
   from training.config import Config
   from training.model.build import build_model
