@@ -103,8 +103,9 @@ def draw_confusion_matrix(axis, metrics: dict, title: str = "") -> None:
   names, counts = metrics["classes"], np.asarray(metrics["confusion_matrix"], np.float64)
   shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-  axis.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right")
-  axis.set_yticks(range(len(names)), names)
+  if len(names) <= 40:
+    axis.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right")
+    axis.set_yticks(range(len(names)), names)
   axis.set_xlabel("predicted")
   axis.set_ylabel("true")
   if len(names) <= 20:  # counts stay legible
@@ -116,6 +117,12 @@ def draw_confusion_matrix(axis, metrics: dict, title: str = "") -> None:
     axis.set_title(title)
 
 
+def figure_inches(num_classes: int) -> float:
+  """A confusion matrix's side: room for each class's name, up to 16 inches (hundreds of
+  classes are drawn as shades, without names or counts)."""
+  return min(2.5 + 0.4 * num_classes, 16.0)
+
+
 def confusion_matrix_image(metrics: dict, title: str = "") -> np.ndarray:
   """The drawing above as an RGB image [H, W, 3] of uint8 (for TensorBoard)."""
   import matplotlib
@@ -123,7 +130,7 @@ def confusion_matrix_image(metrics: dict, title: str = "") -> np.ndarray:
   matplotlib.use("Agg")  # files only: no display needed
   import matplotlib.pyplot as plt
 
-  size = 2.5 + 0.4 * len(metrics["classes"])
+  size = figure_inches(len(metrics["classes"]))
   figure, axis = plt.subplots(figsize=(size, size))
   draw_confusion_matrix(axis, metrics, title)
   figure.tight_layout()

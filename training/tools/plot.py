@@ -74,14 +74,14 @@ def confusion_matrices(workdir: str) -> list[tuple[str, dict]]:
 def plot_confusion_matrices(workdirs: list[str], out: str, title: str = "") -> list[str]:
   """Draws each run's confusion matrices into `out`, one panel per run and split."""
   plt = _pyplot()
-  from training.bookkeeping.class_report import draw_confusion_matrix
+  from training.bookkeeping.class_report import draw_confusion_matrix, figure_inches
 
   panels = [
     (f"{os.path.basename(os.path.normpath(w)) or w}: {split}", evaluation)
     for w in workdirs
     for split, evaluation in confusion_matrices(w)
   ]
-  size = 2.5 + 0.4 * max(len(evaluation["classes"]) for _, evaluation in panels)
+  size = figure_inches(max(len(evaluation["classes"]) for _, evaluation in panels))
   figure, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
   for axis, (name, evaluation) in zip(axes[0], panels):
     draw_confusion_matrix(axis, evaluation, name)
