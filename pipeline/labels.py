@@ -80,10 +80,11 @@ class Labels:
   def name(self, class_id: int) -> str:
     return self.names[class_id] if self.names else str(class_id)
 
+  def to_json(self) -> str:
+    return json.dumps({"num_classes": self.num_classes, "names": self.names}, ensure_ascii=False)
+
   def save(self, path: str) -> None:
-    paths.write_text(
-      path, json.dumps({"num_classes": self.num_classes, "names": self.names}, ensure_ascii=False)
-    )
+    paths.write_text(path, self.to_json())
 
   @classmethod
   def load(cls, path: str) -> "Labels":

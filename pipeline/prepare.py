@@ -16,6 +16,10 @@ prepared dataset or a training run's workdir). With `--labels` records carry cla
 (per-sequence data: `LABEL TEXT` lines, a label field or column). The output is written
 into a temporary directory and renamed when complete, so `--out` never holds half a dataset.
 
+`--runner=beam` runs the same passes as an Apache Beam pipeline (`pipeline.beam_prepare`: Dataflow,
+Flink, Spark, or Beam's runner on this machine) and writes the same dataset, byte for byte; see
+docs/beam.md.
+
 With `--name`, `--data_dir` and `--split=SPLIT=SPEC` it writes instead a TFDS dataset of the
 text (`pipeline.tfds_corpus`), read by `--train_data=tfds:NAME/SPLIT`.
 """
@@ -84,6 +88,21 @@ _ENCODING = flags.DEFINE_string("encoding", "utf-8", "Text encoding of the data 
 _UTF8_ERRORS = flags.DEFINE_enum(
   "utf8_errors", "strict", ["strict", "replace"], "Undecodable bytes: refuse or replace."
 )
+_RUNNER = flags.DEFINE_enum(
+  "runner",
+  "local",
+  ["local", "beam"],
+  "local: a process pool on this machine (--num_workers). beam: an Apache Beam pipeline (pip"
+  ' install -e ".[beam]"), on the runner --beam_pipeline_options names; the same dataset, byte for'
+  " byte.",
+)
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+  "beam_pipeline_options",
+  "",
+  "With --runner=beam: Beam's options as key=value,... (e.g. runner=DataflowRunner,project=P,"
+  "region=R,temp_location=gs://B/tmp). Without runner=, Beam's Python runner on this machine"
+  " with --num_workers processes.",
+)
 _TFDS_DATA_DIR = flags.DEFINE_string(
   "tfds_data_dir", "", "For tfds: sources: the TFDS data directory."
 )
@@ -114,9 +133,7 @@ def _prepare_from_flags() -> str:
     encoding=_ENCODING.value,
   )
   out = absolute(_OUT.value)
-  meta = prepare_corpus(
-    sources.with_absolute_path(_DATA.value),
-    out,
+  settings = dict(
     tokenizer=_TOKENIZER.value,
     vocab_size=_VOCAB_SIZE.value,
     vocab_from=absolute(_VOCAB_FROM.value),
@@ -127,12 +144,32 @@ def _prepare_from_flags() -> str:
     shard_bytes=_SHARD_MB.value << 20,
     read_options=read_options,
   )
+  data = sources.with_absolute_path(_DATA.value)
+  if _RUNNER.value == "beam":
+    meta = _beam_driver().prepare_on_beam(
+      data, out, beam_options=_BEAM_PIPELINE_OPTIONS.value, **settings
+    )
+  else:
+    if _BEAM_PIPELINE_OPTIONS.value:
+      raise DataError("--beam_pipeline_options: only with --runner=beam")
+    meta = prepare_corpus(data, out, **settings)
   print(
     f"{out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens, {meta['vocab_tokens']:,}"
     f" {meta['tokenizer']} tokens in the vocabulary, {len(meta['shards'])} shard(s)",
     file=sys.stderr,
   )
   return out
+
+
+def _beam_driver():
+  """`pipeline.beam_prepare`, imported only when asked for: Beam is an optional extra."""
+  try:
+    from pipeline import beam_prepare
+  except ImportError as e:
+    raise DataError(
+      f'--runner=beam: Apache Beam is not installed ({e}); pip install -e ".[beam]"'
+    ) from None
+  return beam_prepare
 
 
 def _tfds_from_flags() -> str:

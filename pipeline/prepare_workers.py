@@ -8,26 +8,23 @@ import collections
 
 import numpy as np
 
+from pipeline import preparing
 from pipeline.prepared import encode_record
-from pipeline.tokenizers import Vocabulary, split_tokens
+from pipeline.tokenizers import Vocabulary
 
 _state = {}
 
 
-def start(kind: str, tokens: list[str] | None, model: bytes | None = None) -> None:
-  """Pool initializer: the tokenizer kind, and the vocabulary (and a subword vocabulary's
-  model) when encoding."""
+def start(kind: str, vocab_json: str | None) -> None:
+  """Pool initializer: the tokenizer kind, and the vocabulary (as `Vocabulary.to_json`) when
+  encoding."""
   _state["kind"] = kind
-  _state["vocab"] = Vocabulary(kind, tokens, model) if tokens is not None else None
+  _state["vocab"] = Vocabulary.from_json(vocab_json) if vocab_json is not None else None
 
 
 def count_tokens(texts: list[str]) -> tuple[collections.Counter, int]:
   """(token counts, UTF-8 bytes) of `texts`."""
-  counts, text_bytes = collections.Counter(), 0
-  for text in texts:
-    counts.update(split_tokens(text, _state["kind"]))
-    text_bytes += len(text.encode("utf-8"))
-  return counts, text_bytes
+  return preparing.count_tokens(texts, _state["kind"])
 
 
 def encode_texts(texts: list[str]) -> tuple[list[bytes], np.ndarray]:

@@ -1,16 +1,16 @@
-"""Writes prepared datasets (`pipeline.prepared`): tokenises a corpus once, in parallel.
+"""The local driver of preparing (`pipeline.preparing`): a process pool on one machine.
 
-`prepare_corpus` is what `python -m pipeline.prepare` runs, and what the trainer runs on a
-source given directly (into its workdir). Without a given vocabulary a first pass counts the
-tokens and fixes it (as the trainer would from the same data); a second pass encodes every
-example and writes the records. Both tokenise in `num_workers` processes and read `lines:` and
-`jsonl:` files as streams (the corpus need not fit in memory). The output is written into a
+`prepare_corpus` is what `python -m pipeline.prepare` runs by default, and what the trainer runs
+on a source given directly (into its workdir). A first pass reads the corpus for its size (which
+fixes the shards, `preparing.ShardLayout`) and, without a given vocabulary, counts the tokens (or
+samples the text a subword tokenizer trains on) and fixes the vocabulary; a second pass encodes
+every example and writes the records. Both tokenise in `num_workers` processes and read `lines:`
+and `jsonl:` files as streams (the corpus need not fit in memory). The output is written into a
 temporary directory and renamed when complete, so `out` never holds half a dataset.
+`pipeline.beam_prepare` writes the same bytes on Apache Beam.
 """
 
 import collections
-import itertools
-import json
 import multiprocessing
 import os
 import shutil
@@ -23,18 +23,15 @@ from absl import logging
 from etils import epath
 
 from launch.processes import is_alive
-from pipeline import prepare_workers, prepared, sources
-from pipeline.errors import DataError
-from pipeline.labels import Labels
+from pipeline import prepare_workers, prepared, preparing, sources
+from pipeline.preparing import DEFAULT_SAMPLE_MB, Piece, ShardIndex, ShardLayout, ShardWriter
 from pipeline.subwords import SubwordSample
-from pipeline.tokenizers import KINDS, SUBWORD_KINDS, Vocabulary
+from pipeline.tokenizers import SUBWORD_KINDS, Vocabulary
 
-# Texts handed to a worker at a time, and the longest piece an unlabelled document is cut into
-# (at whitespace: no token spans it, so the pieces tokenise exactly as the whole).
+__all__ = ["DEFAULT_SAMPLE_MB", "prepare_corpus", "remove_dead_temporaries", "temporary_name"]
+
+# Characters of text handed to a worker at a time.
 CHUNK_CHARS = 1 << 21
-PIECE_CHARS = 1 << 20
-# The most text a subword tokenizer is trained on (MB); a larger corpus is sampled.
-DEFAULT_SAMPLE_MB = 64
 
 
 def prepare_corpus(
@@ -61,44 +58,38 @@ def prepare_corpus(
   `tokenizer_sample_mb` of the training text (`subwords.SubwordSample`).
   """
   read_options = read_options or {}
+  preparing.check_out(out)
   out_path = epath.Path(out)
-  if (out_path / prepared.META_FILE).exists():
-    raise DataError(
-      f"--out={out}: already holds a prepared dataset; remove it or choose another --out"
-    )
-  if out_path.exists() and any(out_path.iterdir()):
-    raise DataError(f"--out={out}: exists and is not empty; choose another --out")
-  specs = [sources.parse_spec(spec, flag) for spec in data.split(",")]
-  if any(spec.kind == sources.PREPARED for spec in specs):
-    raise DataError(f"--{flag}={data}: already prepared; give the trainer prepared:DIR directly")
-  examples = lambda: itertools.chain.from_iterable(
-    sources.iter_examples(spec, with_labels=with_labels, **read_options) for spec in specs
-  )
-  slice_unit = "tokens" if all(spec.kind == "text" for spec in specs) else "examples"
+  specs = preparing.parse_specs(data, flag)
+  examples = lambda: _numbered_examples(specs, with_labels, read_options)
 
-  vocab, labels = _fixed_vocabulary(vocab_from, tokenizer, with_labels)
-  if vocab is None or (with_labels and labels is None):
-    training_examples = examples()
-    if holdout:
-      held = sources.holdout_mask(sum(1 for _ in examples()), holdout, "eval_data")
-      training_examples = (e for e, is_held in zip(examples(), held) if not is_held)
-    if vocab is None and tokenizer in SUBWORD_KINDS:
-      sample, labels_seen = _sample_pass(training_examples, with_labels, tokenizer_sample_mb)
-      vocab = Vocabulary.train_subwords(sample.lines(), tokenizer, vocab_size)
-      if not sample.sampled_all:
-        logging.info(
-          "The %s tokenizer was trained on a %g MB sample of the text (--tokenizer_sample_mb)",
-          tokenizer,
-          tokenizer_sample_mb,
-        )
-    else:
-      (counts, text_bytes), labels_seen = _first_pass(
-        training_examples, tokenizer if vocab is None else None, with_labels, num_workers
+  vocab, labels = preparing.given_vocabulary(vocab_from, tokenizer, with_labels)
+  held = None
+  if holdout and (vocab is None or (with_labels and labels is None)):
+    held = sources.holdout_mask(sum(1 for _ in examples()), holdout, "eval_data")
+  first = _first_pass(
+    examples(),
+    held,
+    count_kind=tokenizer if preparing.needs_counts(vocab, tokenizer) else None,
+    sample_mb=tokenizer_sample_mb if vocab is None and tokenizer in SUBWORD_KINDS else None,
+    read_labels=with_labels and labels is None,
+    num_workers=num_workers,
+  )
+  if vocab is None and tokenizer in SUBWORD_KINDS:
+    vocab = Vocabulary.train_subwords(first.sample.lines(), tokenizer, vocab_size)
+    if not first.sample.sampled_all:
+      logging.info(
+        "The %s tokenizer was trained on a %g MB sample of the text (--tokenizer_sample_mb)",
+        tokenizer,
+        tokenizer_sample_mb,
       )
-      if vocab is None:
-        vocab = Vocabulary.from_counts(counts, tokenizer, vocab_size or None, text_bytes)
-    if with_labels and labels is None:
-      labels = Labels.from_training(labels_seen, num_classes, f"--{flag}={data}")
+  elif vocab is None:
+    vocab = Vocabulary.from_counts(first.counts, tokenizer, vocab_size or None, first.counted_bytes)
+  if with_labels and labels is None:
+    labels = preparing.labels_of_first_examples(
+      first.labels_seen.values(), num_classes, f"--{flag}={data}"
+    )
+  layout = ShardLayout(first.total_bytes, shard_bytes)
 
   remove_dead_temporaries(out_path)
   tmp = out_path.parent / temporary_name(out_path.name, socket.gethostname(), os.getpid())
@@ -106,33 +97,35 @@ def prepare_corpus(
     tmp.rmtree()
   (tmp / prepared.INDEX_DIR).mkdir(parents=True)
   try:
-    meta = _write_records(
+    shards = _write_records(
       examples(),
       vocab,
       labels,
       tmp,
+      layout=layout,
       num_workers=num_workers,
-      shard_bytes=shard_bytes,
       split_documents=not with_labels,
       flag=flag,
     )
-    meta.update(
-      format=prepared.FORMAT_VERSION,
-      tokenizer=vocab.kind,
-      vocab_size=vocab_size or 0,
-      **({"tokenizer_sample_mb": tokenizer_sample_mb} if vocab.kind in SUBWORD_KINDS else {}),
-      vocab_tokens=len(vocab),
-      labelled=with_labels,
-      num_classes=labels.num_classes if labels else 0,
-      slice_unit=slice_unit,
-      sources=[str(spec) for spec in specs],
+    meta = preparing.dataset_meta(
+      shards,
+      vocab,
+      labels,
+      vocab_size=vocab_size,
+      tokenizer_sample_mb=tokenizer_sample_mb,
+      specs=specs,
       vocab_from=vocab_from,
+      flag=flag,
     )
-    vocab.save(str(tmp / prepared.VOCAB_FILE))
+    for part, entry in preparing.shard_entries(shards):
+      (tmp / part).rename(tmp / entry["file"])
+    for name, content in preparing.index_files(shards, labels is not None).items():
+      (tmp / prepared.INDEX_DIR / name).write_bytes(content)
+    (tmp / prepared.VOCAB_FILE).write_text(vocab.to_json())
     if labels is not None:
-      labels.save(str(tmp / prepared.LABELS_FILE))
+      (tmp / prepared.LABELS_FILE).write_text(labels.to_json())
     # The metadata last: a directory without it is not a dataset (`PreparedDataset` says so).
-    (tmp / prepared.META_FILE).write_text(json.dumps(meta, indent=1))
+    (tmp / prepared.META_FILE).write_text(preparing.meta_json(meta))
     if out_path.exists():
       out_path.rmdir()  # empty (checked above)
     tmp.rename(out_path)
@@ -176,71 +169,100 @@ def remove_dead_temporaries(out_path: epath.Path) -> None:
       entry.rmtree(missing_ok=True)
 
 
-def _fixed_vocabulary(vocab_from: str, tokenizer: str, with_labels: bool):
-  """(vocabulary, labels) of `--vocab_from` (either may be None: fixed from this data)."""
-  if not vocab_from:
-    if tokenizer not in KINDS:
-      raise DataError(
-        f"--tokenizer={tokenizer!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
-      )
-    return None, None
-  directory = epath.Path(vocab_from)
-  if not (directory / prepared.VOCAB_FILE).exists():
-    raise DataError(
-      f"--vocab_from={vocab_from}: no {prepared.VOCAB_FILE} there (give a prepared dataset or"
-      " a training run's workdir)"
-    )
-  vocab = Vocabulary.load(str(directory / prepared.VOCAB_FILE))
-  labels_path = directory / prepared.LABELS_FILE
-  labels = Labels.load(str(labels_path)) if with_labels and labels_path.exists() else None
-  return vocab, labels
+def _numbered_examples(specs, with_labels: bool, read_options: dict) -> Iterator[tuple]:
+  """(source, document, example) of the corpus, in order."""
+  for source, spec in enumerate(specs):
+    for document, example in enumerate(preparing.examples_of(spec, with_labels, read_options)):
+      yield source, document, example
 
 
-def _pieces(example: dict, split_documents: bool) -> list[str]:
-  """The example's text, cut at whitespace into pieces of at most about PIECE_CHARS: before the
-  whitespace, so that a subword that starts with a space keeps it, as in the whole text."""
-  text = example["text"]
-  if not split_documents or len(text) <= PIECE_CHARS:
-    return [text]
-  pieces, start = [], 0
-  while len(text) - start > PIECE_CHARS:
-    cut = max(
-      text.rfind(" ", start, start + PIECE_CHARS), text.rfind("\n", start, start + PIECE_CHARS)
-    )
-    cut = cut if cut > start else start + PIECE_CHARS  # no whitespace at all: cut anyway
-    pieces.append(text[start:cut])
-    start = cut
-  pieces.append(text[start:])
-  return pieces
+class _FirstPass:
+  def __init__(self, sample_mb: float | None):
+    self.total_bytes = 0  # of every document, held out or not: the shards' layout
+    self.counts, self.counted_bytes = collections.Counter(), 0  # of the training documents
+    self.sample = SubwordSample(int(sample_mb * (1 << 20))) if sample_mb is not None else None
+    self.labels_seen = {}  # label -> (key, example) of its first training document
 
 
-def _chunks(
-  examples: Iterable[dict], split_documents: bool
-) -> Iterator[tuple[list[str], list[dict], list[bool]]]:
-  """(texts, their examples, ends_document) of about CHUNK_CHARS characters each."""
-  texts, owners, ends, size = [], [], [], 0
-  for example in examples:
-    pieces = _pieces(example, split_documents)
-    for i, piece in enumerate(pieces):
-      texts.append(piece)
-      owners.append(example)
-      ends.append(i == len(pieces) - 1)
-      size += len(piece)
+def _first_pass(
+  examples: Iterable[tuple],
+  held,
+  *,
+  count_kind: str | None,
+  sample_mb: float | None,
+  read_labels: bool,
+  num_workers: int,
+) -> _FirstPass:
+  """The corpus's size and, of its training documents (those not `held`): token counts
+  (`count_kind`), the subword sample (`sample_mb`), the first document of each label."""
+  first = _FirstPass(sample_mb)
+
+  def training_texts():
+    for i, (source, document, example) in enumerate(examples):
+      text = example["text"]
+      first.total_bytes += preparing.text_bytes(text)
+      if held is not None and held[i]:
+        continue
+      if read_labels:
+        first.labels_seen.setdefault(example["label"], ((source, document, 0), example))
+      bar.update(1)
+      yield text
+
+  pool = _pool(num_workers if count_kind else 1, count_kind or "char", None)
+  with _progress("counting tokens" if count_kind else "reading") as bar:
+    try:
+      chunks = _text_chunks(training_texts())
+      if count_kind:
+        for chunk_counts, chunk_bytes in _mapped(
+          pool, prepare_workers.count_tokens, chunks, num_workers
+        ):
+          first.counts.update(chunk_counts)
+          first.counted_bytes += chunk_bytes
+      else:
+        for texts in chunks:
+          if first.sample is not None:
+            first.sample.add(texts)
+    finally:
+      if pool is not None:
+        pool.terminate()
+  return first
+
+
+def _text_chunks(texts: Iterable[str]) -> Iterator[list[str]]:
+  """Lists of texts of about CHUNK_CHARS characters each."""
+  chunk, size = [], 0
+  for text in texts:
+    chunk.append(text)
+    size += len(text)
     if size >= CHUNK_CHARS:
-      yield texts, owners, ends
-      texts, owners, ends, size = [], [], [], 0
-  if texts:
-    yield texts, owners, ends
+      yield chunk
+      chunk, size = [], 0
+  if chunk:
+    yield chunk
 
 
-def _pool(num_workers: int, kind: str, tokens: list[str] | None, model: bytes | None = None):
+def _piece_chunks(examples: Iterable[tuple], split_documents: bool) -> Iterator[list[Piece]]:
+  """The corpus's pieces (`preparing.Piece`), in lists of about CHUNK_CHARS characters."""
+  chunk, size, offset = [], 0, 0
+  for source, document, example in examples:
+    for piece in preparing.pieces_of(example, source, document, offset, split_documents):
+      chunk.append(piece)
+      size += len(piece.text)
+    offset += preparing.text_bytes(example["text"])
+    if size >= CHUNK_CHARS:
+      yield chunk
+      chunk, size = [], 0
+  if chunk:
+    yield chunk
+
+
+def _pool(num_workers: int, kind: str, vocab: Vocabulary | None):
   """A process pool, or None for one worker (everything then runs in this process)."""
+  state = (kind, vocab.to_json() if vocab is not None else None)
   if num_workers <= 1:
-    prepare_workers.start(kind, tokens, model)
+    prepare_workers.start(*state)
     return None
-  return multiprocessing.get_context("spawn").Pool(
-    num_workers, prepare_workers.start, (kind, tokens, model)
-  )
+  return multiprocessing.get_context("spawn").Pool(num_workers, prepare_workers.start, state)
 
 
 def _mapped(pool, function, items: Iterable, num_workers: int) -> Iterator:
@@ -264,138 +286,79 @@ def _progress(description: str):
   return tqdm(desc=description, unit=" docs", disable=None, file=sys.stderr, smoothing=0.1)
 
 
-def _first_pass(examples: Iterable[dict], kind: str | None, with_labels: bool, num_workers: int):
-  """(token counts, one example per distinct label) of the corpus; counts only when `kind`."""
-  counts, text_bytes, labels_seen = collections.Counter(), 0, {}
-  chunks = _chunks(examples, split_documents=False)
+class _Shards:
+  """The shards being written, one at a time (the pieces come in the corpus's order, and the
+  layout's shards are contiguous runs of it)."""
 
-  def texts_of(chunk_stream):
-    for texts, owners, _ in chunk_stream:
-      if with_labels:
-        for example in owners:
-          labels_seen.setdefault(example["label"], example)
-      bar.update(len(texts))
-      yield texts if kind else []
+  def __init__(self, directory: epath.Path, layout: ShardLayout, labelled: bool):
+    self._directory, self._layout, self._labelled = directory, layout, labelled
+    self._writer, self._current = None, None
+    self.written: list[ShardIndex] = []
+    self._lengths, self._ends, self._labels = [], [], []
 
-  pool = _pool(num_workers if kind else 1, kind or "char", None)  # (no tokenising: no workers)
-  with _progress("counting tokens" if kind else "reading labels") as bar:
-    try:
-      for chunk_counts, chunk_bytes in _mapped(
-        pool, prepare_workers.count_tokens, texts_of(chunks), num_workers
-      ):
-        counts.update(chunk_counts)
-        text_bytes += chunk_bytes
-    finally:
-      if pool is not None:
-        pool.terminate()
-  return (counts, text_bytes), list(labels_seen.values())
-
-
-def _sample_pass(examples: Iterable[dict], with_labels: bool, sample_mb: float):
-  """(the training text's sample for a subword tokenizer, one example per distinct label)."""
-  sample, labels_seen = SubwordSample(int(sample_mb * (1 << 20))), {}
-  with _progress("sampling text for the tokenizer") as bar:
-    for texts, owners, _ in _chunks(examples, split_documents=False):
-      if with_labels:
-        for example in owners:
-          labels_seen.setdefault(example["label"], example)
-      sample.add(texts)
-      bar.update(len(texts))
-  return sample, list(labels_seen.values())
-
-
-class _ShardWriter:
-  """Records into ArrayRecord files of about `shard_bytes` each, in order."""
-
-  def __init__(self, directory: epath.Path, shard_bytes: int):
-    self._directory, self._shard_bytes = directory, shard_bytes
-    self._writer, self._written, self.shards = None, 0, []
-
-  def write(self, record: bytes) -> None:
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    if self._writer is None:
-      path = self._directory / f"records-{len(self.shards):05d}.part"
-      self._writer = ArrayRecordWriter(str(path), prepared.WRITER_OPTIONS)
-      self.shards.append({"file": path.name, "records": 0})
-      self._written = 0
+  def write(self, piece: Piece, record: bytes, length: int, label: int | None) -> None:
+    shard = self._layout.shard_of(piece.offset)
+    if shard != self._current:
+      self._close()
+      self._current = shard
+      self._writer = ShardWriter(str(self._directory / preparing.part_name(shard)))
     self._writer.write(record)
-    self.shards[-1]["records"] += 1
-    self._written += len(record)
-    if self._written >= self._shard_bytes:
-      self._close_shard()
+    self._lengths.append(length)
+    self._ends.append(piece.ends_document)
+    self._labels.append(label)
 
-  def _close_shard(self) -> None:
+  def _close(self) -> None:
+    if self._writer is None:
+      return
     self._writer.close()
-    self._writer = None
+    self.written.append(
+      ShardIndex(
+        self._current,
+        np.array(self._lengths, np.int32),
+        np.array(self._ends, bool),
+        np.array(self._labels, np.int32) if self._labelled else None,
+      )
+    )
+    self._writer, self._lengths, self._ends, self._labels = None, [], [], []
 
-  def close(self) -> list[dict]:
-    """Closes the last shard and names every shard `records-K-of-N.array_record`."""
-    if self._writer is not None:
-      self._close_shard()
-    for index, shard in enumerate(self.shards):
-      name = prepared.shard_name(index, len(self.shards))
-      (self._directory / shard["file"]).rename(self._directory / name)
-      shard["file"] = name
-    return self.shards
+  def close(self) -> list[ShardIndex]:
+    self._close()
+    return self.written
 
 
 def _write_records(
-  examples: Iterable[dict],
+  examples: Iterable[tuple],
   vocab: Vocabulary,
-  labels: Labels | None,
+  labels,
   directory: epath.Path,
   *,
+  layout: ShardLayout,
   num_workers: int,
-  shard_bytes: int,
   split_documents: bool,
   flag: str,
-) -> dict:
-  lengths, ends, label_ids = [], [], []
-  writer = _ShardWriter(directory, shard_bytes)
-  chunks = _chunks(examples, split_documents)
-  pending = []  # (owners, ends) of the chunks handed to the pool, in order
+) -> list[ShardIndex]:
+  shards = _Shards(directory, layout, labels is not None)
+  pending = collections.deque()  # the chunks handed to the pool, in order
 
   def texts_of(chunk_stream):
-    for texts, owners, chunk_ends in chunk_stream:
-      pending.append((owners, chunk_ends))
-      yield texts
+    for chunk in chunk_stream:
+      pending.append(chunk)
+      yield [piece.text for piece in chunk]
 
-  pool = _pool(num_workers, vocab.kind, vocab.tokens, vocab.model)
-  documents = 0
+  pool = _pool(num_workers, vocab.kind, vocab)
   with _progress("writing records") as bar:
     try:
-      for records, chunk_lengths in _mapped(
+      chunks = _piece_chunks(examples, split_documents)
+      for records, lengths in _mapped(
         pool, prepare_workers.encode_texts, texts_of(chunks), num_workers
       ):
-        owners, chunk_ends = pending.pop(0)
-        for record in records:
-          writer.write(record)
-        lengths.append(chunk_lengths)
-        ends.append(np.array(chunk_ends, bool))
-        if labels is not None:
-          # A label this run does not know fails here
-          label_ids.append(labels.ids(owners, f"--{flag}"))
-        documents += int(sum(chunk_ends))
+        chunk = pending.popleft()
+        # A label this run does not know fails here
+        label_ids = labels.ids([p.example() for p in chunk], f"--{flag}") if labels else None
+        for i, (piece, record) in enumerate(zip(chunk, records)):
+          shards.write(piece, record, int(lengths[i]), label_ids[i] if labels else None)
         bar.update(len(records))
     finally:
       if pool is not None:
         pool.terminate()
-  shards = writer.close()
-  if not shards:
-    raise DataError(f"--{flag}: no examples")
-  lengths = np.concatenate(lengths)
-  index = directory / prepared.INDEX_DIR
-  for name, array in (
-    ("lengths", lengths),
-    ("ends_document", np.concatenate(ends)),
-    *((("labels", np.concatenate(label_ids)),) if labels is not None else ()),
-  ):
-    with (index / f"{name}.npy").open("wb") as f:
-      np.save(f, array)
-  return {
-    "num_records": int(len(lengths)),
-    "num_documents": documents,
-    "num_tokens": int(lengths.sum(dtype=np.int64)),
-    "shards": shards,
-  }
+  return shards.close()

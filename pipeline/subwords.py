@@ -133,11 +133,33 @@ class SubwordSample:
         continue
       heapq.heappush(self._heap, (-key, line, len(data)))
       self._bytes += len(data)
-      while self._bytes > self._max_bytes:
-        self._cutoff = -self._heap[0][0]
-        self.sampled_all = False
-        while self._heap and -self._heap[0][0] >= self._cutoff:
-          self._bytes -= heapq.heappop(self._heap)[2]
+      self._trim()
+
+  def _trim(self) -> None:
+    """Drops the largest hash (every copy) until the kept lines fit; it becomes the cutoff."""
+    while self._bytes > self._max_bytes:
+      self._cutoff = -self._heap[0][0]
+      self.sampled_all = False
+      while self._heap and -self._heap[0][0] >= self._cutoff:
+        self._bytes -= heapq.heappop(self._heap)[2]
+
+  @classmethod
+  def merged(cls, samples: list["SubwordSample"], max_bytes: int) -> "SubwordSample":
+    """The sample of the union of the samples' texts (of disjoint parts of one corpus). Each kept
+    every line of its part below its own cutoff, which is at or above the whole's: so every line
+    below the smallest cutoff is here, and the whole's sample is taken from them."""
+    merged = cls(max_bytes)
+    cutoffs = [s._cutoff for s in samples if s._cutoff is not None]
+    merged._cutoff = min(cutoffs) if cutoffs else None
+    merged.sampled_all = all(s.sampled_all for s in samples)
+    for sample in samples:
+      for item in sample._heap:
+        if merged._cutoff is None or -item[0] < merged._cutoff:
+          merged._heap.append(item)
+          merged._bytes += item[2]
+    heapq.heapify(merged._heap)
+    merged._trim()
+    return merged
 
   def lines(self) -> list[str]:
     """The sampled lines in a fixed order (by hash, then text)."""

@@ -133,22 +133,53 @@ class Vocabulary:
       )
     ranked = sorted(counts, key=lambda token: (-counts[token], token))
     if max_size is not None:
-      ranked = ranked[: max(max_size - len(SPECIAL_TOKENS), 0)]
+      ranked = ranked[: kept_size(max_size)]
+    totals = token_totals(counts.items()) if counts else (0, 0)
+    return cls.from_ranked([(t, counts[t]) for t in ranked], kind, totals, text_bytes)
+
+  @classmethod
+  def from_ranked(
+    cls,
+    ranked: list[tuple[str, int]],
+    kind: str,
+    totals: tuple[int, int],
+    text_bytes: int = 0,
+  ) -> "Vocabulary":
+    """The vocabulary of the kept tokens `ranked` (most frequent first, ties by token) with their
+    counts, where `totals` = `token_totals` of every token counted: what `from_counts` makes,
+    from what a distributed count can hand over without gathering every distinct token
+    (`pipeline.beam_prepare`)."""
+    if kind not in KINDS:
+      raise DataError(
+        f"--tokenizer={kind!r}: unknown tokenizer; expected one of {', '.join(KINDS)}"
+      )
+    total, total_bytes = totals
     byte_stats = None
-    if kind != "char" and text_bytes and counts:
-      own_bytes = {token: len(token.encode("utf-8")) for token in counts}
-      total = sum(counts.values())
-      kept = set(ranked)
-      outside = sum(counts[t] for t in counts if t not in kept)
+    if kind != "char" and text_bytes and total:
+      # Integer sums, then one division each: the same floats however the counts were summed.
+      kept = sum(count for _, count in ranked)
+      kept_bytes = sum(count * len(token.encode("utf-8")) for token, count in ranked)
       byte_stats = {
-        "separator": (text_bytes - sum(counts[t] * own_bytes[t] for t in counts)) / total,
-        "unknown_word": (
-          sum(counts[t] * own_bytes[t] for t in counts if t not in kept) / outside
-          if outside
-          else 1.0
-        ),
+        "separator": (text_bytes - total_bytes) / total,
+        "unknown_word": (total_bytes - kept_bytes) / (total - kept) if total > kept else 1.0,
       }
-    return cls(kind, list(SPECIAL_TOKENS) + ranked, byte_stats=byte_stats)
+    return cls(kind, list(SPECIAL_TOKENS) + [token for token, _ in ranked], byte_stats=byte_stats)
+
+  def to_json(self) -> str:
+    """The vocabulary as `save` writes it (and `from_json` reads it)."""
+    saved = {"kind": self.kind, "tokens": self.tokens}
+    if self.byte_stats is not None:
+      saved["byte_stats"] = self.byte_stats
+    if self.model is not None:
+      saved["sentencepiece_model"] = base64.b64encode(self.model).decode("ascii")
+    return json.dumps(saved, ensure_ascii=False, indent=0)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Vocabulary":
+    saved = json.loads(text)
+    model = saved.get("sentencepiece_model")
+    model = base64.b64decode(model, validate=True) if model is not None else None
+    return cls(saved["kind"], saved["tokens"], model, saved.get("byte_stats"))
 
   def encode(self, text: str) -> np.ndarray:
     """Token ids [N] (int32) of `text`; unknown tokens become `<unk>` (never for subwords)."""
@@ -189,22 +220,28 @@ class Vocabulary:
     return lengths
 
   def save(self, path: str) -> None:
-    saved = {"kind": self.kind, "tokens": self.tokens}
-    if self.byte_stats is not None:
-      saved["byte_stats"] = self.byte_stats
-    if self.model is not None:
-      saved["sentencepiece_model"] = base64.b64encode(self.model).decode("ascii")
     # Atomic: a crash never leaves half a vocabulary.
-    paths.write_text(path, json.dumps(saved, ensure_ascii=False, indent=0))
+    paths.write_text(path, self.to_json())
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
     try:
-      saved = json.loads(paths.read_text(path))
-      model = saved.get("sentencepiece_model")
-      model = base64.b64decode(model, validate=True) if model is not None else None
-      return cls(saved["kind"], saved["tokens"], model, saved.get("byte_stats"))
+      return cls.from_json(paths.read_text(path))
     except DataError as e:
       raise DataError(f"{path}: {e}") from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
       raise DataError(f"{path}: unreadable vocabulary ({e})") from None
+
+
+def kept_size(max_size: int) -> int:
+  """How many counted tokens a vocabulary of `max_size` ids keeps (the specials come first)."""
+  return max(max_size - len(SPECIAL_TOKENS), 0)
+
+
+def token_totals(counts: Iterable[tuple[str, int]]) -> tuple[int, int]:
+  """(tokens counted, their UTF-8 bytes) of (token, count) pairs; sums of these add up."""
+  total = total_bytes = 0
+  for token, count in counts:
+    total += count
+    total_bytes += count * len(token.encode("utf-8"))
+  return total, total_bytes

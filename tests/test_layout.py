@@ -4,6 +4,7 @@ knowing nothing of the model, and a finished run loaded for predict, generate or
 without the training loop."""
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -150,10 +151,17 @@ COMMANDS = (
 )
 
 
+# Modules of an optional extra, and the package they need: imported where it is installed.
+EXTRAS = {"pipeline.beam_prepare": "apache_beam"}
+
+
 def test_every_module_imports():
   """Every module of the packages, on this interpreter and its jax: the libraries in one process,
   each command (they define flags of the same names) in one of its own."""
-  libraries = sorted(m for m in modules() if m not in COMMANDS and not m.endswith("__main__"))
+  missing = {m for m, package in EXTRAS.items() if importlib.util.find_spec(package) is None}
+  libraries = sorted(
+    m for m in modules() if m not in COMMANDS and m not in missing and not m.endswith("__main__")
+  )
   for group in [libraries, *([command] for command in COMMANDS)]:
     probe = "import importlib, sys\nfor name in sys.argv[1:]:\n  importlib.import_module(name)\n"
     result = subprocess.run(

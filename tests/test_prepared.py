@@ -2,6 +2,7 @@
 trainer's batches from a prepared dataset equal those from the same data read in memory."""
 
 import gzip
+import importlib.util
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import pytest
 from etils import epath
 
 from pipeline import prepared_writer as prepare
-from pipeline import sources
+from pipeline import preparing, sources
 from pipeline.batch_plans import optimal_boundaries
 from pipeline.errors import DataError
 from pipeline.prepared import ArrayStream, PreparedDataset, PreparedStream
@@ -93,7 +94,7 @@ def test_workers_and_shards_change_nothing_in_what_is_read(tmp_path):
 def test_a_long_document_is_split_at_whitespace_and_streams_as_the_whole(
   tmp_path, monkeypatch, tokenizer
 ):
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  monkeypatch.setattr(preparing, "PIECE_CHARS", 50)
   words = np.random.default_rng(1).choice(WORDS, size=400)
   text = " ".join(w.capitalize() if i % 7 == 0 else w for i, w in enumerate(words)) + "\n"
   (tmp_path / "book.txt").write_text(text)
@@ -260,7 +261,7 @@ def test_stream_reads_equal_the_whole_stream_for_any_cache_and_cached_records_ar
   tmp_path, monkeypatch, cache_bytes
 ):
   # A book in many records, some ranges spanning several
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  monkeypatch.setattr(preparing, "PIECE_CHARS", 50)
   text = " ".join(np.random.default_rng(2).choice(WORDS, size=300)) + "\n"
   (tmp_path / "book.txt").write_text(text)
   prepare.prepare_corpus(f"text:{tmp_path / 'book.txt'}", str(tmp_path / "out"), tokenizer="word")
@@ -511,6 +512,12 @@ def test_prepare_command_with_relative_paths(tmp_path):
     and again.stderr.strip().startswith("error: --out=")
     and "Traceback" not in again.stderr
   )
+  if importlib.util.find_spec("apache_beam") is None:  # (the [beam] venv runs the Beam tests)
+    beam = run("--data=jsonl:train.jsonl", "--out=data/beam", "--runner=beam")
+    assert beam.returncode == 2 and beam.stderr.strip().splitlines()[-1].startswith(
+      "error: --runner=beam: Apache Beam is not installed"
+    ), beam.stderr
+    assert 'pip install -e ".[beam]"' in beam.stderr and not (tmp_path / "data" / "beam").exists()
 
 
 # The trainer on prepared data.

@@ -135,6 +135,16 @@ def test_the_training_sample_is_bounded_and_fixed_by_the_lines_whatever_their_or
   # A line's every copy is kept or dropped together.
   kept = set(samples[0])
   assert all(samples[0].count(line) == lines.count(line) for line in kept)
+  # Samples of parts of the corpus, merged (as Beam's combiner merges its workers'), are the
+  # whole's sample, however the corpus was split among them.
+  for parts in (2, 5):
+    pieces = []
+    for part in range(parts):
+      sample = SubwordSample(20_000)
+      sample.add(["\n".join(lines[part::parts])])
+      pieces.append(sample)
+    merged = SubwordSample.merged(pieces, 20_000)
+    assert merged.lines() == samples[0] and not merged.sampled_all
   # Long lines are cut before a space, into lines SentencePiece trains on.
   long = " ".join(["word"] * 3000)
   assert all(len(piece) <= 4096 for piece in training_lines([long]))
