@@ -161,6 +161,14 @@ def prepare_on_beam(
           >> beam.Map(preparing.labels_of_first_examples, num_classes, f"--{flag}={data}")
         )
 
+      # Counted beside the encoding, from the documents as read: what the written shards must
+      # hold, checked before anything reaches --out (a runner that dropped data fails the job).
+      expected_records = (
+        documents
+        | "PiecesOfEach"
+        >> beam.Map(lambda d: len(preparing.piece_texts(d[3]["text"], split_documents)))
+        | "Pieces" >> beam.CombineGlobally(sum)
+      )
       written = (
         documents
         | "Encode"
@@ -184,6 +192,7 @@ def prepare_on_beam(
           out,
           beam.pvalue.AsSingleton(vocab_json),
           beam.pvalue.AsSingleton(labels_pc),
+          beam.pvalue.AsSingleton(expected_records),
           settings,
         )
       )
@@ -345,8 +354,16 @@ def _write_shard(grouped, tmp: str, labelled: bool) -> ShardIndex:
   )
 
 
-def _finish(shards, tmp: str, out: str, vocab_json: str, labels, settings: dict):
+def _finish(
+  shards, tmp: str, out: str, vocab_json: str, labels, expected_records: int, settings: dict
+):
   """The index, vocabulary, labels and metadata beside the shards; then `tmp` becomes `out`."""
+  written = sum(len(shard.lengths) for shard in shards)
+  if written != expected_records:
+    raise DataError(
+      f"--out={out}: the Beam job wrote {written:,} of the corpus's {expected_records:,} records"
+      " (the runner lost data); nothing was written there; run it again"
+    )
   vocab = _vocabulary(vocab_json)
   meta = preparing.dataset_meta(shards, vocab, labels, **settings)
   entries = preparing.shard_entries(shards)

@@ -76,7 +76,10 @@ _NUM_WORKERS = flags.DEFINE_integer(
   "Processes that tokenise (1: in this process).",
 )
 _SHARD_MB = flags.DEFINE_integer(
-  "shard_mb", 256, "Approximate size of each ArrayRecord file, in MiB."
+  "shard_mb",
+  256,
+  "MiB of the text each ArrayRecord file holds, about (records take 4 bytes a token: 1-4 times that"
+  " on disk).",
 )
 _TEXT_FIELD = flags.DEFINE_string(
   "text_field", "text", "jsonl/csv/tsv/parquet/tfds: the text field."

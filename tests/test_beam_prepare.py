@@ -19,6 +19,7 @@ from pipeline import beam_prepare, preparing  # noqa: E402
 from pipeline import prepared_writer as local  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
 from pipeline.prepared import PreparedDataset  # noqa: E402
+from pipeline.tokenizers import Vocabulary  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "the cat sat on a mat while dogs ran far away Émile 猫 🙂 doesn't can't".split()
@@ -152,6 +153,23 @@ def test_a_failing_job_says_why_in_one_line_and_leaves_nothing(corpus, tmp_path)
   with pytest.raises(DataError, match="already holds a prepared dataset"):
     beam_prepare.prepare_on_beam(f"jsonl:{train}", str(tmp_path / "train"), with_labels=True)
   assert PreparedDataset(str(tmp_path / "train")).num_records == 2
+
+
+def test_shards_that_miss_records_are_refused_before_anything_reaches_out(tmp_path):
+  """The last step of the job counts the records the shards hold against the documents read: a
+  runner that dropped data fails the job instead of publishing a dataset short of them."""
+  tmp, out = tmp_path / ".out.tmp", tmp_path / "out"
+  tmp.mkdir()
+  shard = beam_prepare._write_shard(
+    (0, [((0, 0, 0), b"\x01\x00\x00\x00", 1, True, None)]), str(tmp), False
+  )
+  vocab = Vocabulary.build(["a b"], "word")
+  settings = dict(vocab_size=0, tokenizer_sample_mb=1, specs=[], vocab_from="", flag="data")
+  with pytest.raises(DataError, match=r"--out=.*: the Beam job wrote 1 of the corpus's 2 records"):
+    beam_prepare._finish([shard], str(tmp), str(out), vocab.to_json(), None, 2, settings)
+  assert not out.exists()
+  beam_prepare._finish([shard], str(tmp), str(out), vocab.to_json(), None, 1, settings)
+  assert PreparedDataset(str(out)).num_records == 1 and not tmp.exists()
 
 
 def test_pipeline_options_pass_through_and_default_to_the_local_multiprocess_runner():
