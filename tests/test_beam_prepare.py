@@ -7,8 +7,11 @@ Skipped without the `[beam]` extra; .ci/run installs it in a venv of its own and
 import gzip
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -153,6 +156,43 @@ def test_a_failing_job_says_why_in_one_line_and_leaves_nothing(corpus, tmp_path)
   with pytest.raises(DataError, match="already holds a prepared dataset"):
     beam_prepare.prepare_on_beam(f"jsonl:{train}", str(tmp_path / "train"), with_labels=True)
   assert PreparedDataset(str(tmp_path / "train")).num_records == 2
+
+
+def test_a_job_killed_while_writing_leaves_no_dataset_and_the_next_prepare_cleans_up(tmp_path):
+  rng = np.random.default_rng(0)
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=12)) for _ in range(100_000)))
+  out = tmp_path / "out"
+  command = [
+    sys.executable,
+    "-m",
+    "pipeline.prepare",
+    f"--data=lines:{corpus}",
+    f"--out={out}",
+    "--tokenizer=word",
+    "--num_workers=2",
+    "--shard_mb=1",
+  ]
+  killed = subprocess.Popen(
+    [*command, "--runner=beam"],
+    cwd=ROOT,
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  temporaries = lambda: [name for name in os.listdir(tmp_path) if name.startswith(".out.tmp-")]
+  deadline = time.monotonic() + 240
+  while not temporaries():  # the first shard is being written
+    assert killed.poll() is None and time.monotonic() < deadline, "no shard was ever written"
+    time.sleep(0.01)
+  os.killpg(killed.pid, signal.SIGKILL)  # the launcher and Beam's workers, as a lost job would be
+  killed.wait()
+  assert not out.exists()
+  assert temporaries() == [local.temporary_name("out", socket.gethostname(), killed.pid)]
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"removing what a prepare that died (process {killed.pid})" in again.stderr
+  assert temporaries() == [] and PreparedDataset(str(out)).num_records == 100_000
 
 
 def test_shards_that_miss_records_are_refused_before_anything_reaches_out(tmp_path):
