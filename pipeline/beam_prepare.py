@@ -55,12 +55,14 @@ def pipeline_options(options: str, num_workers: int):
     if not sep or not key:
       raise DataError(f"--beam_pipeline_options: {item!r} is not key=value")
     flags.append(f"--{key.removeprefix('--')}={value}")
-  if not any(flag.startswith("--runner=") for flag in flags):
-    flags += [
-      "--runner=DirectRunner",
-      "--direct_running_mode=multi_processing",
-      f"--direct_num_workers={num_workers}",
-    ]
+  given = {flag.partition("=")[0] for flag in flags}
+  if "--runner" not in given:
+    flags.append("--runner=DirectRunner")
+    if "--direct_running_mode" not in given:
+      flags.append("--direct_running_mode=multi_processing")
+    in_memory = "--direct_running_mode=in_memory" in flags
+    if "--direct_num_workers" not in given and not in_memory:
+      flags.append(f"--direct_num_workers={num_workers}")
   return PipelineOptions(flags)
 
 
@@ -362,7 +364,8 @@ def _finish(
   if written != expected_records:
     raise DataError(
       f"--out={out}: the Beam job wrote {written:,} of the corpus's {expected_records:,} records"
-      " (the runner lost data); nothing was written there; run it again"
+      " (the runner lost data); nothing was written there; run it again (on this machine,"
+      " --beam_pipeline_options=direct_running_mode=in_memory runs one worker without gRPC)"
     )
   vocab = _vocabulary(vocab_json)
   meta = preparing.dataset_meta(shards, vocab, labels, **settings)

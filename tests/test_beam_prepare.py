@@ -126,6 +126,16 @@ def test_beam_writes_the_same_bytes_as_the_local_driver(corpus, tmp_path, case):
     assert dataset.num_records > dataset.ends_document.sum() == 401  # the book in pieces
 
 
+def test_the_in_memory_runner_writes_the_same_bytes(corpus, tmp_path):
+  spec, settings = CASES["word_tied_counts"]
+  data = spec.format(d=corpus)
+  local.prepare_corpus(data, str(tmp_path / "local"), **settings)
+  beam_prepare.prepare_on_beam(
+    data, str(tmp_path / "beam"), beam_options="direct_running_mode=in_memory", **settings
+  )
+  assert files_of(tmp_path / "beam") == files_of(tmp_path / "local")
+
+
 def test_an_evaluation_split_with_the_training_vocabulary_and_labels(corpus, tmp_path):
   train = f"jsonl:{corpus}/reviews.jsonl.gz"
   local.prepare_corpus(train, str(tmp_path / "train"), tokenizer="word", with_labels=True)
@@ -226,6 +236,10 @@ def test_pipeline_options_pass_through_and_default_to_the_local_multiprocess_run
     "europe-west4",
   )
   assert given["temp_location"] == "gs://b/tmp" and given["direct_num_workers"] == 1
+  # One in-process worker, chosen over the default (what the lost-records error suggests).
+  in_memory = beam_prepare.pipeline_options("direct_running_mode=in_memory", 3).get_all_options()
+  assert (in_memory["runner"], in_memory["direct_running_mode"]) == ("DirectRunner", "in_memory")
+  assert in_memory["direct_num_workers"] == 1
   with pytest.raises(DataError, match="--beam_pipeline_options: 'oops' is not key=value"):
     beam_prepare.pipeline_options("runner=DirectRunner,oops", 1)
 
