@@ -121,9 +121,9 @@ def prepare_corpus(
       (tmp / part).rename(tmp / entry["file"])
     for name, content in preparing.index_files(shards, labels is not None).items():
       (tmp / prepared.INDEX_DIR / name).write_bytes(content)
-    (tmp / prepared.VOCAB_FILE).write_text(vocab.to_json())
+    vocab.save(str(tmp / prepared.VOCAB_FILE))
     if labels is not None:
-      (tmp / prepared.LABELS_FILE).write_text(labels.to_json())
+      labels.save(str(tmp / prepared.LABELS_FILE))
     # The metadata last: a directory without it is not a dataset (`PreparedDataset` says so).
     (tmp / prepared.META_FILE).write_text(preparing.meta_json(meta))
     if out_path.exists():

@@ -19,7 +19,6 @@ would scatter a document's pieces and the input's order, which `prepared:DIR[:90
 import collections
 import dataclasses
 import io
-import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -112,16 +111,13 @@ def pieces_of(
   """The records-to-be of document `document` of source `source`, which starts `offset` bytes
   into the corpus."""
   texts = piece_texts(example["text"], split_documents)
+  last = len(texts) - 1
   for i, text in enumerate(texts):
     yield Piece(
-      (source, document, i),
-      offset,
-      text,
-      i == len(texts) - 1,
-      example.get("label"),
-      example.get("where"),
+      (source, document, i), offset, text, i == last, example.get("label"), example.get("where")
     )
-    offset += text_bytes(text)
+    if i < last:  # (the next document's offset is its caller's: it has the whole text's size)
+      offset += text_bytes(text)
 
 
 def count_tokens(texts: Iterable[str], kind: str) -> tuple[collections.Counter, int]:
@@ -296,9 +292,3 @@ def labels_of_first_examples(first: Iterable[tuple[tuple, dict]], num_classes: i
   driver reads them (its errors name the first offending example)."""
   ordered = [example for _, example in sorted(first, key=lambda item: item[0])]
   return Labels.from_training(ordered, num_classes, what)
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-  iterator = iter(items)
-  while batch := list(itertools.islice(iterator, size)):
-    yield batch

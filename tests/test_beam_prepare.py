@@ -7,11 +7,9 @@ Skipped without the `[beam]` extra; .ci/run installs it in a venv of its own and
 import gzip
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from pipeline import prepared_writer as local  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
 from pipeline.prepared import PreparedDataset  # noqa: E402
 from pipeline.tokenizers import Vocabulary  # noqa: E402
+from tests import killed_prepares  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "the cat sat on a mat while dogs ran far away Émile 猫 🙂 doesn't can't".split()
@@ -169,40 +168,19 @@ def test_a_failing_job_says_why_in_one_line_and_leaves_nothing(corpus, tmp_path)
 
 
 def test_a_job_killed_while_writing_leaves_no_dataset_and_the_next_prepare_cleans_up(tmp_path):
-  rng = np.random.default_rng(0)
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=12)) for _ in range(100_000)))
+  corpus = killed_prepares.write_corpus(tmp_path / "corpus.txt", 100_000)
   out = tmp_path / "out"
-  command = [
-    sys.executable,
-    "-m",
-    "pipeline.prepare",
-    f"--data=lines:{corpus}",
-    f"--out={out}",
-    "--tokenizer=word",
-    "--num_workers=2",
-    "--shard_mb=1",
-  ]
-  killed = subprocess.Popen(
-    [*command, "--runner=beam"],
-    cwd=ROOT,
-    start_new_session=True,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  temporaries = lambda: [name for name in os.listdir(tmp_path) if name.startswith(".out.tmp-")]
-  deadline = time.monotonic() + 240
-  while not temporaries():  # the first shard is being written
-    assert killed.poll() is None and time.monotonic() < deadline, "no shard was ever written"
-    time.sleep(0.01)
-  os.killpg(killed.pid, signal.SIGKILL)  # the launcher and Beam's workers, as a lost job would be
-  killed.wait()
+  command = killed_prepares.prepare_command(corpus, out, "--shard_mb=1")
+  # Killed as soon as its first shard is being written: the launcher and Beam's workers.
+  pid = killed_prepares.kill_while_writing([*command, "--runner=beam"], tmp_path, timeout=240)
   assert not out.exists()
-  assert temporaries() == [local.temporary_name("out", socket.gethostname(), killed.pid)]
+  temporaries = killed_prepares.temporaries(tmp_path)
+  assert temporaries == [local.temporary_name("out", socket.gethostname(), pid)]
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f"removing what a prepare that died (process {killed.pid})" in again.stderr
-  assert temporaries() == [] and PreparedDataset(str(out)).num_records == 100_000
+  assert f"removing what a prepare that died (process {pid})" in again.stderr
+  assert killed_prepares.temporaries(tmp_path) == []
+  assert PreparedDataset(str(out)).num_records == 100_000
 
 
 def test_shards_that_miss_records_are_refused_before_anything_reaches_out(tmp_path):

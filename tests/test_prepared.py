@@ -6,11 +6,9 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +22,13 @@ from pipeline.prepared import ArrayStream, PreparedDataset, PreparedStream
 from pipeline.sequence_batches import encode_all, make_plan_function, sequence_batches
 from pipeline.token_windows import ReversedStream, token_stream, window_batches
 from pipeline.tokenizers import Vocabulary
+from tests.killed_prepares import (
+  ROOT,
+  kill_while_writing,
+  prepare_command,
+  temporaries,
+  write_corpus,
+)
 
 WORDS = "the cat sat on a mat while dogs ran far away from home and sang".split()
 
@@ -349,54 +354,19 @@ def test_an_error_in_the_write_pass_leaves_nothing(tmp_path, num_workers):
   assert sorted(os.listdir(tmp_path)) == ["dev.jsonl", "train", "train.jsonl"]
 
 
-def write_corpus(path, lines: int) -> str:
-  rng = np.random.default_rng(0)
-  words = rng.choice(WORDS, size=(lines, 12))
-  path.write_text("\n".join(" ".join(row) for row in words) + "\n")
-  return str(path)
-
-
-def prepare_command(corpus, out) -> list[str]:
-  return [
-    sys.executable,
-    "-m",
-    "pipeline.prepare",
-    f"--data=lines:{corpus}",
-    f"--out={out}",
-    "--tokenizer=word",
-    "--num_workers=2",
-  ]
-
-
 @pytest.mark.slow
 def test_a_prepare_killed_while_writing_leaves_no_dataset_and_the_next_one_cleans_up(tmp_path):
   corpus = write_corpus(tmp_path / "corpus.txt", 300_000)  # (the write pass takes seconds)
   out = tmp_path / "out"
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  killed = subprocess.Popen(
-    prepare_command(corpus, out),
-    cwd=repo,
-    start_new_session=True,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  temporaries = lambda: [name for name in os.listdir(tmp_path) if name.startswith(".out.tmp-")]
-  deadline = time.monotonic() + 120
-  while not temporaries():  # the write pass has begun
-    assert killed.poll() is None and time.monotonic() < deadline, "the write pass never began"
-    time.sleep(0.01)
-  os.killpg(killed.pid, signal.SIGKILL)  # the prepare and its workers, as a lost job would be
-  killed.wait()
+  pid = kill_while_writing(prepare_command(corpus, out), tmp_path, timeout=120)
   assert not out.exists()
-  assert temporaries() == [prepare.temporary_name("out", socket.gethostname(), killed.pid)]
+  assert temporaries(tmp_path) == [prepare.temporary_name("out", socket.gethostname(), pid)]
   again = subprocess.run(
-    prepare_command(corpus, out), cwd=repo, capture_output=True, text=True, timeout=300
+    prepare_command(corpus, out), cwd=ROOT, capture_output=True, text=True, timeout=300
   )
   assert again.returncode == 0, again.stderr[-3000:]
-  assert (
-    f"removing what a prepare that died (process {killed.pid}) left half written" in again.stderr
-  )
-  assert temporaries() == []
+  assert f"removing what a prepare that died (process {pid}) left half written" in again.stderr
+  assert temporaries(tmp_path) == []
   assert PreparedDataset(str(out)).num_records == 300_000
 
 
