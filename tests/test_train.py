@@ -214,6 +214,17 @@ def test_default_job_learns_its_generated_task(tmp_path, task):
   else:
     assert final_eval["accuracy"] > 0.95 and final_eval["loss"] < 0.2 * first_loss
   assert "step 1000/1000" in result.stderr and "eta" in result.stderr
+  # It ends with one line of the figures that matter, not the whole summary.
+  with open(tmp_path / "summary.json") as f:
+    best = json.load(f)["best"]
+  last_line = result.stderr.strip().splitlines()[-1]
+  headline = "accuracy" if task == "classify" else "bits_per_byte"
+  assert (
+    f"Finished at step 1000; dev loss {best['eval']['loss']:.4f}" in last_line
+    and f"  {headline} {best['eval'][headline]:.4f}" in last_line
+    and f"at step {best['step']} (chosen by {best['select_metric']})" in last_line
+    and last_line.endswith(f"the whole summary: {tmp_path / 'summary.json'}")
+  ), last_line
 
 
 def test_flagfile_sets_flags(tmp_path):

@@ -72,7 +72,10 @@ def main(argv):
     _exit_with_error(e, 2)
   except (CheckpointError, TrainingError) as e:
     _exit_with_error(e, 1)
-  logging.info("summary: %s", summary)
+  if not summary.get("preempted"):  # (a preempted run has said how to resume)
+    from training.bookkeeping.reports import summary_line
+
+    logging.info("%s", summary_line(summary, os.path.join(_WORKDIR.value, "summary.json")))
   if jax.process_count() > 1:
     # Leave the job together, now, while every process is here. Left to the interpreter's exit,
     # jax 0.12.1 (Python 3.13) kept a process of a finished 2 x 2 job waiting for good.

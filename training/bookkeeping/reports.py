@@ -27,6 +27,34 @@ def add_sums(total, new):
   return new if total is None else _combine(total, new)
 
 
+# The figures a run's last line gives, of those its task has (the rest are in summary.json).
+HEADLINE_METRICS = ("loss", "bits_per_byte", "accuracy", "macro_f1")
+
+
+def summary_line(summary: dict, summary_path: str) -> str:
+  """A finished run in one line: its dev figures at the chosen step, its test figures, and where
+  the whole summary is (a classifier's, with its per-class report, runs to pages)."""
+
+  def figures(metrics: dict) -> str:
+    return "  ".join(f"{name} {metrics[name]:.4f}" for name in HEADLINE_METRICS if name in metrics)
+
+  parts = [
+    f"Finished at step {summary['step']}"
+    + (" (stopped early)" if summary.get("stopped_early") else "")
+  ]
+  best = summary.get("best")
+  if best:
+    parts.append(
+      f"dev {figures(best['eval'])} at step {best['step']} (chosen by {best['select_metric']})"
+    )
+  elif summary.get("eval"):
+    parts.append(f"dev {figures(summary['eval'])}")
+  if summary.get("test"):
+    parts.append(f"test {figures(summary['test'])}")
+  parts.append(f"the whole summary: {summary_path}")
+  return "; ".join(parts)
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
