@@ -554,6 +554,31 @@ def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_pa
   )
 
 
+def test_a_resumed_run_reuses_its_copy_of_a_source_and_reads_a_changed_one_in_its_place(tmp_path):
+  """Sources given directly are read once into WORKDIR/data/; a resume reads that copy, and a
+  source changed since is read again (with the run's vocabulary) and its old copy removed."""
+  from training.config import Config
+  from training.loop.trainer import train_and_evaluate
+
+  train = make_jsonl(tmp_path / "train.jsonl", 60)
+  config = dict(TINY, task="lm", tokenizer="word", train_data=f"jsonl:{train}", eval_every=0)
+  workdir = tmp_path / "run"
+
+  def copies():
+    return {path.name: path.stat().st_mtime_ns for path in (workdir / "data").iterdir()}
+
+  train_and_evaluate(Config(**{**config, "num_steps": 10}), str(workdir))
+  first = copies()
+  vocabulary = (workdir / "vocab.json").read_text()
+  train_and_evaluate(Config(**{**config, "num_steps": 20}), str(workdir))
+  assert copies() == first  # reused, not written again
+  make_jsonl(train, 80, seed=3)  # the file changes under the run
+  assert train_and_evaluate(Config(**config), str(workdir))["step"] == 30
+  [second] = copies()
+  assert len(first) == 1 and second not in first and second.startswith("train_data-")
+  assert (workdir / "vocab.json").read_text() == vocabulary
+
+
 def test_trainer_refuses_prepared_data_it_cannot_use(tmp_path):
   from training.config import Config
   from training.loop.trainer import train_and_evaluate

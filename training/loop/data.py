@@ -202,9 +202,10 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   prepared into `WORKDIR/data/` on first use, by process 0 while the others wait.
 
   The copy is keyed by the spec, the files' sizes and times, and the flags that change how they
-  read, so a resumed run reuses it and changed data is read again. Its vocabulary and labels are
-  the run's once the run has them (a resumed run, or `--init_from`); else they are fixed from the
-  training split (without the documents `holdout` holds out), as the trainer always has.
+  read, so a resumed run reuses it and changed data is read again, in the old copy's place. Its
+  vocabulary and labels are the run's once the run has them (a resumed run, or `--init_from`);
+  else they are fixed from the training split (without the documents `holdout` holds out), as the
+  trainer always has.
   """
   if not spec or is_prepared(spec) or spec.startswith(sources.HOLDOUT):
     return spec
@@ -231,6 +232,7 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   if jax.process_index() == 0 and not paths.exists(os.path.join(directory, META_FILE)):
     try:
       _prepare_into(directory, spec, flag, config, workdir, read_options, holdout)
+      _remove_superseded_copies(directory, flag)
     except (DataError, ConfigError) as e:
       failure = e
   if jax.process_count() > 1:  # the others wait for process 0, and learn whether it failed
@@ -240,6 +242,17 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   if failure is not None:
     raise failure
   return f"{sources.PREPARED}:{directory}"
+
+
+def _remove_superseded_copies(directory: str, flag: str) -> None:
+  """Removes the copies of `--flag`'s data that `directory` replaces: read under other files'
+  sizes and times or other flags, never read again (without this, each change of a source given
+  directly would leave a copy of it in the workdir for good)."""
+  current = epath.Path(directory)
+  for copy in current.parent.glob(f"{flag}-*"):  # (a prepare's temporaries start with a dot)
+    if copy.name != current.name and copy.is_dir():
+      logging.info("Removing %s: --%s's files or flags have changed since it was read", copy, flag)
+      copy.rmtree()
 
 
 def _prepare_into(
