@@ -14,7 +14,14 @@ import pytest
 import sklearn.metrics
 
 from tests.test_tools import read_scalars
-from training.bookkeeping.class_report import class_report, format_report
+from training.bookkeeping.class_report import (
+  ROW_MATRIX_CLASSES,
+  TABLE_MATRIX_CLASSES,
+  class_report,
+  confusion_from_predictions,
+  for_every_row,
+  format_report,
+)
 from training.loop.class_balance import imbalance_warning
 from training.loop.objectives import finalize_metrics, sequence_cross_entropy
 
@@ -86,6 +93,25 @@ def test_the_report_of_a_confusion_matrix_equals_scikit_learns(seed):
   assert ours["classes"] == NAMES
   table = format_report({**ours, "accuracy": float(np.mean(true == predicted))})
   assert "weighted avg" in table and "third" in table and "confusion matrix" in table
+
+
+def test_a_large_confusion_matrix_stays_out_of_the_table_and_the_rows_not_out_of_the_report():
+  rng = np.random.default_rng(0)
+
+  def report(num_classes):
+    names = [f"class_{i}" for i in range(num_classes)]
+    true, predicted = rng.integers(0, num_classes, 500), rng.integers(0, num_classes, 500)
+    return class_report(confusion_from_predictions(predicted, true, num_classes), names)
+
+  small, wide, many = report(TABLE_MATRIX_CLASSES), report(21), report(ROW_MATRIX_CLASSES + 1)
+  assert "confusion matrix (rows: true class" in format_report(small)
+  table = format_report(wide, matrix_in="summary.json")
+  assert "class_20" in table and table.endswith("confusion matrix: 21 x 21, in summary.json")
+  row = for_every_row(many)
+  assert "confusion_matrix" not in row and "confusion_matrix" in many
+  assert row == {k: v for k, v in many.items() if k != "confusion_matrix"}
+  kept = report(ROW_MATRIX_CLASSES)
+  assert for_every_row(kept) is kept
 
 
 @pytest.mark.newest_jax

@@ -10,6 +10,13 @@ definitions (a class never predicted has precision 0, one never present has reca
 
 import numpy as np
 
+# A confusion matrix has C x C cells: up to TABLE_MATRIX_CLASSES classes it is printed under the
+# report's table (wider, its lines are no longer read), and up to ROW_MATRIX_CLASSES it is kept in
+# every evaluation's row of metrics.jsonl and TensorBoard (above, a 1,000-class run would write
+# megabytes per evaluation). summary.json and the tools' JSON reports always hold it.
+TABLE_MATRIX_CLASSES = 20
+ROW_MATRIX_CLASSES = 100
+
 
 def class_report(confusion, class_names) -> dict:
   """The report of a confusion matrix [C, C] (true x predicted counts) whose classes are named
@@ -59,9 +66,18 @@ def confusion_from_predictions(predicted, labels, num_classes: int) -> np.ndarra
   return confusion
 
 
-def format_report(metrics: dict, title: str = "") -> str:
+def for_every_row(metrics: dict) -> dict:
+  """An evaluation's metrics as a metrics.jsonl row holds them: without the confusion matrix of
+  more than ROW_MATRIX_CLASSES classes."""
+  if len(metrics.get("classes", ())) <= ROW_MATRIX_CLASSES:
+    return metrics
+  return {name: value for name, value in metrics.items() if name != "confusion_matrix"}
+
+
+def format_report(metrics: dict, title: str = "", matrix_in: str = "the JSON report") -> str:
   """A report as a table for the log, in the layout of scikit-learn's `classification_report`,
-  followed by the confusion matrix."""
+  followed by the confusion matrix (of up to TABLE_MATRIX_CLASSES classes; else a line saying
+  that it is in `matrix_in`)."""
   names = metrics["classes"]
   width = max(12, *(len(name) for name in names))
   lines = [title] if title else []
@@ -80,6 +96,9 @@ def format_report(metrics: dict, title: str = "") -> str:
       f"{average + ' avg':>{width}} {metrics[average + '_precision']:9.4f}"
       f" {metrics[average + '_recall']:9.4f} {metrics[average + '_f1']:9.4f} {support:9d}"
     )
+  if len(names) > TABLE_MATRIX_CLASSES:
+    lines.append(f"confusion matrix: {len(names)} x {len(names)}, in {matrix_in}")
+    return "\n".join(lines)
   cell = max(9, *(len(str(count)) + 1 for row in metrics["confusion_matrix"] for count in row))
   lines.append("confusion matrix (rows: true class, columns: predicted)")
   lines.append(f"{'':>{width}}" + "".join(f"{name[: cell - 1]:>{cell}}" for name in names))

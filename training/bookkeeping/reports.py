@@ -13,7 +13,7 @@ import time
 import jax
 from absl import logging
 
-from training.bookkeeping.class_report import scalar_metrics
+from training.bookkeeping.class_report import for_every_row, scalar_metrics
 from training.bookkeeping.metrics_log import MetricsLog
 from training.loop.objectives import combine_sums, finalize_metrics
 from training.state import learning_rate_at
@@ -177,7 +177,8 @@ class TrainReporter:
     return round(self._elapsed_before + (now or time.perf_counter()) - self._run_start, 3)
 
   def log_eval(self, step: int, metrics: dict) -> None:
-    self.metrics_log.write({"step": step, "split": "eval", **metrics, "elapsed_s": self.elapsed()})
+    row = {"step": step, "split": "eval", **for_every_row(metrics), "elapsed_s": self.elapsed()}
+    self.metrics_log.write(row)
     logging.info(
       "eval at step %d: %s",
       step,

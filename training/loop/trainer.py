@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from training.bookkeeping.checkpoints import Checkpointer
-from training.bookkeeping.class_report import format_report, scalar_metrics
+from training.bookkeeping.class_report import for_every_row, format_report, scalar_metrics
 from training.bookkeeping.metrics_log import MetricsLog, param_fingerprint, write_json
 from training.bookkeeping.reports import ProgressBar, TrainReporter, add_sums
 from training.bookkeeping.run_config import record_run
@@ -348,7 +348,12 @@ def _train_and_evaluate(config: Config, workdir: str, processes: int, devices: i
   if test_metrics is not None:
     chosen_step = selection.best["step"] if selection.best else step
     metrics_log.write(
-      {"step": step, "split": "test", "parameters_of_step": chosen_step, **test_metrics}
+      {
+        "step": step,
+        "split": "test",
+        "parameters_of_step": chosen_step,
+        **for_every_row(test_metrics),
+      }
     )
   if is_lead:
     _log_class_reports(selection.summary(), test_metrics)
@@ -506,9 +511,11 @@ def _log_class_reports(best: dict | None, test: dict | None) -> None:
   """The classifier's reports as tables, at the end of the run: the dev evaluation that chose the
   parameters, and the test split read with them."""
   if best and "per_class" in best["eval"]:
-    logging.info("%s", format_report(best["eval"], f"dev, step {best['step']} (best):"))
+    logging.info(
+      "%s", format_report(best["eval"], f"dev, step {best['step']} (best):", "summary.json")
+    )
   if test and "per_class" in test:
-    logging.info("%s", format_report(test, "test:"))
+    logging.info("%s", format_report(test, "test:", "summary.json"))
 
 
 def _check_finite(sums, on_nonfinite: str, checkpointer: Checkpointer) -> None:

@@ -57,7 +57,7 @@ def main(argv):
       f"{split}: ensemble accuracy {summary['ensemble'][split]['accuracy']:.4f};"
       f" members {members} (mean {mean:.4f})"
     )
-    print(format_report(summary["ensemble"][split], f"{split}, ensemble:"))
+    print(format_report(summary["ensemble"][split], f"{split}, ensemble:", "the JSON above"))
 
 
 def run_main():

@@ -116,7 +116,7 @@ def _predict_and_score(run, spec: str, report_path: str, batch_size: int) -> Non
   if not rows:
     raise DataError(f"--data={spec}: no examples")
   report = metrics(np.stack(rows), labels, names)
-  print(format_report(report, f"{spec}:"), file=sys.stderr)
+  print(format_report(report, f"{spec}:", "--report=FILE"), file=sys.stderr)
   if report_path:
     paths.write_text(report_path, json.dumps(report, indent=2) + "\n")
 
