@@ -4,7 +4,8 @@ For a corpus larger than one machine: the same passes as the local driver
 (`pipeline.prepared_writer`), as a Beam pipeline that Dataflow, Flink or Spark spread over many
 workers, and the same bytes at the end (`tests/test_beam_prepare.py` compares them):
 
-  sources -> read (a worker per source: documents, their offsets) -+-> bytes per source, total
+  sources -> read (a worker per source: documents, their offsets),
+             spread over the workers ------------------------------+-> bytes per source, total
                                                                    +-> token counts (CombinePerKey)
                                                                    |     -> the top of them -> vocabulary
                                                                    |   or the subword sample -> tokenizer
@@ -114,6 +115,10 @@ def prepare_on_beam(
         | "Sources" >> beam.Create(list(enumerate(specs)))
         | "OneWorkerEach" >> beam.Reshuffle()
         | "Read" >> beam.FlatMap(_read_source, with_labels, read_options)
+        # Without this, a runner fuses what follows into the reading: one worker per source
+        # would also count and tokenise all of it. Spread, each document keeps its key and
+        # offset, so the bytes written are the same.
+        | "SpreadDocuments" >> beam.Reshuffle()
       )
       source_bytes = (
         documents
