@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -555,8 +556,10 @@ def test_a_run_on_prepared_data_equals_the_run_on_the_same_data_in_memory(tmp_pa
 
 
 def test_a_resumed_run_reuses_its_copy_of_a_source_and_reads_a_changed_one_in_its_place(tmp_path):
-  """Sources given directly are read once into WORKDIR/data/; a resume reads that copy, and a
-  source changed since is read again (with the run's vocabulary) and its old copy removed."""
+  """Sources given directly are read once into WORKDIR/data/; a resume reads that copy, also when
+  the file was copied anew (new time, same bytes); a file changed since is read again (with the
+  run's vocabulary) in its place, and a copy under another name (other flags, or the naming of
+  earlier versions, which held the file's time) is removed."""
   from training.config import Config
   from training.loop.trainer import train_and_evaluate
 
@@ -565,17 +568,25 @@ def test_a_resumed_run_reuses_its_copy_of_a_source_and_reads_a_changed_one_in_it
   workdir = tmp_path / "run"
 
   def copies():
-    return {path.name: path.stat().st_mtime_ns for path in (workdir / "data").iterdir()}
+    return {
+      path.name: (path / "prepared.json").stat().st_mtime_ns
+      for path in (workdir / "data").iterdir()
+    }
 
+  uninterrupted = train_and_evaluate(Config(**{**config, "num_steps": 20}), str(tmp_path / "whole"))
   train_and_evaluate(Config(**{**config, "num_steps": 10}), str(workdir))
   first = copies()
+  [name] = first
   vocabulary = (workdir / "vocab.json").read_text()
-  train_and_evaluate(Config(**{**config, "num_steps": 20}), str(workdir))
-  assert copies() == first  # reused, not written again
+  shutil.copytree(workdir / "data" / name, workdir / "data" / "train_data-0123456789abcdef")
+  os.utime(train, ns=(1, 1))  # copied anew: another time, the same bytes
+  resumed = train_and_evaluate(Config(**{**config, "num_steps": 20}), str(workdir))
+  assert resumed["param_fingerprint"] == uninterrupted["param_fingerprint"]
+  assert copies() == first  # reused, not read again; the other copy removed
   make_jsonl(train, 80, seed=3)  # the file changes under the run
   assert train_and_evaluate(Config(**config), str(workdir))["step"] == 30
-  [second] = copies()
-  assert len(first) == 1 and second not in first and second.startswith("train_data-")
+  [(second, written)] = copies().items()
+  assert second == name and written != first[name]  # read again, in its place
   assert (workdir / "vocab.json").read_text() == vocabulary
 
 

@@ -197,15 +197,20 @@ def _view_split(view, config: Config) -> _Split:
 DATA_DIR = "data"
 
 
+# Beside a copy's data: the sizes, times and SHA-256 of the files it was read from.
+SOURCES_FILE = "sources.json"
+
+
 def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: str = "") -> str:
   """`spec` itself if it names a prepared dataset (or nothing); else `prepared:DIR` of its copy,
   prepared into `WORKDIR/data/` on first use, by process 0 while the others wait.
 
-  The copy is keyed by the spec, the files' sizes and times, and the flags that change how they
-  read, so a resumed run reuses it and changed data is read again, in the old copy's place. Its
-  vocabulary and labels are the run's once the run has them (a resumed run, or `--init_from`);
-  else they are fixed from the training split (without the documents `holdout` holds out), as the
-  trainer always has.
+  The copy is named by the spec and the flags that change how it reads, and holds the files'
+  sizes, times and contents' hash: a resumed run reuses it, also when the files were copied or
+  restored with new times (their hash is compared then), and reads changed files again, in the
+  old copy's place. Its vocabulary and labels are the run's once the run has them (a resumed
+  run, or `--init_from`); else they are fixed from the training split (without the documents
+  `holdout` holds out), as the trainer always has.
   """
   if not spec or is_prepared(spec) or spec.startswith(sources.HOLDOUT):
     return spec
@@ -214,14 +219,12 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   key = json.dumps(
     [
       spec,
-      _file_stamps(spec, flag),
       read_options,
       with_labels,
       config.tokenizer,
       config.vocab_size,
       config.num_classes,
       holdout,
-      # (only where it changes the data: the keys of char, word and ptb copies stay as they were)
       *([config.tokenizer_sample_mb] if config.tokenizer in SUBWORD_KINDS else []),
     ]
   )
@@ -229,9 +232,13 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
     workdir, DATA_DIR, f"{flag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
   )
   failure = None
-  if jax.process_index() == 0 and not paths.exists(os.path.join(directory, META_FILE)):
+  if jax.process_index() == 0:
     try:
-      _prepare_into(directory, spec, flag, config, workdir, read_options, holdout)
+      if not _copy_is_current(directory, spec, flag):
+        _remove_copy(directory)
+        _prepare_into(directory, spec, flag, config, workdir, read_options, holdout)
+        record = {"stamps": _file_stamps(spec, flag), "sha256": _files_digest(spec, flag)}
+        paths.write_text(os.path.join(directory, SOURCES_FILE), json.dumps(record) + "\n")
       _remove_superseded_copies(directory, flag)
     except (DataError, ConfigError) as e:
       failure = e
@@ -244,10 +251,38 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   return f"{sources.PREPARED}:{directory}"
 
 
+def _copy_is_current(directory: str, spec: str, flag: str) -> bool:
+  """Whether the copy in `directory` is complete and was read from the files `spec` names as they
+  are now: the same sizes and times, or else the same contents (then the new times are kept)."""
+  sources_path = os.path.join(directory, SOURCES_FILE)
+  if not (paths.exists(os.path.join(directory, META_FILE)) and paths.exists(sources_path)):
+    return False
+  record = json.loads(paths.read_text(sources_path))
+  stamps = _file_stamps(spec, flag)
+  if record["stamps"] == stamps:
+    return True
+  if record["sha256"] != _files_digest(spec, flag):
+    logging.info("--%s=%s has changed since it was read: reading it again", flag, spec)
+    return False
+  logging.info("--%s=%s: new file times, same contents; the copy read before is kept", flag, spec)
+  paths.write_text(sources_path, json.dumps({**record, "stamps": stamps}) + "\n")
+  return True
+
+
+def _remove_copy(directory: str) -> None:
+  """Removes an outdated or incomplete copy; its sources record first, so that a removal cut
+  short is never taken for a current copy."""
+  copy = epath.Path(directory)
+  if copy.exists():
+    if (copy / SOURCES_FILE).exists():
+      (copy / SOURCES_FILE).unlink()
+    copy.rmtree()
+
+
 def _remove_superseded_copies(directory: str, flag: str) -> None:
-  """Removes the copies of `--flag`'s data that `directory` replaces: read under other files'
-  sizes and times or other flags, never read again (without this, each change of a source given
-  directly would leave a copy of it in the workdir for good)."""
+  """Removes the copies of `--flag`'s data other than `directory`: read under other flags (or
+  named by an earlier version, with the files' times), never read again (without this, each would
+  stay in the workdir for good)."""
   current = epath.Path(directory)
   for copy in current.parent.glob(f"{flag}-*"):  # (a prepare's temporaries start with a dot)
     if copy.name != current.name and copy.is_dir():
@@ -286,16 +321,36 @@ def _prepare_into(
   )
 
 
-def _file_stamps(spec: str, flag: str) -> list:
-  """(size, modification time) of each file a spec names (a missing one is reported later)."""
-  stamps = []
+def _source_files(spec: str, flag: str) -> list[str]:
+  """The files a spec names, in its order (a missing one is reported later)."""
+  files = []
   for part in spec.split(","):
     kind = part.partition(":")[0]
     path = sources.parse_spec(part, flag).path if kind in sources.FILE_KINDS else None
     if path and paths.exists(path):
-      stat = epath.Path(path).stat()
-      stamps.append([stat.length, stat.mtime])
+      files.append(path)
+  return files
+
+
+def _file_stamps(spec: str, flag: str) -> list:
+  """(size, modification time) of each file a spec names."""
+  stamps = []
+  for path in _source_files(spec, flag):
+    stat = epath.Path(path).stat()
+    stamps.append([stat.length, stat.mtime])
   return stamps
+
+
+def _files_digest(spec: str, flag: str) -> str:
+  """SHA-256 of the contents of the files a spec names, in order."""
+  digests = []
+  for path in _source_files(spec, flag):
+    digest = hashlib.sha256()
+    with epath.Path(path).open("rb") as f:
+      while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    digests.append(digest.hexdigest())
+  return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 def open_prepared(spec: str, flag: str) -> tuple[PreparedDataset, object]:
