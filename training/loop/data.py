@@ -12,6 +12,7 @@ splits are read in the run's vocabulary and labels.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -234,10 +235,13 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   failure = None
   if jax.process_index() == 0:
     try:
-      if not _copy_is_current(directory, spec, flag):
+      # Taken before the files are read (a file changed while it is read is read again next
+      # time); the hash, a read of every file, only where it is needed, and once.
+      stamps, digest = _file_stamps(spec, flag), functools.cache(lambda: _files_digest(spec, flag))
+      if not _copy_is_current(directory, spec, flag, stamps, digest):
+        record = {"stamps": stamps, "sha256": digest()}
         _remove_copy(directory)
         _prepare_into(directory, spec, flag, config, workdir, read_options, holdout)
-        record = {"stamps": _file_stamps(spec, flag), "sha256": _files_digest(spec, flag)}
         paths.write_text(os.path.join(directory, SOURCES_FILE), json.dumps(record) + "\n")
       _remove_superseded_copies(directory, flag)
     except (DataError, ConfigError) as e:
@@ -251,17 +255,19 @@ def _prepared_spec(spec: str, flag: str, config: Config, workdir: str, holdout: 
   return f"{sources.PREPARED}:{directory}"
 
 
-def _copy_is_current(directory: str, spec: str, flag: str) -> bool:
+def _copy_is_current(
+  directory: str, spec: str, flag: str, stamps: list, digest: Callable[[], str]
+) -> bool:
   """Whether the copy in `directory` is complete and was read from the files `spec` names as they
-  are now: the same sizes and times, or else the same contents (then the new times are kept)."""
+  are now (`stamps`, and `digest()` of their contents): the same sizes and times, or else the
+  same contents (then the new times are kept)."""
   sources_path = os.path.join(directory, SOURCES_FILE)
   if not (paths.exists(os.path.join(directory, META_FILE)) and paths.exists(sources_path)):
     return False
   record = json.loads(paths.read_text(sources_path))
-  stamps = _file_stamps(spec, flag)
   if record["stamps"] == stamps:
     return True
-  if record["sha256"] != _files_digest(spec, flag):
+  if record["sha256"] != digest():
     logging.info("--%s=%s has changed since it was read: reading it again", flag, spec)
     return False
   logging.info("--%s=%s: new file times, same contents; the copy read before is kept", flag, spec)
@@ -274,8 +280,7 @@ def _remove_copy(directory: str) -> None:
   short is never taken for a current copy."""
   copy = epath.Path(directory)
   if copy.exists():
-    if (copy / SOURCES_FILE).exists():
-      (copy / SOURCES_FILE).unlink()
+    (copy / SOURCES_FILE).unlink(missing_ok=True)
     copy.rmtree()
 
 
